@@ -1,0 +1,1 @@
+"""Pure tensor code of the algorithm: no I/O, no paths, explicit ``torch.Generator``s."""

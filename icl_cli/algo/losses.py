@@ -1,0 +1,60 @@
+"""The reclassification losses: ICL eq. 11 (softmax) and eq. 7 (one-vs-all).
+
+Both take logits of real samples with their labels and logits of pseudo-negatives with
+the class k each was synthesised for, and return the mean loss on the real part plus
+``weight`` times the mean loss on the pseudo-negative part.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _target_logit(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """f_k(x) for each row: (B, K), (B,) -> (B,)."""
+    return logits.gather(1, k[:, None])[:, 0]
+
+
+def softmax_loss(
+    real_logits: torch.Tensor, y: torch.Tensor,
+    pn_logits: torch.Tensor, pn_class: torch.Tensor, weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ICL eq. 11: mean CE over real samples + weight * mean softplus(f_k(x)) over
+    pseudo-negatives (x, k), softplus(a) = ln(1 + exp(a)) = -ln sigmoid(-a).
+
+    Shape: real_logits (B, K), y (B,), pn_logits (P, K), pn_class (P,); P may be 0.
+    Returns (total, real term, pseudo-negative term), each a scalar.
+    """
+    real = F.cross_entropy(real_logits, y)
+    pn = F.softplus(_target_logit(pn_logits, pn_class)).mean() if len(pn_class) else real * 0
+    return real + weight * pn, real.detach(), pn.detach()
+
+
+def ova_loss(
+    real_logits: torch.Tensor, y: torch.Tensor,
+    pn_logits: torch.Tensor, pn_class: torch.Tensor, weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ICL eq. 7 for K binary networks trained together: network k takes real class k as
+    positive and every other real class and its own pseudo-negatives as negative.
+
+    loss = sum_k [ mean_i BCE(f_k(x_i), y_i == k)
+                   + weight * mean_{j: k_j = k} softplus(f_k(x_j)) ]
+    Summing over k (not averaging) gives each network exactly the gradient it would get
+    if trained alone on the same batches. Returns (total, real term, pn term).
+    """
+    k = real_logits.shape[1]
+    onehot = F.one_hot(y, k).to(real_logits.dtype)
+    real = F.binary_cross_entropy_with_logits(real_logits, onehot, reduction="none")
+    real = real.mean(0).sum()
+    if len(pn_class):
+        per = F.softplus(_target_logit(pn_logits, pn_class))
+        sums = torch.zeros(k, dtype=per.dtype, device=per.device).index_add_(0, pn_class, per)
+        counts = torch.bincount(pn_class, minlength=k).clamp(min=1).to(per.dtype)
+        pn = (sums / counts).sum()
+    else:
+        pn = real * 0
+    return real + weight * pn, real.detach(), pn.detach()
+
+
+LOSSES = {"softmax": softmax_loss, "ova": ova_loss}

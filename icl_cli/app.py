@@ -1,0 +1,367 @@
+"""The ``icl`` command line: one thin function per algorithm step.
+
+Each command parses options, opens the store, calls one step function from
+``icl_cli.steps`` and renders its result. torch is imported only inside commands, so
+``icl --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from icl_cli import ui
+
+app = typer.Typer(
+    help="Introspective Classifier Learning: a CNN classifier that is also its own generator. "
+    "Train C_0 with `icl init`, then per round `icl synthesize`, `icl reclassify`, "
+    "`icl evaluate` (or `icl run --rounds T`). " + ui.EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# --- options shared by several commands ---------------------------------------------
+Workspace = Annotated[Path | None, typer.Option(
+    "--workspace", "-w", envvar="ICL_WORKSPACE",
+    help="Workspace folder (default: the current folder or the nearest parent holding one).")]
+Experiment = Annotated[str | None, typer.Option(
+    "--experiment", "-e", help="Experiment name (default: the only one, or the latest).")]
+Round = Annotated[int, typer.Option("--round", "-r", help="Round t.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")]
+Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast (GPU).")]
+NoMlflow = Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Force = Annotated[bool, typer.Option("--force", help="Redo a finished step (new version).")]
+Replay = Annotated[bool, typer.Option(
+    "--replay", help="Re-run the recorded step from its stored config and seed and report "
+    "whether the result matches bit for bit.")]
+
+
+def _store(workspace: Path | None, create: bool = False):
+    from store import Store
+    from store.workspace import find_workspace
+
+    if create:
+        return Store.init((workspace or Path.cwd()).resolve())
+    return Store.open(find_workspace(workspace))
+
+
+def _runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: bool = False,
+             progress: bool = True):
+    from icl_cli.steps.common import Runtime
+
+    return Runtime(device=device, threads=threads, amp=amp, mlflow=not no_mlflow,
+                   progress=ui.RichProgress(progress))
+
+
+def _errors(rows: list, title: str) -> None:
+    ui.table(title, ["experiment", "round", "split", "error %", "n"],
+             [[e.experiment, e.round, e.split, ui.pct(e.error), e.n] for e in rows])
+
+
+@app.command()
+def init(
+    experiment: Experiment = None,
+    method: Annotated[str, typer.Option(help="icl, icl-noise or baseline.")] = "icl",
+    from_: Annotated[str | None, typer.Option(
+        "--from", help="EXPERIMENT:ROUND whose checkpoint, data subset, seed and batch order "
+        "this experiment shares (paired comparison).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="mnist-embedded (ships with icl), idx or mnist (an IDX folder, see --data-root), "
+        "cifar10, svhn, fake-cifar10, fake-svhn.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of the data files.")] = None,
+    download: Annotated[bool | None, typer.Option(
+        "--download", help="Let torchvision download CIFAR-10/SVHN.")] = None,
+    train_size: Annotated[int | None, typer.Option(
+        help="Class-balanced training subset fixed by --seed (default: all).")] = None,
+    val_size: Annotated[int | None, typer.Option(
+        help="Validation images held out of the training set.")] = None,
+    augment: Annotated[bool | None, typer.Option(help="Pad 4, crop, flip.")] = None,
+    mode: Annotated[str | None, typer.Option(help="softmax or ova (one-vs-all).")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="mnist-cnn, resnet32, resnet8 or tiny.")] = None,
+    init_epochs: Annotated[int | None, typer.Option(help="Epochs to train C_0.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Reclassify epochs per round.")] = None,
+    real_epochs: Annotated[int | None, typer.Option(
+        help="Extra real-data-only epochs at the end of each round.")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Reclassify learning rate.")] = None,
+    decay_round: Annotated[int | None, typer.Option(help="Round of the x0.1 decay.")] = None,
+    pn_weight: Annotated[float | None, typer.Option(
+        help="Weight of the pseudo-negative loss term.")] = None,
+    count: Annotated[int | None, typer.Option(help="Pseudo-negatives per class per round.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Sampler steps at most.")] = None,
+    sampler_lr: Annotated[float | None, typer.Option(help="Sampler Adam step size.")] = None,
+    reference_std: Annotated[float | None, typer.Option(help="sigma_r of p_r.")] = None,
+    stop_rule: Annotated[str | None, typer.Option(help="logit or argmax.")] = None,
+    langevin_std: Annotated[float | None, typer.Option(help="SGLD noise std.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    workspace: Workspace = None, device: Device = "auto", threads: Threads = None,
+    amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Make this folder a workspace (if needed), record an experiment's config, train C_0."""
+    from icl_cli.steps.init import init_experiment
+
+    groups: dict[str, dict[str, Any]] = {
+        "data": dict(dataset=dataset, root=str(data_root) if data_root else None,
+                     download=download, train_size=train_size, val_size=val_size,
+                     augment=augment),
+        "model": dict(mode=mode, arch=arch),
+        "train": dict(epochs=epochs, real_epochs=real_epochs, batch_size=batch_size, lr=lr,
+                      decay_round=decay_round, pn_weight=pn_weight),
+        "sampler": dict(count=count, max_steps=max_steps, lr=sampler_lr,
+                        reference_std=reference_std, stop_rule=stop_rule,
+                        langevin_std=langevin_std),
+    }
+    overrides: dict[str, Any] = {"method": method}
+    overrides.update({k: {n: v for n, v in g.items() if v is not None}
+                      for k, g in groups.items()})
+    overrides = {k: v for k, v in overrides.items() if v != {}}
+    overrides.update({k: v for k, v in dict(seed=seed, init_epochs=init_epochs).items()
+                      if v is not None})
+    with ui.user_errors():
+        store = _store(workspace, create=True)
+        result = init_experiment(store, experiment or method, overrides,
+                                 _runtime(device, threads, amp, no_mlflow), from_=from_)
+    if json:
+        return ui.emit_json(result)
+    if result.reused:
+        ui.note(f"experiment '{result.experiment}' already has its round-0 checkpoint")
+    else:
+        _errors(result.evaluations, f"experiment '{result.experiment}', round 0 (C_0)")
+
+
+@app.command()
+def synthesize(
+    round_: Round,
+    count: Annotated[int | None, typer.Option(help="Samples per class (the paper's l).")] = None,
+    max_steps: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam step size on the input.")] = None,
+    reference_std: Annotated[float | None, typer.Option()] = None,
+    stop_rule: Annotated[str | None, typer.Option(help="logit or argmax.")] = None,
+    langevin_std: Annotated[float | None, typer.Option()] = None,
+    clamp: Annotated[bool | None, typer.Option(help="Clamp samples to [-1, 1].")] = None,
+    check_every: Annotated[int | None, typer.Option(help="Drop passed samples every N steps.")]
+    = None,
+    force: Force = False, replay: Replay = False,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Draw round t's pseudo-negatives from checkpoint t-1 into a new HDF5 shard."""
+    from icl_cli.steps.synthesize import synthesize_round
+
+    if stop_rule is not None and stop_rule not in ("logit", "argmax"):
+        raise ui.fail(f"--stop-rule must be logit or argmax, got {stop_rule!r}", 3)
+    with ui.user_errors():
+        r = synthesize_round(_store(workspace), experiment, round_,
+                             _runtime(device, threads, amp, no_mlflow), force=force,
+                             replay=replay, count=count, max_steps=max_steps, lr=lr,
+                             reference_std=reference_std, stop_rule=stop_rule,
+                             langevin_std=langevin_std, clamp=clamp, check_every=check_every)
+    if json:
+        return ui.emit_json(r)
+    if replay:
+        ui.out.print(f"replay of round {r.round} v{r.version}: "
+                     f"{'matches bit for bit' if r.replay_match else 'DIFFERS from the record'}")
+        raise typer.Exit(0 if r.replay_match else 4)
+    if r.reused:
+        ui.note(f"round {r.round} already synthesized with these settings (v{r.version})")
+    ui.table(f"'{r.experiment}' round {r.round} shard v{r.version}",
+             ["samples", "pass rate %", "mean steps", "steps saved %", "seconds"],
+             [[r.count, ui.pct(r.pass_rate), f"{r.mean_steps:.1f}", ui.pct(r.steps_saved),
+               f"{r.seconds:.1f}"]])
+
+
+@app.command()
+def reclassify(
+    round_: Round, force: Force = False, replay: Replay = False,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Warm-start from checkpoint t-1, train on the data plus shards 1..t, save checkpoint t."""
+    from icl_cli.steps.train import train_round
+
+    with ui.user_errors():
+        r = train_round(_store(workspace), experiment, round_,
+                        _runtime(device, threads, amp, no_mlflow), force=force, replay=replay)
+    if json:
+        return ui.emit_json(r)
+    if replay:
+        ui.out.print(f"replay of round {r.round}: "
+                     f"{'matches bit for bit' if r.reused else 'DIFFERS from the record'}")
+        raise typer.Exit(0 if r.reused else 4)
+    if r.reused:
+        ui.note(f"round {r.round} already reclassified from the same inputs")
+    ui.table(f"'{r.experiment}' round {r.round} reclassify",
+             ["epoch", "loss", "real loss", "pn loss", "samples", "seconds"],
+             [[e["epoch"], f"{e['loss']:.4f}", f"{e['real_loss']:.4f}", f"{e['pn_loss']:.4f}",
+               e["samples"], f"{e['seconds']:.1f}"] for e in r.epochs])
+
+
+@app.command()
+def evaluate(
+    round_: Annotated[int | None, typer.Option(
+        "--round", "-r", help="Round t (default: the latest checkpoint).")] = None,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Test error (and validation error, when a split is held out), with per-class error."""
+    from icl_cli.steps.evaluate import evaluate_round
+
+    with ui.user_errors():
+        store = _store(workspace)
+        exp = store.experiment(experiment)
+        if round_ is None:
+            round_ = max((c.round for c in store.checkpoints(exp.name)), default=0)
+        rows = evaluate_round(store, exp.name, round_, _runtime(device, threads,
+                                                                 no_mlflow=no_mlflow))
+    if json:
+        return ui.emit_json(rows)
+    _errors(rows, None)
+    k = len(rows[0].per_class)
+    ui.table("per-class error %", ["split", *map(str, range(k))],
+             [[e.split, *(f"{100 * p:.1f}" for p in e.per_class)] for e in rows])
+
+
+@app.command()
+def attack(
+    round_: Round,
+    against: Annotated[str, typer.Option(
+        help="EXPERIMENT[:ROUND] to compare with (default round: the same).")],
+    eps: Annotated[float, typer.Option(help="FGSM step in [0, 1] pixel units.")] = 0.125,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Two-way FGSM (paper 4.1): made on A from test images A gets right, how many fool A,
+    how many of those also fool B; then the same from B."""
+    from icl_cli.steps.evaluate import attack as run_attack
+    from icl_cli.steps.init import parse_from
+
+    with ui.user_errors():
+        other, other_round = parse_from(against) if ":" in against else (against, None)
+        rows = run_attack(_store(workspace), experiment, round_, other, other_round, eps,
+                          _runtime(device, threads, no_mlflow=no_mlflow))
+    if json:
+        return ui.emit_json(rows)
+    ui.table(f"FGSM eps {eps}", ["made on", "correct", "fool it", "also fool", "other"],
+             [[r.source, r.correct, r.fool_source, r.fool_both, r.other] for r in rows])
+
+
+@app.command()
+def inspect(
+    round_: Round,
+    version: Annotated[int | None, typer.Option(help="Shard version (default: active).")]
+    = None,
+    experiment: Experiment = None, workspace: Workspace = None, json: Json = False,
+) -> None:
+    """Per-class counts, pass rate, steps, logits, distance to the nearest training image,
+    and a PNG grid of samples (a training image on top of each class column)."""
+    from icl_cli.steps.inspect import inspect_round
+
+    with ui.user_errors():
+        r = inspect_round(_store(workspace), experiment, round_, version)
+    if json:
+        return ui.emit_json(r)
+    ui.table(f"'{r.experiment}' round {r.round} shard v{r.version} ({r.count} samples)",
+             ["class", "count", "pass %", "mean steps", "mean logit", "nearest train L2"],
+             [[c.k, c.count, ui.pct(c.pass_rate), f"{c.mean_steps:.1f}",
+               f"{c.mean_logit:.2f}", f"{c.nearest_train:.2f}"] for c in r.classes])
+    ui.table("steps histogram", ["steps", "samples"],
+             [[f"{a}-{b}", n] for a, b, n in r.steps_histogram])
+    ui.out.print(f"grid: {r.grid}")
+
+
+@app.command()
+def run(
+    rounds: Annotated[int, typer.Option(help="Run rounds 1..T.")],
+    count: Annotated[int | None, typer.Option(help="Samples per class per round.")] = None,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """The whole loop; resumes from the last completed step after an interrupt."""
+    from icl_cli.steps.run import run_rounds
+
+    with ui.user_errors():
+        store = _store(workspace)
+        name = store.experiment(experiment).name
+        rows = run_rounds(store, name, rounds, _runtime(device, threads, amp, no_mlflow), count)
+    if json:
+        return ui.emit_json(rows)
+    ui.table(f"'{name}'", ["round", "test error %", "val error %", "pass %", "mean steps",
+                           "ran now"],
+             [[r.round, ui.pct(r.test_error), ui.pct(r.val_error), ui.pct(r.pass_rate),
+               None if r.mean_steps is None else f"{r.mean_steps:.1f}",
+               ", ".join(r.ran) or "-"] for r in rows])
+
+
+@app.command()
+def status(workspace: Workspace = None, json: Json = False) -> None:
+    """Experiments, rounds, errors and what is running now."""
+    from icl_cli.steps.report import experiment_rows
+
+    with ui.user_errors():
+        store = _store(workspace)
+        rows = experiment_rows(store)
+        steps = store.steps()[-5:]
+    if json:
+        return ui.emit_json({"workspace": str(store.root), "experiments": rows,
+                             "recent_steps": steps})
+    ui.table(f"workspace {store.root}", ["experiment", "method", "mode", "rounds", "shards",
+                                         "last test %", "running"],
+             [[r.experiment, r.method, r.mode, r.rounds, r.shards, ui.pct(r.test_error_last),
+               "; ".join(r.running) or "-"] for r in rows])
+    ui.table("recent steps", ["experiment", "step", "round", "state", "seconds"],
+             [[s.experiment, s.name, s.round, s.state,
+               "-" if s.seconds is None else f"{s.seconds:.1f}"] for s in steps])
+
+
+@app.command()
+def verify(
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Delete temporary leftovers; mark dead running steps interrupted.")]
+    = False,
+    workspace: Workspace = None, json: Json = False,
+) -> None:
+    """Check every shard and checkpoint hash, list orphans and temporary leftovers."""
+    with ui.user_errors():
+        report = _store(workspace).verify(repair=repair)
+    if json:
+        ui.emit_json(report)
+    else:
+        for line in report.problems:
+            ui.out.print(f"problem: {line}", highlight=False)
+        for p in report.temporary:
+            ui.out.print(f"temporary{' (removed)' if repair else ''}: {p}", highlight=False)
+        for p in report.orphans:
+            ui.out.print(f"orphan: {p}", highlight=False)
+        ui.out.print("workspace consistent" if report.ok else "workspace has problems")
+    raise typer.Exit(0 if report.ok or (repair and not report.problems) else 4)
+
+
+@app.command()
+def report(
+    workspace: Workspace = None, json: Json = False,
+    plot: Annotated[bool, typer.Option(help="Also write an error-vs-round PNG.")] = True,
+) -> None:
+    """A markdown table across experiments (errors in %; best round chosen on validation)."""
+    from icl_cli.steps.report import experiment_rows, markdown
+    from icl_cli.steps.run import plot_errors
+
+    with ui.user_errors():
+        store = _store(workspace)
+        rows = experiment_rows(store)
+        path = plot_errors(store, [r.experiment for r in rows], "report-error-vs-round.png") \
+            if plot and rows else None
+    if json:
+        return ui.emit_json(rows)
+    print(markdown(rows))
+    if path:
+        ui.note(f"plot: {path}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Orchestration: each step reads the store, calls ``icl_cli.algo``, writes the store."""

@@ -1,0 +1,106 @@
+"""What every step needs: the run-time settings, data, models from checkpoints, seeds.
+
+Steps orchestrate: they read from the store, call pure tensor code in ``icl_cli.algo``,
+write back through the store, and return a plain result dataclass for the CLI to render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from icl_cli.config import DataConfig, ExperimentConfig
+from icl_cli.data import Dataset, load, to_input
+from icl_cli.models import build_model
+
+
+class StepError(Exception):
+    """A user-facing problem with a step's inputs (one line: what and what to run)."""
+
+
+Advance = Callable[[int], None]
+
+
+class Progress:
+    """Progress reporting seen by steps; the CLI passes a rich implementation."""
+
+    def task(self, description: str, total: int | None) -> Advance:
+        return lambda n: None
+
+    def done(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Settings that change how fast a step runs, not what it computes (on one device).
+
+    device: ``auto`` (cuda when available), ``cpu`` or ``cuda``. threads: torch CPU threads
+    (None: leave torch's default). amp: bf16 autocast for synthesis and reclassification.
+    """
+
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = False
+    mlflow: bool = True
+    progress: Progress = field(default_factory=Progress, compare=False)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise StepError("--device cuda asked for, but torch sees no CUDA GPU here; "
+                            "use --device cpu")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise StepError(f"unknown device {self.device!r} (choose auto, cpu or cuda)")
+        return torch.device(self.device)
+
+    def apply(self) -> torch.device:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return self.torch_device()
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.amp else None
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of plain values: independent streams per purpose."""
+    blob = repr(parts).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+
+
+def generator(*parts: Any, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+@lru_cache(maxsize=2)
+def _load_cached(cfg: DataConfig) -> Dataset:
+    return load(cfg)
+
+
+def dataset(cfg: ExperimentConfig) -> Dataset:
+    """The experiment's data (cached per process: ``icl run`` loads it once)."""
+    return _load_cached(cfg.data)
+
+
+def new_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
+    torch.manual_seed(derive_seed("init-weights", cfg.seed))
+    return build_model(cfg.model.arch, data.shape, data.num_classes, cfg.model.mode)
+
+
+def real_tensors(data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images as stored (uint8) and labels, on ``device``."""
+    return data.train.images.to(device), data.train.labels.to(device)
+
+
+def inputs(images: torch.Tensor, device: torch.device, batch: int = 4096) -> torch.Tensor:
+    """Stored images -> network inputs in [-1, 1] on ``device``."""
+    return torch.cat([to_input(b.to(device)) for b in images.split(batch)])

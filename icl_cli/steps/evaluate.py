@@ -1,0 +1,115 @@
+"""Evaluation (``icl evaluate``) and the two-way FGSM experiment (``icl attack``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from icl_cli.algo.ascent import fgsm
+from icl_cli.algo.train import error_rate, predict_logits
+from icl_cli.config import ExperimentConfig
+from icl_cli.data import PIXEL_SCALE
+from icl_cli.steps.common import Runtime, StepError, dataset, inputs, new_model
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    experiment: str
+    round: int
+    split: str
+    error: float  # fraction
+    per_class: list[float]
+    n: int
+
+
+def load_model(store, name: str, round_: int, device: torch.device):
+    """(config, model in eval mode) of an experiment's checkpoint at ``round_``."""
+    exp = store.experiment(name)
+    info = store.checkpoint(exp.name, round_)
+    if info is None:
+        raise StepError(f"round {round_} of '{exp.name}' has no checkpoint: run "
+                        f"`icl reclassify --round {round_}`" if round_ > 0 else
+                        f"experiment '{exp.name}' has no round-0 checkpoint: run `icl init`")
+    cfg = ExperimentConfig.from_dict(exp.config)
+    model = new_model(cfg, dataset(cfg)).to(device)
+    model.load_state_dict(store.load_checkpoint(info, map_location=device)["model"])
+    return cfg, model.eval()
+
+
+def evaluate_round(store, name: str, round_: int, runtime: Runtime) -> list[Evaluation]:
+    """Test error (and validation error when a validation split exists) at round t."""
+    device = runtime.apply()
+    exp = store.experiment(name)
+    cfg, model = load_model(store, exp.name, round_, device)
+    data = dataset(cfg)
+    splits = [("test", data.test)] + ([("val", data.val)] if data.val is not None else [])
+    results = []
+    for split_name, split in splits:
+        logits = predict_logits(model, inputs(split.images, device))
+        rep = error_rate(logits, split.labels.to(device), data.num_classes)
+        store.record_evaluation(exp.name, round_, split_name, rep.error, rep.per_class, rep.n)
+        results.append(Evaluation(exp.name, round_, split_name, rep.error, rep.per_class, rep.n))
+    metrics = {f"{e.split}_error": 100 * e.error for e in results}
+    store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(metrics, step=round_)
+    return results
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Paper 4.1's two-way counts: examples made on ``source`` from test images it gets
+    right, how many fool it, and how many of those also fool ``other``."""
+
+    source: str
+    other: str
+    eps: float
+    correct: int
+    fool_source: int
+    fool_both: int
+
+
+def _one_way(src, dst, x, y, eps_input: float, batch: int = 1000) -> tuple[int, int, int]:
+    correct = fooled = both = 0
+    for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+        with torch.no_grad():
+            ok = src(xb).argmax(1) == yb
+        xb, yb = xb[ok], yb[ok]
+        adv = fgsm(src, xb, yb, eps_input)
+        with torch.no_grad():
+            fool = src(adv).argmax(1) != yb
+            fool_dst = dst(adv[fool]).argmax(1) != yb[fool]
+        correct, fooled, both = correct + len(yb), fooled + int(fool.sum()), both + int(
+            fool_dst.sum())
+    return correct, fooled, both
+
+
+def attack(store, name: str, round_: int, against: str, against_round: int | None,
+           eps: float, runtime: Runtime) -> list[AttackResult]:
+    """FGSM both ways between (name, round) and (against, against_round) on the test set;
+    ``eps`` in [0, 1] pixel units, converted to the [-1, 1] input scale."""
+    if not 0.0 <= eps <= 1.0:
+        raise StepError(f"--eps is in pixel units and must lie in [0, 1], got {eps}")
+    device = runtime.apply()
+    a = store.experiment(name).name
+    b = store.experiment(against).name
+    b_round = round_ if against_round is None else against_round
+    cfg_a, model_a = load_model(store, a, round_, device)
+    cfg_b, model_b = load_model(store, b, b_round, device)
+    if cfg_a.data.to_dict() != cfg_b.data.to_dict():
+        raise StepError(f"'{a}' and '{b}' use different data; attack compares models on one "
+                        "test set")
+    data = dataset(cfg_a)
+    x, y = inputs(data.test.images, device), data.test.labels.to(device)
+    eps_input = eps * PIXEL_SCALE
+    results = []
+    for (src_name, src), (dst_name, dst) in [((a, model_a), (b, model_b)),
+                                             ((b, model_b), (a, model_a))]:
+        results.append(AttackResult(src_name, dst_name, eps, *_one_way(src, dst, x, y,
+                                                                       eps_input)))
+    store.record_attack(a, round_, b, b_round, eps, {
+        "a_made": [results[0].correct, results[0].fool_source, results[0].fool_both],
+        "b_made": [results[1].correct, results[1].fool_source, results[1].fool_both]})
+    store.tracker(a, enabled=runtime.mlflow).log_metrics(
+        {"fgsm_fool_self": results[0].fool_source, "fgsm_fool_other": results[0].fool_both},
+        step=round_)
+    return results

@@ -1,0 +1,113 @@
+"""``icl init``: create an experiment and its round 0 (C_0), or copy C_0 from another."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from icl_cli.config import ExperimentConfig
+from icl_cli.steps.common import Runtime, StepError, dataset
+from icl_cli.steps.evaluate import Evaluation, evaluate_round
+from icl_cli.steps.train import train_round
+
+# What a paired experiment must share with the one it starts from (SPEC, "Fair comparisons").
+SHARED = ("data", "model", "seed", "init_epochs")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    experiment: str
+    parent: str | None
+    reused: bool
+    evaluations: list[Evaluation]
+    config: dict[str, Any]
+
+
+def parse_from(spec: str) -> tuple[str, int]:
+    """'baseline:0' -> ('baseline', 0); a bare name means round 0."""
+    name, _, round_ = spec.partition(":")
+    try:
+        return name, int(round_ or 0)
+    except ValueError:
+        raise StepError(f"--from takes EXPERIMENT:ROUND (e.g. baseline:0), got {spec!r}") from None
+
+
+def compose(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults (or ``base``), with nested overrides such as {"train": {"epochs": 3}}."""
+    merged = dict(base or ExperimentConfig().to_dict())
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    if merged.get("method") == "icl-noise":
+        merged["sampler"] = {**merged.get("sampler", {}), "kind": "noise"}
+    try:
+        cfg = ExperimentConfig.from_dict(merged)
+    except (TypeError, ValueError) as exc:
+        raise StepError(str(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Refuse a config that could not run, before anything is written."""
+    from icl_cli.data import DATASETS
+    from icl_cli.models import REGISTRY
+
+    if cfg.model.arch not in REGISTRY:
+        raise StepError(f"unknown architecture {cfg.model.arch!r} "
+                        f"(choose from {', '.join(sorted(REGISTRY))})")
+    if cfg.data.dataset not in DATASETS:
+        raise StepError(f"unknown dataset {cfg.data.dataset!r} (choose from "
+                        f"{', '.join(DATASETS)})")
+    t, sc = cfg.train, cfg.sampler
+    positive = {"--init-epochs": cfg.init_epochs + 1, "--epochs": t.epochs + 1,
+                "--batch-size": t.batch_size, "--lr": t.lr, "--count": sc.count,
+                "--sampler-lr": sc.lr, "--reference-std": sc.reference_std,
+                "--max-steps": sc.max_steps + 1, "--real-epochs": t.real_epochs + 1,
+                "--pn-weight": t.pn_weight + 1e-12, "--langevin-std": sc.langevin_std + 1e-12}
+    for flag, value in positive.items():
+        if not value > 0:
+            raise StepError(f"{flag} is out of range ({value})")
+    if cfg.data.train_size is not None and cfg.data.train_size <= 0:
+        raise StepError(f"--train-size must be positive, got {cfg.data.train_size}")
+    if cfg.data.val_size < 0:
+        raise StepError(f"--val-size must be >= 0, got {cfg.data.val_size}")
+
+
+def init_experiment(store, name: str, overrides: dict[str, Any], runtime: Runtime,
+                    from_: str | None = None) -> InitResult:
+    """Record the experiment's config and train C_0 (or copy it from ``from_``)."""
+    parent = None
+    if from_:
+        parent_name, parent_round = parse_from(from_)
+        parent = store.experiment(parent_name)
+        clash = [k for k in SHARED if k in overrides]
+        if clash:
+            raise StepError(f"--from {from_} shares {', '.join(clash)} with '{parent.name}'; "
+                            "drop those options to keep the comparison paired")
+        cfg = compose(overrides, base=parent.config)
+        cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
+                             for k in SHARED})
+    else:
+        cfg = compose(overrides)
+    dataset(cfg)  # a missing or broken data folder fails here, before anything is recorded
+    exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
+                                  parent_round=parent_round if parent else None)
+    if store.checkpoint(exp.name, 0) is not None:
+        return InitResult(exp.name, from_, True, [], exp.config)
+    if parent is not None:
+        source = store.checkpoint(parent.name, parent_round)
+        if source is None:
+            raise StepError(f"'{parent.name}' has no checkpoint for round {parent_round}")
+        state = store.load_checkpoint(source)
+        state.update(experiment=exp.name, round=0, config=exp.config,
+                     inputs={"parent": None, "shards": [], "from": from_})
+        with store.step(exp.name, "init", 0, {"from": from_, "source": source.sha256}):
+            store.save_checkpoint(exp.name, 0, state, parent=source)
+    else:
+        train_round(store, exp.name, 0, runtime)
+    evaluations = evaluate_round(store, exp.name, 0, runtime)
+    store.tracker(exp.name, enabled=runtime.mlflow).log_params(exp.config)
+    return InitResult(exp.name, from_, False, evaluations, exp.config)

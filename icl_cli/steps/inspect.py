@@ -1,0 +1,114 @@
+"""``icl inspect``: what a shard holds, and a PNG grid like the paper's Figure 3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icl_cli.config import ExperimentConfig
+from icl_cli.data import to_input
+from icl_cli.steps.common import StepError, dataset
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    k: int
+    count: int
+    pass_rate: float
+    mean_steps: float
+    mean_logit: float
+    nearest_train: float  # mean L2 distance (input scale) to the closest training image
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    experiment: str
+    round: int
+    version: int
+    path: str
+    sha256: str
+    count: int
+    pass_rate: float
+    mean_steps: float
+    steps_histogram: list[tuple[int, int, int]]  # (from, to, count)
+    logit_range: tuple[float, float]
+    nearest_train: float
+    classes: list[ClassSummary]
+    grid: str
+
+
+def nearest_distances(samples: torch.Tensor, train: torch.Tensor, chunk: int = 512):
+    """L2 distance of each sample to its nearest training image, flattened: (N,)."""
+    flat = train.reshape(len(train), -1)
+    out = [torch.cdist(s.reshape(len(s), -1), flat).min(1).values for s in samples.split(chunk)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def histogram(steps: np.ndarray, bins: int = 8) -> list[tuple[int, int, int]]:
+    hi = int(steps.max()) if len(steps) else 0
+    edges = np.unique(np.linspace(0, hi + 1, bins + 1).astype(int))
+    counts, _ = np.histogram(steps, bins=edges)
+    return [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts,
+                                                            strict=True)]
+
+
+def grid_image(samples: torch.Tensor, target: torch.Tensor, real: torch.Tensor,
+               real_y: torch.Tensor, num_classes: int, per_class: int = 8) -> torch.Tensor:
+    """One column per class: a training image on top, then that class's samples.
+
+    Inputs in [-1, 1]; returns an image tensor (C, H, W) in [0, 1].
+    """
+    from torchvision.utils import make_grid
+
+    columns = []
+    blank = torch.full_like(samples[:1] if len(samples) else real[:1], -1.0)
+    for k in range(num_classes):
+        top = real[real_y == k][:1]
+        mine = samples[target == k][:per_class]
+        pad = blank.expand(per_class - len(mine), *blank.shape[1:])
+        columns.append(torch.cat([top if len(top) else blank, mine, pad]))
+    tiles = torch.stack(columns, 1).reshape(-1, *blank.shape[1:])  # row-major: rows first
+    return make_grid((tiles + 1) / 2, nrow=num_classes, padding=2, pad_value=1.0)
+
+
+def save_grid(image: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    save_image(image, path, format="png")
+
+
+def inspect_round(store, name: str, round_: int, version: int | None = None) -> InspectResult:
+    exp = store.experiment(name)
+    cfg = ExperimentConfig.from_dict(exp.config)
+    shards = store.shards(exp.name, round_)
+    if version is None:
+        info = next((s for s in shards if s.active), None)
+    else:
+        info = next((s for s in shards if s.version == version), None)
+    if info is None:
+        which = f"version {version} of round {round_}" if version else f"round {round_}"
+        raise StepError(f"'{exp.name}' has no shard for {which}: run "
+                        f"`icl synthesize --round {round_}`")
+    a = store.read_shard(info)
+    data = dataset(cfg)
+    samples, target = torch.from_numpy(a["samples"]), torch.from_numpy(a["target"])
+    train = to_input(data.train.images)
+    dist = nearest_distances(samples, train).numpy()
+    classes = []
+    for k in range(data.num_classes):
+        m = a["target"] == k
+        if m.any():
+            classes.append(ClassSummary(k, int(m.sum()), float(a["passed"][m].mean()),
+                                        float(a["steps"][m].mean()),
+                                        float(a["logit"][m].mean()), float(dist[m].mean())))
+    grid_path = store.figure_path(exp.name, f"round-{round_:04d}.v{info.version}.png")
+    store.write_figure(grid_path, lambda p: save_grid(
+        grid_image(samples, target, train, data.train.labels, data.num_classes), p))
+    return InspectResult(
+        exp.name, round_, info.version, str(info.path), info.sha256, len(target),
+        float(a["passed"].mean()), float(a["steps"].mean()), histogram(a["steps"]),
+        (float(a["logit"].min()), float(a["logit"].max())), float(dist.mean()), classes,
+        str(grid_path))

@@ -1,0 +1,63 @@
+"""``icl status`` and ``icl report``: what the catalog knows, across experiments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from icl_cli.steps.run import errors_by_round
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    experiment: str
+    method: str
+    mode: str
+    dataset: str
+    train_size: int | None
+    parent: str | None
+    rounds: int  # last round with a checkpoint
+    shards: int
+    test_error_0: float | None
+    test_error_last: float | None
+    best_val_round: int | None  # chosen on validation error, never on test
+    test_error_best_val: float | None
+    running: list[str]
+
+
+def experiment_rows(store) -> list[ExperimentRow]:
+    rows = []
+    running = {}
+    for s in store.steps():
+        if s.state == "running":
+            running.setdefault(s.experiment, []).append(f"{s.name} --round {s.round}")
+    for exp in store.experiments():
+        cfg = exp.config
+        errs = errors_by_round(store, exp.name)
+        ckpts = [c.round for c in store.checkpoints(exp.name)]
+        last = max(ckpts, default=-1)
+        with_val = [r for r in errs if "val" in errs[r] and "test" in errs[r]]
+        best = min(with_val, key=lambda r: (errs[r]["val"], r)) if with_val else None
+        rows.append(ExperimentRow(
+            exp.name, cfg["method"], cfg["model"]["mode"], cfg["data"]["dataset"],
+            cfg["data"]["train_size"], exp.parent, last,
+            len(store.shards(exp.name, active_only=True)),
+            errs.get(0, {}).get("test"), errs.get(last, {}).get("test"), best,
+            errs[best]["test"] if best is not None else None, running.get(exp.name, [])))
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(rows: list[ExperimentRow]) -> str:
+    """A markdown table across experiments; errors in %."""
+    head = ("| experiment | method | mode | train size | rounds | round-0 test % | "
+            "last test % | best-val round | its test % |")
+    lines = [head, "|" + " --- |" * 9]
+    for r in rows:
+        lines.append(f"| {r.experiment} | {r.method} | {r.mode} | {r.train_size or 'all'} | "
+                     f"{r.rounds} | {_pct(r.test_error_0)} | {_pct(r.test_error_last)} | "
+                     f"{'-' if r.best_val_round is None else r.best_val_round} | "
+                     f"{_pct(r.test_error_best_val)} |")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""``icl run``: the whole loop, resuming from whatever the catalog says is done."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from icl_cli.config import ExperimentConfig
+from icl_cli.steps.common import Runtime, StepError
+from icl_cli.steps.evaluate import evaluate_round
+from icl_cli.steps.inspect import inspect_round
+from icl_cli.steps.synthesize import synthesize_round
+from icl_cli.steps.train import train_round
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    round: int
+    test_error: float | None
+    val_error: float | None
+    pass_rate: float | None
+    mean_steps: float | None
+    ran: list[str]  # the steps this invocation ran for the round (empty: all done before)
+
+
+def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
+    """{round: {"test": error, "val": error}} from the catalog."""
+    out: dict[int, dict[str, float]] = {}
+    for e in store.evaluations(name):
+        out.setdefault(e.round, {})[e.split] = e.error
+    return out
+
+
+def run_rounds(store, name: str, rounds: int, runtime: Runtime,
+               count: int | None = None) -> list[RoundRow]:
+    """Rounds 1..``rounds``: synthesize, reclassify, evaluate, each only if not done yet."""
+    if rounds < 0:
+        raise StepError(f"--rounds must be >= 0, got {rounds}")
+    exp = store.experiment(name)
+    cfg = ExperimentConfig.from_dict(exp.config)
+    if store.checkpoint(exp.name, 0) is None:
+        raise StepError(f"'{exp.name}' has no round-0 checkpoint: run `icl init -e {exp.name}`")
+    rows = []
+    for t in range(0, rounds + 1):
+        ran, synth = [], None
+        if t > 0 and cfg.method != "baseline" and store.active_shard(exp.name, t) is None:
+            synth = synthesize_round(store, exp.name, t, runtime, count=count)
+            ran.append("synthesize")
+            inspect_round(store, exp.name, t)
+        if t > 0 and store.checkpoint(exp.name, t) is None:
+            train_round(store, exp.name, t, runtime)
+            ran.append("reclassify")
+        if t not in errors_by_round(store, exp.name):
+            evaluate_round(store, exp.name, t, runtime)
+            ran.append("evaluate")
+        errs = errors_by_round(store, exp.name).get(t, {})
+        shard = store.active_shard(exp.name, t) if t > 0 else None
+        rows.append(RoundRow(t, errs.get("test"), errs.get("val"),
+                             synth.pass_rate if synth else None,
+                             synth.mean_steps if synth else None, ran))
+        if ran and shard is not None:
+            store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(
+                store.figure_path(exp.name, f"round-{t:04d}.v{shard.version}.png"))
+    plot = plot_errors(store, [exp.name])
+    store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
+    return rows
+
+
+def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -> Path:
+    """Test error (%) against round for each experiment (the paper's Figure 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for name in names:
+        errs = errors_by_round(store, name)
+        rs = sorted(r for r in errs if "test" in errs[r])
+        ax.plot(rs, [100 * errs[r]["test"] for r in rs], marker="o", label=name)
+    ax.set_xlabel("round t")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = store.figure_path(names[0], filename)
+    store.write_figure(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,154 @@
+"""Round 0 (``icl init``) and the reclassification step (``icl reclassify --round t``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from icl_cli.algo.train import make_optimizer, reclassify, round_lr, set_lr
+from icl_cli.config import ExperimentConfig
+from icl_cli.data import augment, to_input
+from icl_cli.steps.common import (
+    Runtime,
+    StepError,
+    dataset,
+    generator,
+    new_model,
+    real_tensors,
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    experiment: str
+    round: int
+    checkpoint: str  # sha256
+    reused: bool  # True: an identical checkpoint existed, nothing ran
+    epochs: list[dict[str, float]]
+    seconds: float
+    pseudo_negatives: int
+
+
+def _transform(cfg: ExperimentConfig, gen: torch.Generator):
+    if cfg.data.augment:
+        return lambda b: augment(to_input(b), gen)
+    return to_input
+
+
+def _inputs_record(parent_sha: str | None, shards: list) -> dict[str, Any]:
+    """What a checkpoint was trained from: compared to decide whether a rerun is a no-op."""
+    return {"parent": parent_sha, "shards": [s.sha256 for s in shards]}
+
+
+def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
+                replay: bool = False) -> TrainResult:
+    """Reclassify round ``round_`` (>= 1): warm start from checkpoint t-1, train on S plus
+    the active shards 1..t, save checkpoint t. Round 0 trains C_0 from scratch on S."""
+    exp = store.experiment(name)
+    cfg = ExperimentConfig.from_dict(exp.config)
+    t = round_
+    if t < 0:
+        raise StepError(f"--round must be >= 0, got {t}")
+    parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
+    if t > 0 and parent is None:
+        raise StepError(f"round {t - 1} has no checkpoint in experiment '{exp.name}': "
+                        f"run `icl reclassify --round {t - 1}` first")
+    existing = store.checkpoint(exp.name, t)
+    if replay:
+        shards, inputs = _recorded_inputs(store, exp.name, t, existing, parent)
+    else:
+        active = t > 0 and cfg.method != "baseline"
+        shards = store.active_shards(exp.name, t) if active else []
+        inputs = _inputs_record(parent.sha256 if parent else None, shards)
+    if existing is not None and not force and not replay:
+        state = store.load_checkpoint(existing)
+        if state.get("inputs") == inputs:
+            return TrainResult(exp.name, t, existing.sha256, True, state.get("history", []),
+                               0.0, sum(s.count for s in shards))
+        raise StepError(f"round {t} of '{exp.name}' was trained from other inputs (a shard or "
+                        f"checkpoint changed since): pass --force to retrain it")
+
+    device = runtime.apply()
+    data = dataset(cfg)
+    step_cfg = {"round": t, "train": cfg.train.to_dict(), "inputs": inputs,
+                "device": str(device), "replay": replay}
+    with store.step(exp.name, "replay-reclassify" if replay else "reclassify", t, step_cfg):
+        model = new_model(cfg, data).to(device)
+        tc = cfg.train
+        lr = round_lr(tc.lr, t, tc.decay_round, tc.decay_factor)
+        optimizer = make_optimizer(model, lr, tc.momentum, tc.weight_decay)
+        if parent is not None:
+            state = store.load_checkpoint(parent, map_location=device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            set_lr(optimizer, lr)
+        pn_x, pn_k = _pool(store, shards, data.shape, device)
+        real_x, real_y = real_tensors(data, device)
+        real_gen = generator("real", cfg.seed, t)
+        epochs = cfg.init_epochs if t == 0 else tc.epochs
+        total = (len(real_y) + len(pn_k)) * epochs + len(real_y) * (tc.real_epochs if t else 0)
+        advance = runtime.progress.task(f"reclassify round {t}", total)
+        history = reclassify(
+            model, optimizer, real_x, real_y, pn_x, pn_k,
+            epochs=epochs, batch_size=tc.batch_size, mode=cfg.model.mode,
+            pn_weight=tc.pn_weight, real_epochs=tc.real_epochs if t else 0,
+            real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
+            transform=_transform(cfg, real_gen), amp_dtype=runtime.amp_dtype,
+            progress=advance,
+        )
+        runtime.progress.done()
+        epochs_log = [asdict(h) for h in history]
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "config": exp.config, "experiment": exp.name, "round": t,
+                 "inputs": inputs, "history": epochs_log}
+        if replay:
+            return _compare_replay(store, existing, state, exp.name, t, epochs_log)
+        info = store.save_checkpoint(exp.name, t, state, parent=parent,
+                                     replace=existing is not None)
+    seconds = sum(h.seconds for h in history)
+    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
+    tracker.log_metrics({"train_loss": history[-1].loss, "real_loss": history[-1].real_loss,
+                         "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
+                         "pseudo_negatives": float(len(pn_k))}, step=t)
+    return TrainResult(exp.name, t, info.sha256, False, epochs_log, seconds, len(pn_k))
+
+
+def _recorded_inputs(store, name: str, t: int, existing, parent):
+    """The shards and parent a recorded checkpoint was trained from (for ``--replay``)."""
+    if existing is None:
+        raise StepError(f"round {t} of '{name}' has no checkpoint to replay")
+    inputs = store.load_checkpoint(existing).get("inputs", {})
+    if "from" in inputs:
+        raise StepError(f"round {t} of '{name}' was copied from {inputs['from']}, not trained")
+    if inputs.get("parent") != (parent.sha256 if parent else None):
+        raise StepError(f"checkpoint {t - 1} of '{name}' changed since round {t} was trained: "
+                        "it cannot be replayed")
+    by_sha = {s.sha256: s for s in store.shards(name)}
+    missing = [sha[:12] for sha in inputs["shards"] if sha not in by_sha]
+    if missing:
+        raise StepError(f"round {t} of '{name}' was trained on shards no longer in the "
+                        f"catalog ({', '.join(missing)})")
+    return [by_sha[sha] for sha in inputs["shards"]], inputs
+
+
+def _pool(store, shards: list, shape, device: torch.device):
+    """Every active pseudo-negative of rounds 1..t: samples (P, C, H, W), class (P,)."""
+    xs, ks = [torch.empty(0, *shape)], [torch.empty(0, dtype=torch.long)]
+    for info in shards:
+        arrays = store.read_shard(info)
+        if tuple(arrays["samples"].shape[1:]) != tuple(shape):
+            raise StepError(f"shard {info.path.name} holds samples of shape "
+                            f"{tuple(arrays['samples'].shape[1:])}, the data is {tuple(shape)}")
+        xs.append(torch.from_numpy(arrays["samples"]))
+        ks.append(torch.from_numpy(arrays["target"]).long())
+    return torch.cat(xs).to(device), torch.cat(ks).to(device)
+
+
+def _compare_replay(store, existing, state, name: str, t: int, epochs_log) -> TrainResult:
+    """Re-trained weights against the recorded checkpoint, bit for bit."""
+    recorded = store.load_checkpoint(existing)["model"]
+    same = all(torch.equal(recorded[k].cpu(), v.cpu()) for k, v in state["model"].items())
+    return TrainResult(name, t, existing.sha256 if same else "mismatch", same, epochs_log,
+                       sum(e["seconds"] for e in epochs_log), 0)

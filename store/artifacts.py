@@ -1,0 +1,309 @@
+"""Shard and checkpoint methods of :class:`store.Store` (split out to keep files short).
+
+Order for every artefact (STYLE habit 4): write a temporary file, fsync, rename, hash,
+then record the row in one transaction. Reads check the sha256 against the catalog
+before any parser (h5py, torch) sees the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import checkpoints as ckpt_files
+from . import shards as shard_files
+from .catalog import Checkpoint, Experiment, Shard, read_session, run_write
+from .errors import ConflictError, IntegrityError, StoreError
+from .infos import CheckpointInfo, ShardInfo
+from .workspace import atomic_write, sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def shard_fix(experiment: str, round: int) -> str:
+    return f"re-create it with `icl synthesize --round {round} --force -e {experiment}`"
+
+
+def checkpoint_fix(experiment: str, round: int) -> str:
+    if round == 0:
+        return f"re-create it with `icl init --force -e {experiment}`"
+    return f"re-create it with `icl reclassify --round {round} --force -e {experiment}`"
+
+
+class ArtifactMethods:
+    """Mixin; needs ``root``, ``engine``, ``experiment()``, ``_exp_row()``, ``rel()``."""
+
+    root: Path
+
+    # ----------------------------------------------------------------- shards
+    def _shard_info(self, row: Shard, name: str) -> ShardInfo:
+        return ShardInfo(
+            experiment=name,
+            round=row.round,
+            version=row.version,
+            active=row.active,
+            path=self.root / row.path,
+            sha256=row.sha256,
+            count=row.count,
+            sampler_config=dict(row.sampler_config or {}),
+            seed=row.seed,
+            source_checkpoint=row.source_checkpoint_sha256,
+            created_at=row.created_at,
+        )
+
+    def write_shard(
+        self, experiment: str, round: int, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
+    ) -> ShardInfo:
+        """Write round ``round``'s next shard version and make it the active one.
+
+        arrays: samples (N, C, H, W) float32, target (N,) int64, steps (N,) int32,
+        logit (N,) float32, passed (N,) bool (other dtypes are cast).
+        attrs: seed, sampler_config (dict), source_checkpoint (sha256 hex).
+        """
+        name = self.experiment(experiment).name
+        if int(round) < 1:
+            raise StoreError(f"shards belong to rounds >= 1, got round {round}")
+        data = shard_files.prepare_arrays(arrays)
+        folder = self.root / "experiments" / name / "shards"
+        with read_session(self.engine) as s:
+            known = s.scalars(
+                select(Shard.version)
+                .join(Experiment)
+                .where(Experiment.name == name, Shard.round == round)
+            ).all()
+        # Skip versions whose file exists without a row (a crash after rename): never
+        # overwrite a file, so an orphan stays as evidence until the user removes it.
+        pattern = re.compile(rf"round-{round:04d}\.v(\d+)\.h5$")
+        on_disk = [int(m.group(1)) for p in folder.glob("*.h5") if (m := pattern.match(p.name))]
+        version = max([0, *known, *on_disk]) + 1
+        path = folder / shard_files.shard_name(round, version)
+        file_attrs = {
+            "round": round,
+            "version": version,
+            "seed": attrs.get("seed"),
+            "sampler_config": attrs.get("sampler_config") or {},
+            "source_checkpoint": attrs.get("source_checkpoint"),
+            "experiment": name,
+        }
+        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
+
+        def record(s: Session) -> ShardInfo:
+            exp = self._exp_row(s, name)
+            s.execute(
+                update(Shard)
+                .where(Shard.experiment_id == exp.id, Shard.round == round)
+                .values(active=False)
+            )
+            row = Shard(
+                experiment_id=exp.id,
+                round=round,
+                version=version,
+                active=True,
+                path=self.rel(path),
+                sha256=sha256_file(path),
+                count=int(data["samples"].shape[0]),
+                sampler_config=file_attrs["sampler_config"],
+                seed=None if attrs.get("seed") is None else int(attrs["seed"]),
+                source_checkpoint_sha256=attrs.get("source_checkpoint"),
+            )
+            s.add(row)
+            s.flush()
+            return self._shard_info(row, name)
+
+        try:
+            return run_write(self.engine, record)
+        except BaseException:
+            # Not recorded: remove the file so nothing unreferenced is left behind.
+            if not self._path_recorded(Shard, path):
+                path.unlink(missing_ok=True)
+            raise
+
+    def _path_recorded(self, table: type, path: Path) -> bool:
+        with read_session(self.engine) as s:
+            return s.scalar(select(table.id).where(table.path == self.rel(path))) is not None
+
+    def shards(
+        self, experiment: str, round: int | None = None, active_only: bool = False
+    ) -> list[ShardInfo]:
+        """Shards of an experiment, by round then version."""
+        name = self.experiment(experiment).name
+        q = select(Shard).join(Experiment).where(Experiment.name == name)
+        if round is not None:
+            q = q.where(Shard.round == round)
+        if active_only:
+            q = q.where(Shard.active.is_(True))
+        with read_session(self.engine) as s:
+            rows = s.scalars(q.order_by(Shard.round, Shard.version)).all()
+            return [self._shard_info(r, name) for r in rows]
+
+    def active_shard(self, experiment: str, round: int) -> ShardInfo | None:
+        """The active version of round ``round``'s shard, or None if there is none."""
+        found = self.shards(experiment, round=round, active_only=True)
+        return found[0] if found else None
+
+    def active_shards(self, experiment: str, up_to: int) -> list[ShardInfo]:
+        """Active shards of rounds 1..up_to, one per round (reclassify of round t uses
+        ``up_to=t``); a missing round raises StoreError naming the command to run."""
+        name = self.experiment(experiment).name
+        by_round = {i.round: i for i in self.shards(name, active_only=True) if i.round <= up_to}
+        for r in range(1, up_to + 1):
+            if r not in by_round:
+                raise StoreError(
+                    f"experiment '{name}' has no shard for round {r}; "
+                    f"run `icl synthesize --round {r} -e {name}` first"
+                )
+        return [by_round[r] for r in range(1, up_to + 1)]
+
+    def set_active(self, experiment: str, round: int, version: int) -> ShardInfo:
+        """Make ``version`` the active shard of ``round`` (e.g. back to v1 after a replay)."""
+        name = self.experiment(experiment).name
+
+        def flip(s: Session) -> ShardInfo:
+            exp = self._exp_row(s, name)
+            rows = s.scalars(
+                select(Shard).where(Shard.experiment_id == exp.id, Shard.round == round)
+            ).all()
+            target = next((r for r in rows if r.version == version), None)
+            if target is None:
+                have = ", ".join(f"v{r.version}" for r in rows) or "none"
+                raise StoreError(
+                    f"experiment '{name}' round {round} has no shard v{version} (have: {have})"
+                )
+            for r in rows:
+                r.active = r is target
+            s.flush()
+            return self._shard_info(target, name)
+
+        return run_write(self.engine, flip)
+
+    def read_shard(self, info: ShardInfo) -> dict[str, np.ndarray]:
+        """Check a shard against the catalog (exists, sha256, format, round/version,
+        count) and return its arrays (see ``store.shards`` for names and shapes)."""
+        rel, fix = self.rel(info.path), shard_fix(info.experiment, info.round)
+        self._check_file(info.path, info.sha256, f"shard {rel}", fix)
+        arrays = shard_files.read_file(info.path, info.round, info.version, rel, fix)
+        if arrays["samples"].shape[0] != info.count:
+            raise IntegrityError(
+                f"shard {rel} holds {arrays['samples'].shape[0]} samples, "
+                f"the catalog says {info.count}: {fix}"
+            )
+        return arrays
+
+    def _check_file(self, path: Path, expected: str, what: str, fix: str) -> None:
+        if not path.is_file():
+            raise IntegrityError(f"{what} is missing: {fix}")
+        got = sha256_file(path)
+        if got != expected:
+            raise IntegrityError(
+                f"{what} failed its sha256 check (expected {expected[:12]}.., "
+                f"got {got[:12]}..): {fix}"
+            )
+
+    # ------------------------------------------------------------ checkpoints
+    def _ckpt_info(self, row: Checkpoint, name: str) -> CheckpointInfo:
+        return CheckpointInfo(
+            experiment=name,
+            round=row.round,
+            path=self.root / row.path,
+            sha256=row.sha256,
+            parent_sha256=row.parent_sha256,
+            config_hash=row.config_hash,
+            created_at=row.created_at,
+        )
+
+    def save_checkpoint(
+        self,
+        experiment: str,
+        round: int,
+        state: dict[str, Any],
+        parent: CheckpointInfo | None = None,
+        replace: bool = False,
+    ) -> CheckpointInfo:
+        """Save the state after round ``round`` (plain data only, see
+        ``store.checkpoints``); ``experiment`` and ``round`` entries are filled in.
+        An existing checkpoint of that round is replaced only with ``replace=True``."""
+        from .store import config_hash
+
+        name = self.experiment(experiment).name
+        for key, want in (("experiment", name), ("round", int(round))):
+            if state.get(key, want) != want:
+                raise StoreError(f"checkpoint state says {key}={state[key]!r}, expected {want!r}")
+        payload = {**state, "experiment": name, "round": int(round)}
+        cfg = payload.get("config")
+        cfg_hash = config_hash(cfg) if isinstance(cfg, dict) else None
+        path = self.root / "experiments" / name / "checkpoints" / ckpt_files.checkpoint_name(round)
+        existing = self.checkpoint(name, round)
+        if existing is not None and not replace:
+            raise ConflictError(
+                f"checkpoint {self.rel(path)} (experiment '{name}' round {round}) already "
+                "exists; pass --force to replace it"
+            )
+        atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload))
+        sha = sha256_file(path)
+
+        def record(s: Session) -> CheckpointInfo:
+            exp = self._exp_row(s, name)
+            parent_id = None
+            if parent is not None:
+                parent_id = s.scalar(
+                    select(Checkpoint.id)
+                    .join(Experiment)
+                    .where(
+                        Experiment.name == parent.experiment,
+                        Checkpoint.round == parent.round,
+                        Checkpoint.sha256 == parent.sha256,
+                    )
+                )
+            row = s.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.experiment_id == exp.id, Checkpoint.round == round
+                )
+            )
+            if row is not None and not replace:
+                raise ConflictError(f"checkpoint {self.rel(path)} was recorded meanwhile")
+            if row is None:
+                row = Checkpoint(experiment_id=exp.id, round=round)
+                s.add(row)
+            row.path, row.sha256, row.config_hash = self.rel(path), sha, cfg_hash
+            row.parent_id = parent_id
+            row.parent_sha256 = parent.sha256 if parent is not None else None
+            s.flush()
+            return self._ckpt_info(row, name)
+
+        try:
+            return run_write(self.engine, record)
+        except BaseException:
+            if existing is None and not self._path_recorded(Checkpoint, path):
+                path.unlink(missing_ok=True)
+            raise
+
+    def checkpoint(self, experiment: str, round: int) -> CheckpointInfo | None:
+        """The checkpoint after round ``round``, or None."""
+        found = [c for c in self.checkpoints(experiment) if c.round == round]
+        return found[0] if found else None
+
+    def checkpoints(self, experiment: str) -> list[CheckpointInfo]:
+        """All checkpoints of an experiment, by round."""
+        name = self.experiment(experiment).name
+        q = select(Checkpoint).join(Experiment).where(Experiment.name == name)
+        with read_session(self.engine) as s:
+            rows = s.scalars(q.order_by(Checkpoint.round)).all()
+            return [self._ckpt_info(r, name) for r in rows]
+
+    def load_checkpoint(self, info: CheckpointInfo, map_location: Any = "cpu") -> dict[str, Any]:
+        """Check (exists, sha256) and load a checkpoint with ``weights_only=True``; the
+        payload must name the same experiment and round as the catalog row."""
+        rel, fix = self.rel(info.path), checkpoint_fix(info.experiment, info.round)
+        self._check_file(info.path, info.sha256, f"checkpoint {rel}", fix)
+        state = ckpt_files.read_file(info.path, rel, fix, map_location=map_location)
+        if (state.get("experiment"), state.get("round")) != (info.experiment, info.round):
+            raise IntegrityError(
+                f"checkpoint {rel} belongs to experiment {state.get('experiment')!r} round "
+                f"{state.get('round')}, not '{info.experiment}' round {info.round}: {fix}"
+            )
+        return state

@@ -1,0 +1,266 @@
+"""The catalog: SQLAlchemy 2.0 ORM tables, the engine and write transactions.
+
+One row per artefact: experiments (with their full config), shards (one per round and
+version), checkpoints (one per round), evaluations, attacks, and the step log. Only the
+store reads these rows; callers get frozen dataclasses (``store.infos``).
+
+SQLite (the default, ``<ws>/.icl/catalog.db``) runs in WAL mode with foreign keys on, a
+30 s busy timeout and ``BEGIN IMMEDIATE`` for writes, plus a retry loop, so concurrent icl
+processes queue instead of failing with "database is locked". Any other SQLAlchemy URL
+(``ICL_CATALOG_URL``, e.g. PostgreSQL) works too.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored as UTC and always returned timezone-aware (SQLite drops tzinfo)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str | None] = mapped_column(String(32))
+    parent_name: Mapped[str | None] = mapped_column(String(64))
+    parent_round: Mapped[int | None] = mapped_column(Integer)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def _experiment_fk() -> Mapped[int]:
+    return mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+
+
+class Shard(Base):
+    __tablename__ = "shards"
+    __table_args__ = (UniqueConstraint("experiment_id", "round", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = _experiment_fk()
+    round: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    path: Mapped[str] = mapped_column(Text)  # relative to the workspace root
+    sha256: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer)
+    sampler_config: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    source_checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("experiment_id", "round"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = _experiment_fk()
+    round: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # The parent may belong to another experiment (``--from``); it is kept by hash too so
+    # the lineage survives a replaced parent row.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    parent_sha256: Mapped[str | None] = mapped_column(String(64))
+    config_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("experiment_id", "round", "split"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = _experiment_fk()
+    round: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(32))
+    error: Mapped[float] = mapped_column(Float)
+    per_class: Mapped[list] = mapped_column(JSON)
+    n: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Attack(Base):
+    __tablename__ = "attacks"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "round", "against_experiment", "against_round", "eps"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = _experiment_fk()
+    round: Mapped[int] = mapped_column(Integer)
+    against_experiment: Mapped[str] = mapped_column(String(64))
+    against_round: Mapped[int] = mapped_column(Integer)
+    eps: Mapped[float] = mapped_column(Float)
+    counts: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = _experiment_fk()
+    name: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # running | ok | failed | interrupted
+    message: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+
+
+STEP_STATES = ("running", "ok", "failed", "interrupted")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, foreign keys, busy timeout on every connection; explicit BEGIN so that writes
+    take the database lock up front (``BEGIN IMMEDIATE``), where the busy timeout applies,
+    instead of failing on a read-to-write upgrade."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves below
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets the concurrency settings above."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        _sqlite_setup(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables and stamp the schema version (idempotent)."""
+    check_schema(engine, missing_ok=True)
+    Base.metadata.create_all(engine)
+    with write_session(engine) as s:
+        if s.scalar(select(SchemaVersion.version)) is None:
+            s.add(SchemaVersion(version=SCHEMA_VERSION))
+
+
+def check_schema(engine: Engine, missing_ok: bool = False) -> None:
+    """Refuse a catalog written by a newer icl; a missing version table is an error unless
+    ``missing_ok`` (a fresh catalog being created)."""
+    if not inspect(engine).has_table(SchemaVersion.__tablename__):
+        if missing_ok:
+            return
+        raise StoreError(f"catalog {engine.url} has no icl schema; run `icl init` to create it")
+    with Session(engine) as s:
+        found = s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
+    if found is not None and found > SCHEMA_VERSION:
+        raise StoreError(
+            f"catalog schema {found} is newer than this icl ({SCHEMA_VERSION}); upgrade icl"
+        )
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction holds the write lock from its first statement and
+    commits on exit (rolls back on error)."""
+    bound = engine.execution_options(sqlite_begin="IMMEDIATE")
+    with Session(bound, expire_on_commit=False) as s, s.begin():
+        yield s
+
+
+def run_write(engine: Engine, fn: Callable[[Session], T], attempts: int = 8) -> T:
+    """Run ``fn(session)`` in one write transaction, retrying the whole transaction when
+    the database stays locked past the busy timeout (a long writer elsewhere), so that
+    "database is locked" never reaches the user while progress is possible."""
+    for attempt in range(attempts):
+        try:
+            with write_session(engine) as s:
+                return fn(s)
+        except OperationalError as exc:
+            if not _is_locked(exc) or attempt == attempts - 1:
+                if _is_locked(exc):
+                    raise StoreError(
+                        f"catalog {engine.url} stayed locked by another process; "
+                        "retry when it finishes (see `icl status`)"
+                    ) from exc
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def read_session(engine: Engine) -> Session:
+    """A plain session for reads (WAL readers never block writers)."""
+    return Session(engine, expire_on_commit=False)

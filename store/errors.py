@@ -1,0 +1,39 @@
+"""Errors the store raises for a user to read.
+
+Each error's ``str`` is one line: the file or experiment at fault and the command that
+fixes it, so the CLI can print it as is and exit non-zero without a traceback.
+
+Example:
+    >>> str(ExperimentNotFound("no experiment 'x' in /ws; known: a, b"))
+    "no experiment 'x' in /ws; known: a, b"
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class: a one-line message naming the file and what to run to fix it."""
+
+    def __init__(self, message: str) -> None:
+        # Keep the message on one line whatever the caller built it from.
+        super().__init__(" ".join(str(message).split()))
+
+
+class NotAWorkspace(StoreError):
+    """No ``.icl/`` catalog in the given folder or any parent."""
+
+
+class IntegrityError(StoreError):
+    """A shard or checkpoint is missing, altered, truncated or not what the catalog says."""
+
+
+class ExperimentNotFound(StoreError):
+    """The named experiment does not exist (the message lists the known names)."""
+
+
+class BusyError(StoreError):
+    """Another process holds the experiment's lock."""
+
+
+class ConflictError(StoreError):
+    """A row already exists with different content (experiment config, checkpoint...)."""

@@ -1,0 +1,123 @@
+"""Frozen dataclasses the store returns: plain values, never ORM rows.
+
+Timestamps are timezone-aware UTC datetimes; paths are absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """An experiment: its config as a plain dict and the hash that identifies it.
+
+    ``parent``/``parent_round``: the experiment and round it was started ``--from``.
+    """
+
+    id: int
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+    method: str | None
+    parent: str | None
+    created_at: datetime
+    mlflow_run_id: str | None
+    parent_round: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard file of round ``round``; ``active`` marks the version training uses."""
+
+    experiment: str
+    round: int
+    version: int
+    active: bool
+    path: Path
+    sha256: str
+    count: int
+    sampler_config: dict[str, Any]
+    seed: int | None
+    source_checkpoint: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """The checkpoint after round ``round`` (round 0: ``init``)."""
+
+    experiment: str
+    round: int
+    path: Path
+    sha256: str
+    parent_sha256: str | None
+    config_hash: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EvaluationInfo:
+    """Error rate in [0, 1] on ``split`` ("test", "val", ...); ``per_class`` has K entries."""
+
+    experiment: str
+    round: int
+    split: str
+    error: float
+    per_class: list[float]
+    n: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """FGSM counts for examples made on (experiment, round) and tried on the ``against``
+    model, e.g. ``{"made": 9000, "fool_self": 6876, "fool_other": 4661}``."""
+
+    experiment: str
+    round: int
+    against_experiment: str
+    against_round: int
+    eps: float
+    counts: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One run of a step. ``state``: running | ok | failed | interrupted (a ``running`` row
+    whose process is gone is reported as interrupted)."""
+
+    experiment: str
+    name: str
+    round: int | None
+    state: str
+    seconds: float | None
+    started_at: datetime
+    finished_at: datetime | None
+    message: str | None
+    config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``Store.verify`` found.
+
+    problems: one line each (missing or altered files, stale running steps);
+    temporary: leftover ``*.tmp-*`` files still on disk (after ``repair``, only those a
+    live process may still be writing); orphans: shard/checkpoint files no catalog row
+    names (never deleted); repaired: what ``repair=True`` did;
+    ok: no problems and no temporaries (orphans alone do not make it fail).
+    """
+
+    problems: list[str]
+    temporary: list[Path]
+    orphans: list[Path]
+    ok: bool
+    repaired: list[str] = field(default_factory=list)

@@ -1,0 +1,119 @@
+"""Per-experiment advisory locks (``fcntl.flock`` on ``.icl/locks/<name>.lock``).
+
+The holder writes its pid, host and command into the lock file, so a second process can
+say who is busy. Locks are re-entrant within one process (``step()`` inside ``lock()``
+works), released when the holder exits however it exits (the kernel drops flocks), and
+the lock file is never deleted (deleting it would let two processes lock two inodes).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .errors import BusyError
+
+_HELD: dict[str, list] = {}  # lock path -> [open file, depth]
+_GUARD = threading.Lock()
+os.register_at_fork(after_in_child=_HELD.clear)  # a child must lock for itself
+
+
+def default_command() -> str:
+    """What this process is doing, for other processes' messages: ``synthesize --round 3``."""
+    return shlex.join(sys.argv[1:]) or Path(sys.argv[0]).name
+
+
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _busy(experiment: str, path: Path) -> BusyError:
+    info = _holder(path)
+    who = "another icl process"
+    if info.get("pid"):
+        host = info.get("host")
+        where = f" on {host}" if host and host != socket.gethostname() else ""
+        who += f" (pid {info['pid']}{where})"
+    what = f" is running `{info['command']}`" if info.get("command") else " holds it"
+    return BusyError(
+        f"experiment '{experiment}' is busy: {who}{what}; "
+        "wait for it to finish (or stop it) and run again"
+    )
+
+
+@contextmanager
+def experiment_lock(
+    path: Path, experiment: str, wait: bool = False, command: str | None = None
+) -> Iterator[None]:
+    """Hold the exclusive lock at ``path`` for the ``with`` body.
+
+    ``wait=False`` raises BusyError at once if another process holds it; ``wait=True``
+    blocks until it is free (Ctrl-C still interrupts).
+    """
+    key = str(path)
+    with _GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+    if held is not None:
+        try:
+            yield
+        finally:
+            with _GUARD:
+                held[1] -= 1
+        return
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f: IO[str] = open(path, "a+")  # "a+" : create without truncating the holder's note
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise _busy(experiment, path) from None
+        note = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+        if note["command"] is None:
+            note["command"] = default_command()
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(note))
+        f.flush()
+        with _GUARD:
+            _HELD[key] = [f, 1]
+        try:
+            yield
+        finally:
+            with _GUARD:
+                _HELD.pop(key, None)
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+def is_locked_elsewhere(path: Path) -> bool:
+    """True if another process holds the lock at ``path`` right now."""
+    if str(path) in _HELD:
+        return False
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False

@@ -1,0 +1,105 @@
+"""Evaluation and attack records of :class:`store.Store` (split out to keep files short).
+
+Both are keyed so that re-running a step replaces its record instead of adding a second
+one: evaluations by (experiment, round, split), attacks by (experiment, round, against
+experiment, against round, eps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .catalog import Attack, Evaluation, Experiment, read_session, run_write, utcnow
+from .infos import AttackInfo, EvaluationInfo
+
+
+class ResultMethods:
+    """Mixin; needs ``engine``, ``experiment()`` and ``_exp_row()``."""
+
+    def record_evaluation(
+        self, experiment: str, round: int, split: str, error: float, per_class: list, n: int
+    ) -> EvaluationInfo:
+        """Record (replacing any earlier one) the error of round ``round`` on ``split``."""
+        name = self.experiment(experiment).name
+
+        def record(s: Session) -> EvaluationInfo:
+            exp_id = self._exp_row(s, name).id
+            row = s.scalar(
+                select(Evaluation).where(
+                    Evaluation.experiment_id == exp_id,
+                    Evaluation.round == round,
+                    Evaluation.split == split,
+                )
+            )
+            if row is None:
+                row = Evaluation(experiment_id=exp_id, round=round, split=split)
+                s.add(row)
+            row.error, row.n, row.created_at = float(error), int(n), utcnow()
+            row.per_class = [float(v) for v in per_class]
+            s.flush()
+            return self._eval_info(row, name)
+
+        return run_write(self.engine, record)
+
+    @staticmethod
+    def _eval_info(row: Evaluation, exp: str) -> EvaluationInfo:
+        return EvaluationInfo(
+            exp, row.round, row.split, row.error, list(row.per_class), row.n, row.created_at
+        )
+
+    def evaluations(self, experiment: str | None = None) -> list[EvaluationInfo]:
+        """Evaluations by experiment, round, split."""
+        return self._results(Evaluation, experiment, self._eval_info, Evaluation.split)
+
+    def record_attack(
+        self,
+        experiment: str,
+        round: int,
+        against_experiment: str,
+        against_round: int,
+        eps: float,
+        counts: dict[str, Any],
+    ) -> AttackInfo:
+        """Record FGSM counts (replacing an earlier record with the same key)."""
+        name = self.experiment(experiment).name
+        other = self.experiment(against_experiment).name
+
+        def record(s: Session) -> AttackInfo:
+            exp_id = self._exp_row(s, name).id
+            key = dict(round=round, against_experiment=other, against_round=against_round)
+            row = s.scalar(select(Attack).filter_by(experiment_id=exp_id, eps=float(eps), **key))
+            if row is None:
+                row = Attack(experiment_id=exp_id, eps=float(eps), **key)
+                s.add(row)
+            row.counts, row.created_at = dict(counts), utcnow()
+            s.flush()
+            return self._attack_info(row, name)
+
+        return run_write(self.engine, record)
+
+    @staticmethod
+    def _attack_info(row: Attack, exp: str) -> AttackInfo:
+        return AttackInfo(
+            exp,
+            row.round,
+            row.against_experiment,
+            row.against_round,
+            row.eps,
+            dict(row.counts),
+            row.created_at,
+        )
+
+    def attacks(self, experiment: str | None = None) -> list[AttackInfo]:
+        """Attack records by experiment, round."""
+        return self._results(Attack, experiment, self._attack_info, Attack.id)
+
+    def _results(self, table: type, experiment: str | None, conv, last) -> list:
+        q = select(table, Experiment.name).join(Experiment)
+        if experiment is not None:
+            q = q.where(Experiment.name == self.experiment(experiment).name)
+        with read_session(self.engine) as s:
+            rows = s.execute(q.order_by(Experiment.name, table.round, last)).all()
+            return [conv(r, e) for r, e in rows]

@@ -1,0 +1,181 @@
+"""Shard files: one HDF5 file of pseudo-negatives per (round, version).
+
+Path: ``<ws>/experiments/<name>/shards/round-0007.v1.h5`` (round 7, version 1). A shard
+is written once and never changed; synthesising the round again makes ``v2``.
+
+Datasets (N samples, chunked along N, gzip level 4 with the shuffle filter):
+
+==========  =======  ============  ==================================================
+name        dtype    shape         meaning
+==========  =======  ============  ==================================================
+samples     float32  (N, C, H, W)  the synthesised inputs, in the model's input scale
+target      int64    (N,)          class k whose logit f_k was pushed up
+steps       int32    (N,)          gradient steps used (0 for ICL-noise draws)
+logit       float32  (N,)          final f_k(x)
+passed      bool     (N,)          True if the sample met the stop rule before max_steps
+==========  =======  ============  ==================================================
+
+Attributes: ``round`` (int), ``version`` (int), ``seed`` (int), ``sampler_config``
+(JSON string), ``source_checkpoint`` (sha256 hex of the checkpoint sampled from),
+``tool_version``, ``format_version`` (= 1), ``created_at`` (ISO 8601, UTC) and
+``experiment`` (informative; the catalog path is what identifies the experiment).
+
+Reading one with plain h5py::
+
+    import h5py, json
+    with h5py.File("experiments/icl/shards/round-0001.v1.h5", "r") as f:
+        x, k = f["samples"][:], f["target"][:]          # (N, C, H, W), (N,)
+        cfg = json.loads(f.attrs["sampler_config"])
+        print(f.attrs["round"], x.shape, f["passed"][:].mean())
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import IntegrityError, StoreError
+
+FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy dtype names; numpy itself is imported lazily (keeps `icl --help` fast).
+DATASETS: dict[str, str] = {
+    "samples": "float32",
+    "target": "int64",
+    "steps": "int32",
+    "logit": "float32",
+    "passed": "bool",
+}
+REQUIRED_ATTRS = (
+    "round",
+    "version",
+    "seed",
+    "sampler_config",
+    "source_checkpoint",
+    "tool_version",
+    "format_version",
+    "created_at",
+)
+CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: good gzip ratio, cheap partial reads
+
+
+def shard_name(round: int, version: int) -> str:
+    """``round-0007.v1.h5``."""
+    return f"round-{round:04d}.v{version}.h5"
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("icl-toolkit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def prepare_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check names and shapes and cast to the file dtypes; raise StoreError if the caller
+    passed something a shard cannot hold (a bug, caught before any file is written)."""
+    import numpy as np
+
+    missing = sorted(set(DATASETS) - set(arrays))
+    extra = sorted(set(arrays) - set(DATASETS))
+    if missing or extra:
+        raise StoreError(
+            f"shard arrays must be {sorted(DATASETS)}; missing {missing}, extra {extra}"
+        )
+    out = {k: np.ascontiguousarray(np.asarray(arrays[k]), dtype=dt) for k, dt in DATASETS.items()}
+    n = out["samples"].shape[0] if out["samples"].ndim == 4 else None
+    if n is None:
+        raise StoreError(f"shard samples must be 4-D (N, C, H, W), got {out['samples'].shape}")
+    for k in DATASETS:
+        if k != "samples" and out[k].shape != (n,):
+            raise StoreError(f"shard array {k!r} must have shape ({n},), got {out[k].shape}")
+    return out
+
+
+def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+    """Write a shard to ``path`` (a temporary name; see ``workspace.atomic_write``).
+
+    ``arrays`` as returned by :func:`prepare_arrays`; ``attrs`` holds round, version, seed,
+    sampler_config (dict), source_checkpoint and experiment; the rest is filled in here.
+    """
+    import h5py
+
+    n = arrays["samples"].shape[0]
+    with h5py.File(path, "w") as f:
+        for name, data in arrays.items():
+            if n == 0:  # HDF5 cannot chunk an empty extent
+                f.create_dataset(name, data=data)
+                continue
+            row_bytes = max(1, data[0].nbytes)
+            rows = int(max(1, min(n, CHUNK_BYTES // row_bytes)))
+            f.create_dataset(
+                name,
+                data=data,
+                chunks=(rows, *data.shape[1:]),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
+            )
+        f.attrs["round"] = int(attrs["round"])
+        f.attrs["version"] = int(attrs["version"])
+        f.attrs["seed"] = int(attrs.get("seed") if attrs.get("seed") is not None else -1)
+        f.attrs["sampler_config"] = json.dumps(attrs.get("sampler_config") or {}, sort_keys=True)
+        f.attrs["source_checkpoint"] = str(attrs.get("source_checkpoint") or "")
+        f.attrs["experiment"] = str(attrs.get("experiment") or "")
+        f.attrs["tool_version"] = tool_version()
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["created_at"] = datetime.now(timezone.utc).isoformat()
+
+
+def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[str, np.ndarray]:
+    """Open a shard whose hash was already checked, validate it and return its arrays.
+
+    ``rel`` names the file in messages, ``fix`` is the command suggested on failure.
+    Raises IntegrityError for a file h5py cannot open, a missing or mistyped dataset,
+    inconsistent lengths, or round/version attributes that disagree with the catalog.
+    """
+    import h5py
+
+    def bad(why: str) -> IntegrityError:
+        return IntegrityError(f"shard {rel} {why}: {fix}")
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise bad(f"is not a readable HDF5 file ({exc})") from None
+    with f:
+        for name, dtype in DATASETS.items():
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise bad(f"has no dataset {name!r}")
+            if f[name].dtype != dtype:
+                raise bad(f"dataset {name!r} is {f[name].dtype}, expected {dtype}")
+        missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+        if missing:
+            raise bad(f"lacks attributes {missing}")
+        if int(f.attrs["format_version"]) > FORMAT_VERSION:
+            raise IntegrityError(
+                f"shard {rel} has format {int(f.attrs['format_version'])}, newer than this "
+                f"icl reads ({FORMAT_VERSION}); upgrade icl"
+            )
+        if (int(f.attrs["round"]), int(f.attrs["version"])) != (round, version):
+            raise bad(
+                f"holds round {int(f.attrs['round'])} v{int(f.attrs['version'])}, "
+                f"but the catalog says round {round} v{version}"
+            )
+        try:
+            out = {name: f[name][()] for name in DATASETS}
+        except (OSError, ValueError) as exc:
+            raise bad(f"could not be read ({exc})") from None
+    if out["samples"].ndim != 4:
+        raise bad(f"has {out['samples'].ndim}-D samples, expected (N, C, H, W)")
+    n = out["samples"].shape[0]
+    for name, arr in out.items():
+        if name != "samples" and arr.shape != (n,):
+            raise bad(f"dataset {name!r} has shape {arr.shape}, expected ({n},)")
+    return out

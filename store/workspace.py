@@ -1,0 +1,145 @@
+"""Workspace discovery, name checks and crash-safe file writes.
+
+A workspace is a folder holding ``.icl/`` (the catalog, locks, MLflow data) and
+``experiments/<name>/`` (shards, checkpoints, figures). Every artefact file is written
+through :func:`atomic_write`, so a crash or Ctrl-C leaves either the old file or the
+new one, never half of one (at worst a ``*.tmp-*`` leftover that ``icl verify --repair``
+removes).
+
+Example:
+    >>> root = find_workspace()                     # doctest: +SKIP
+    >>> atomic_write(root / "x.bin", lambda tmp: tmp.write_bytes(b"data"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import NotAWorkspace, StoreError
+
+ICL_DIR = ".icl"
+CATALOG_FILE = "catalog.db"
+LOCKS_DIR = "locks"
+EXPERIMENTS_DIR = "experiments"
+TMP_MARK = ".tmp-"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def is_workspace(folder: Path) -> bool:
+    """True if ``folder`` holds an icl catalog (or the ``.icl/locks`` of one whose
+    catalog lives on a database server, see ``ICL_CATALOG_URL``)."""
+    icl = folder / ICL_DIR
+    return (icl / CATALOG_FILE).is_file() or (icl / LOCKS_DIR).is_dir()
+
+
+def find_workspace(explicit: Path | None = None, cwd: Path | None = None) -> Path:
+    """The workspace root: ``explicit``, else ``$ICL_WORKSPACE``, else the nearest folder
+    at or above ``cwd`` (default: the current directory) that holds ``.icl/catalog.db``.
+
+    Raises NotAWorkspace if the chosen folder (or no parent) is a workspace.
+    """
+    chosen = explicit if explicit is not None else os.environ.get("ICL_WORKSPACE") or None
+    if chosen is not None:
+        root = Path(chosen).expanduser().resolve()
+        if not is_workspace(root):
+            raise NotAWorkspace(
+                f"not an icl workspace: {root}; run `icl init {root}` or pass another --workspace"
+            )
+        return root
+    start = Path(cwd if cwd is not None else Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if is_workspace(folder):
+            return folder
+    raise NotAWorkspace(
+        f"not an icl workspace (or any parent): {start}; run `icl init` here or pass --workspace"
+    )
+
+
+def validate_name(name: str, what: str = "experiment name") -> str:
+    """Return ``name`` if it is a safe single path component, else raise StoreError.
+
+    Allowed: ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``, and never ``.`` or ``..`` (so a name can
+    not climb out of ``experiments/``).
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise StoreError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory so a rename inside it survives a power cut (no-op where the OS
+    cannot open directories)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def tmp_path_for(path: Path) -> Path:
+    """``<path>.tmp-<pid>-<random>`` in the same folder (same file system, so the final
+    ``os.replace`` is atomic); the pid lets ``verify`` tell a live writer from a dead one."""
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def atomic_write(path: Path, write_fn: Callable[[Path], object]) -> Path:
+    """Create ``path`` atomically: ``write_fn(tmp)`` writes a temporary file next to it,
+    which is fsynced, renamed over ``path`` and the folder fsynced.
+
+    On any exception, KeyboardInterrupt included, the temporary file is removed and the
+    exception re-raised; ``path`` is then untouched. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        write_fn(tmp)
+        if not tmp.is_file():
+            raise StoreError(f"writer produced no file for {path}")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with this pid exists on this machine (a permission error means it
+    exists but belongs to someone else)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True

@@ -1,0 +1,157 @@
+"""End to end through the ``icl`` command line: a tiny net on a small slice of the
+embedded MNIST subset, in a workspace under tmp_path."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from icl_cli.app import app
+
+TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
+        "--epochs", "1", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05"]
+COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
+
+
+def icl(*args, code=0):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
+    return result
+
+
+def icl_json(*args):
+    return json.loads(icl(*args, "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace with a baseline and a paired ICL experiment, both at round 1."""
+    ws = tmp_path_factory.mktemp("ws")
+    icl("init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON)
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
+    icl("run", "-w", ws, "-e", "base", "--rounds", "1", *COMMON)
+    return ws
+
+
+def test_init_records_round_zero_and_pairs_from_parent(ws):
+    base = icl_json("evaluate", "-w", ws, "-e", "base", "--round", "0", *COMMON)
+    paired = icl_json("evaluate", "-w", ws, "-e", "icl", "--round", "0", *COMMON)
+    # The paired experiment starts from the very same C_0: identical errors on both splits.
+    assert [e["error"] for e in base] == [e["error"] for e in paired]
+    assert {e["split"] for e in base} == {"test", "val"}
+    assert all(e["n"] > 0 for e in base)
+
+
+def test_round_as_written_in_the_design_card(ws, monkeypatch):
+    monkeypatch.chdir(ws)
+    out = icl_json("synthesize", "-e", "icl", "--round", "1", "--count", "4", *COMMON)
+    assert out["count"] == 40 and out["version"] == 1 and not out["reused"]
+    assert 0 <= out["pass_rate"] <= 1
+    with h5py.File(out["path"]) as f:  # a shard is readable with plain h5py
+        assert f["samples"].shape == (40, 1, 28, 28)
+        assert sorted(np.unique(f["target"][:])) == list(range(10))
+        assert f.attrs["round"] == 1
+    again = icl("synthesize", "-e", "icl", "--round", "1", "--count", "4", *COMMON)
+    assert "already synthesized" in again.stderr
+    other = icl("synthesize", "-e", "icl", "--round", "1", "--count", "5", *COMMON, code=3)
+    assert "--force" in other.stderr and "Traceback" not in other.output
+
+    train = icl_json("reclassify", "-e", "icl", "--round", "1", *COMMON)
+    assert train["pseudo_negatives"] == 40 and len(train["epochs"]) == 1
+    assert icl_json("reclassify", "-e", "icl", "--round", "1", *COMMON)["reused"]
+    errors = icl_json("evaluate", "-e", "icl", "--round", "1", *COMMON)
+    assert {e["split"] for e in errors} == {"test", "val"}
+
+    shown = icl_json("inspect", "-e", "icl", "--round", "1")
+    assert sum(c["count"] for c in shown["classes"]) == 40
+    assert shown["nearest_train"] > 0
+    png = open(shown["grid"], "rb").read(8)
+    assert png == b"\x89PNG\r\n\x1a\n"
+
+    attack = icl_json("attack", "-e", "icl", "--round", "1", "--against", "base:1",
+                      "--eps", "0.125", *COMMON)
+    assert [a["source"] for a in attack] == ["icl", "base"]
+    for a in attack:
+        assert 0 <= a["fool_both"] <= a["fool_source"] <= a["correct"] <= 2000
+
+
+def test_force_makes_a_new_version_and_replay_matches(ws):
+    first = icl_json("synthesize", "-w", ws, "-e", "icl", "--round", "1", "--count", "4",
+                     *COMMON)
+    forced = icl_json("synthesize", "-w", ws, "-e", "icl", "--round", "1", "--count", "4",
+                      "--force", *COMMON)
+    assert forced["version"] == first["version"] + 1
+    old = icl_json("inspect", "-w", ws, "-e", "icl", "--round", "1", "--version",
+                   str(first["version"]))
+    assert old["version"] == first["version"]  # the old version stays readable
+    replay = icl("synthesize", "-w", ws, "-e", "icl", "--round", "1", "--replay", *COMMON)
+    assert "matches bit for bit" in replay.stdout
+    # The round-1 checkpoint was trained on v1; the active shard is now v2.
+    stale = icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON, code=3)
+    assert "--force" in stale.stderr
+    replay = icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", "--replay", *COMMON)
+    assert "matches bit for bit" in replay.stdout
+
+
+def test_corrupted_shard_is_refused_with_a_clear_message(ws):
+    shard = icl_json("synthesize", "-w", ws, "-e", "icl", "--round", "1", "--count", "4",
+                     *COMMON)
+    data = bytearray(open(shard["path"], "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard["path"], "wb").write(bytes(data))
+    out = icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", "--force", *COMMON, code=4)
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "round-0001" in line and "--force" in line
+    verify = icl("verify", "-w", ws, code=4)
+    assert "round-0001" in verify.stdout
+    data[len(data) // 2] ^= 0xFF  # mend it, so later tests see a consistent workspace
+    open(shard["path"], "wb").write(bytes(data))
+    assert icl("verify", "-w", ws).exit_code == 0
+
+
+def test_user_mistakes_get_one_line_and_an_exit_code(ws, tmp_path):
+    cases = [
+        (["synthesize", "-w", ws, "-e", "icl", "--round", "0"], 3, "round >= 1"),
+        (["synthesize", "-w", ws, "-e", "icl", "--round", "3"], 3, "reclassify --round 2"),
+        (["synthesize", "-w", ws, "-e", "icl", "--round", "1", "--count", "0", "--force"], 3,
+         "--count"),
+        (["synthesize", "-w", ws, "-e", "base", "--round", "1"], 3, "baseline"),
+        (["synthesize", "-w", ws, "-e", "nope", "--round", "1"], 3, "nope"),
+        (["evaluate", "-w", tmp_path], 6, "icl init"),
+        (["attack", "-w", ws, "-e", "icl", "--round", "1", "--against", "base", "--eps", "2"],
+         3, "[0, 1]"),
+        (["init", "-w", ws, "-e", "../evil"], 3, "experiment name"),
+        (["init", "-w", ws, "-e", "x", "--arch", "resnet999", "--no-mlflow"], 3, "resnet999"),
+    ]
+    for args, code, words in cases:
+        out = icl(*args, "--no-mlflow" if args[0] != "evaluate" else "--device=cpu", code=code)
+        assert words in out.stderr, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in out.output
+
+
+def test_interrupted_step_leaves_nothing_and_run_resumes(ws, monkeypatch):
+    import icl_cli.steps.train as train
+
+    real = train.reclassify
+
+    def interrupted(*args, **kwargs):
+        real(*args, **{**kwargs, "epochs": 0, "real_epochs": 0})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "reclassify", interrupted)
+    out = icl("run", "-w", ws, "-e", "icl", "--rounds", "2", *COMMON, code=130)
+    assert "interrupted" in out.stderr
+    status = icl_json("status", "-w", ws)
+    icl_row = next(r for r in status["experiments"] if r["experiment"] == "icl")
+    assert icl_row["rounds"] == 1  # no checkpoint 2 was recorded
+    assert icl("verify", "-w", ws).exit_code == 0
+
+    monkeypatch.setattr(train, "reclassify", real)
+    rows = icl_json("run", "-w", ws, "-e", "icl", "--rounds", "2", *COMMON)
+    assert rows[2]["ran"] == ["reclassify", "evaluate"]  # the shard survived; resumed after it
+    assert rows[2]["test_error"] is not None
+    report = icl("report", "-w", ws).stdout
+    assert "| icl | icl |" in report and "| base | baseline |" in report

@@ -1,0 +1,134 @@
+"""Workspace discovery, names, atomic writes, opening and experiments."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from store import (
+    ConflictError,
+    ExperimentNotFound,
+    NotAWorkspace,
+    Store,
+    StoreError,
+    atomic_write,
+    find_workspace,
+    validate_name,
+)
+
+
+def test_find_workspace_from_a_subfolder(tmp_path, monkeypatch):
+    Store.init(tmp_path / "ws").close()
+    sub = tmp_path / "ws" / "a" / "b"
+    sub.mkdir(parents=True)
+    assert find_workspace(cwd=sub) == (tmp_path / "ws").resolve()
+    monkeypatch.chdir(sub)
+    assert find_workspace() == (tmp_path / "ws").resolve()
+    assert find_workspace(explicit=tmp_path / "ws") == (tmp_path / "ws").resolve()
+
+
+def test_find_workspace_env_and_errors(tmp_path, monkeypatch):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(NotAWorkspace, match=r"\(or any parent\).*run `icl init` here"):
+        find_workspace(cwd=tmp_path / "plain")
+    with pytest.raises(NotAWorkspace):
+        find_workspace(explicit=tmp_path / "plain")
+    Store.init(tmp_path / "ws").close()
+    monkeypatch.setenv("ICL_WORKSPACE", str(tmp_path / "ws"))
+    assert find_workspace(cwd=tmp_path / "plain") == (tmp_path / "ws").resolve()
+    with pytest.raises(NotAWorkspace):
+        Store.open(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", ".", "..", "", "-x", "a" * 65, "x y", "é"])
+def test_bad_names_rejected(store, bad):
+    with pytest.raises(StoreError):
+        validate_name(bad)
+    with pytest.raises(StoreError):
+        store.create_experiment(bad, {})
+
+
+def test_good_names(store):
+    assert validate_name("mnist-icl_1.v2") == "mnist-icl_1.v2"
+    assert validate_name("a" * 64)
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path):
+    target = tmp_path / "d" / "f.bin"
+
+    def boom(tmp):
+        tmp.write_bytes(b"half")
+        raise ValueError("disk on fire")
+
+    with pytest.raises(ValueError):
+        atomic_write(target, boom)
+    assert list(target.parent.iterdir()) == []
+
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"old"))
+
+    def interrupted(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+    assert target.read_bytes() == b"old"
+
+
+def test_init_is_idempotent_and_open_checks_schema(tmp_path):
+    st = Store.init(tmp_path / "ws")
+    st.create_experiment("icl", {"a": 1})
+    st.close()
+    st = Store.init(tmp_path / "ws")
+    assert [e.name for e in st.experiments()] == ["icl"]
+    st.close()
+    db = tmp_path / "ws" / ".icl" / "catalog.db"
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE schema_version SET version = 7")
+    with pytest.raises(StoreError, match=r"catalog schema 7 is newer than this icl \(1\)"):
+        Store.open(tmp_path / "ws")
+
+
+def test_experiments(store):
+    same = store.create_experiment("icl", {"method": "icl", "seed": 0})
+    assert same.name == "icl" and same.method == "icl"
+    with pytest.raises(ConflictError, match="another config"):
+        store.create_experiment("icl", {"method": "icl", "seed": 1})
+    b = store.create_experiment("b", {"method": "baseline"}, parent="icl", parent_round=2)
+    assert (b.parent, b.parent_round) == ("icl", 2)
+    assert store.experiment().name == "b"  # the most recently created
+    assert store.experiment("icl").config == {"method": "icl", "seed": 0}
+    with pytest.raises(ExperimentNotFound, match="known: b, icl"):
+        store.experiment("nope")
+    with pytest.raises(ExperimentNotFound):
+        store.create_experiment("c", {}, parent="nope")
+    assert [e.name for e in store.experiments()] == ["icl", "b"]
+    assert (store.root / "experiments" / "b" / "shards").is_dir()
+
+
+def test_no_experiment_yet(tmp_path):
+    with Store.init(tmp_path / "ws") as st, pytest.raises(ExperimentNotFound, match="icl init"):
+        st.experiment()
+
+
+def test_figure_path(store):
+    p = store.figure_path("icl", "round-0003/grid.png")
+    assert p == store.root / "experiments/icl/figures/round-0003/grid.png"
+    assert p.parent.is_dir()
+    for bad in ["../x.png", "/etc/x.png", "a/../../x.png", ""]:
+        with pytest.raises(StoreError):
+            store.figure_path("icl", bad)
+
+
+def test_results_replace_on_rerun(store):
+    store.record_evaluation("icl", 1, "test", 0.5, [0.1] * 10, 100)
+    e = store.record_evaluation("icl", 1, "test", 0.25, [0.2] * 10, 100)
+    store.record_evaluation("icl", 1, "val", 0.3, [0.3] * 10, 50)
+    assert [(x.split, x.error) for x in store.evaluations("icl")] == [("test", 0.25), ("val", 0.3)]
+    assert e.per_class == [0.2] * 10
+    store.create_experiment("base", {"method": "baseline"})
+    store.record_attack("icl", 1, "base", 1, 0.125, {"made": 10, "fool_self": 3})
+    a = store.record_attack("icl", 1, "base", 1, 0.125, {"made": 10, "fool_self": 4})
+    assert store.attacks() == [a] and a.counts["fool_self"] == 4
