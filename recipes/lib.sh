@@ -1,0 +1,71 @@
+# Shared by the recipes: scale presets and the paired baseline / ICL-noise / ICL loop.
+# Source it from a recipe; every setting can be overridden from the environment.
+#
+#   SMOKE=1     seconds: tiny net, tiny data, 1 round, 1 seed (what CI runs)
+#   SCALE=cpu   fits 2 CPU cores in minutes to an hour (the default)
+#   SCALE=paper the paper's settings, for a GPU owner
+#
+# MNIST comes from MNIST_DIR (an IDX folder: the full MNIST) when set, else from the subset
+# embedded in icl (6,000 train / 2,000 test images).
+
+if [ "${SMOKE:-0}" = 1 ]; then SCALE=smoke; fi
+SCALE=${SCALE:-cpu}
+WS=${WS:-recipes-out/$(basename "$0" .sh)-$SCALE}
+THREADS=${THREADS:-1}
+DEVICE=${DEVICE:-auto}
+RUN=(--workspace "$WS" --threads "$THREADS" --device "$DEVICE")
+[ "${NO_MLFLOW:-0}" = 1 ] && RUN+=(--no-mlflow)
+
+if [ -n "${MNIST_DIR:-}" ]; then
+  MNIST_DATA=(--dataset idx --data-root "$MNIST_DIR")
+else
+  MNIST_DATA=(--dataset mnist-embedded)
+fi
+
+case "$SCALE" in
+  smoke)
+    ARCH=${ARCH:-tiny}; SEEDS=${SEEDS:-0}; ROUNDS=${ROUNDS:-1}; VAL=${VAL:-100}
+    INIT_EPOCHS=${INIT_EPOCHS:-1}; EPOCHS=${EPOCHS:-1}; REAL_EPOCHS=${REAL_EPOCHS:-0}
+    COUNT=${COUNT:-2}; MAX_STEPS=${MAX_STEPS:-5}; SIZES=${SIZES:-100} ;;
+  cpu)
+    ARCH=${ARCH:-mnist-cnn}; SEEDS=${SEEDS:-0 1 2 3 4}; ROUNDS=${ROUNDS:-5}; VAL=${VAL:-1000}
+    INIT_EPOCHS=${INIT_EPOCHS:-10}; EPOCHS=${EPOCHS:-2}; REAL_EPOCHS=${REAL_EPOCHS:-1}
+    COUNT=${COUNT:-20}; MAX_STEPS=${MAX_STEPS:-200}; SIZES=${SIZES:-500 2000} ;;
+  paper)
+    ARCH=${ARCH:-mnist-cnn}; SEEDS=${SEEDS:-0 1 2 3 4}; ROUNDS=${ROUNDS:-30}; VAL=${VAL:-5000}
+    INIT_EPOCHS=${INIT_EPOCHS:-10}; EPOCHS=${EPOCHS:-5}; REAL_EPOCHS=${REAL_EPOCHS:-0}
+    COUNT=${COUNT:-200}; MAX_STEPS=${MAX_STEPS:-200}; SIZES=${SIZES:-500 2000 10000 55000} ;;
+  *) echo "unknown SCALE=$SCALE (smoke, cpu or paper)" >&2; exit 2 ;;
+esac
+MODE=${MODE:-softmax}
+PN_WEIGHT=${PN_WEIGHT:-1}
+SAMPLER_LR=${SAMPLER_LR:-0.01}
+REFERENCE_STD=${REFERENCE_STD:-0.3}
+DECAY_ROUND=${DECAY_ROUND:-20}
+METHODS=${METHODS:-baseline icl-noise icl}
+
+# paired NAME_PREFIX SEED TRAIN_SIZE [extra init options...]
+# One C_0 per (seed, size), shared by every method through --from; then the loop.
+# TRAIN_SIZE "all" uses every training image not held out for validation.
+paired() {
+  local prefix=$1 seed=$2 size=$3; shift 3
+  local base="$prefix-baseline" size_opt=()
+  [ "$size" = all ] || size_opt=(--train-size "$size")
+  icl init "${RUN[@]}" -e "$base" --method baseline --seed "$seed" "$@" \
+    "${size_opt[@]}" --val-size "$VAL" --arch "$ARCH" --mode "$MODE" \
+    --init-epochs "$INIT_EPOCHS" --epochs "$EPOCHS" --real-epochs "$REAL_EPOCHS" \
+    --pn-weight "$PN_WEIGHT" --decay-round "$DECAY_ROUND" --count "$COUNT" \
+    --max-steps "$MAX_STEPS" --sampler-lr "$SAMPLER_LR" --reference-std "$REFERENCE_STD" \
+    >/dev/null
+  for method in $METHODS; do
+    [ "$method" = baseline ] || \
+      icl init "${RUN[@]}" -e "$prefix-$method" --method "$method" --from "$base:0" >/dev/null
+    icl run "${RUN[@]}" -e "$prefix-$method" --rounds "$ROUNDS" >/dev/null
+  done
+}
+
+# summarize [summarize.py options...]: the markdown table of the workspace's experiments.
+summarize() {
+  icl report --workspace "$WS" --json > "$WS/report.json"
+  python "$(dirname "${BASH_SOURCE[0]}")/summarize.py" "$WS/report.json" "$@"
+}

@@ -1,0 +1,151 @@
+"""Turn `icl report --json` into the recipes' markdown tables and plots.
+
+Groups experiments by (dataset, mode, train size, method) over seeds and prints test error
+(%) of the round chosen on validation error, mean +- std over seeds, the paired difference
+to the baseline that shares its C_0 (``--from``), and the paper's number beside it.
+
+    python recipes/summarize.py WS/report.json --paper table1 [--plot-rounds F.png]
+        [--plot-sizes F.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+
+# Test error (%) from the paper (SPEC, "Paper numbers"): {table: {(mode, method): value}}.
+PAPER = {
+    "table1": {("ova", "baseline"): 0.91, ("softmax", "baseline"): 0.89,
+               ("ova", "icl-noise"): 0.92, ("softmax", "icl-noise"): 0.87,
+               ("ova", "icl"): 0.78, ("softmax", "icl"): 0.81},
+    "table2-noaug": {("ova", "baseline"): 13.44, ("softmax", "baseline"): 12.38,
+                     ("ova", "icl-noise"): 13.28, ("softmax", "icl-noise"): 11.94,
+                     ("ova", "icl"): 12.94, ("softmax", "icl"): 11.46},
+    "table2-aug": {("ova", "baseline"): 6.70, ("softmax", "baseline"): 7.06,
+                   ("ova", "icl-noise"): 6.58, ("softmax", "icl-noise"): 6.90,
+                   ("ova", "icl"): 6.52, ("softmax", "icl"): 6.70},
+    "table3": {("softmax", "baseline"): 2.01, ("softmax", "icl-noise"): 1.99,
+               ("softmax", "icl"): 1.93},
+}
+METHOD_ORDER = {"baseline": 0, "icl-noise": 1, "icl": 2}
+
+
+def mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f}"
+    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
+
+
+def selected(row: dict) -> float | None:
+    """Test error (%) of the round with the lowest validation error (else the last)."""
+    e = row["test_error_best_val"]
+    if e is None:
+        e = row["test_error_last"]
+    return None if e is None else 100 * e
+
+
+def table(rows: list[dict], paper: str | None) -> str:
+    by_name = {r["experiment"]: r for r in rows}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
+    out = ["| data | mode | train size | method | seeds | test % (val-selected) | "
+           "test % (last round) | paired diff vs baseline | better on | paper % |",
+           "|" + " --- |" * 10]
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], METHOD_ORDER.get(k[3], 9))):
+        data, mode, size, method = key
+        rs = groups[key]
+        sel = [e for e in map(selected, rs) if e is not None]
+        last = [100 * r["test_error_last"] for r in rs if r["test_error_last"] is not None]
+        diffs = []
+        for r in rs:
+            base = by_name.get(r["parent"]) if r["parent"] else None
+            if base is not None and selected(r) is not None and selected(base) is not None:
+                diffs.append(selected(r) - selected(base))
+        wins = f"{sum(d < 0 for d in diffs)}/{len(diffs)}" if diffs else "-"
+        ref = PAPER.get(paper or "", {}).get((mode, method))
+        out.append(f"| {data} | {mode} | {size or 'all'} | {method} | {len(rs)} | "
+                   f"{mean_std(sel)} | {mean_std(last)} | {mean_std(diffs)} | {wins} | "
+                   f"{'-' if ref is None else f'{ref:.2f}'} |")
+    return "\n".join(out)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rounds(rows: list[dict], path: str) -> None:
+    """Figure 4: mean test error against round, one line per (method, train size)."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    curves: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for t, e in r["errors"].items():
+            if "test" in e:
+                curves[(r["method"], r["train_size"])][int(t)].append(100 * e["test"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    for (method, size), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
+        ts = sorted(pts)
+        ax.plot(ts, [statistics.mean(pts[t]) for t in ts], marker="o",
+                label=f"{method} (n={size or 'all'})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round t")
+    ax.set_ylabel("test error (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_sizes(rows: list[dict], path: str) -> None:
+    """Figure 5: val-selected test error against training-set size, std bars."""
+    plt = _plt()
+    pts: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if selected(r) is not None:
+            pts[r["method"]][r["train_size"] or 60000].append(selected(r))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    for i, method in enumerate(sorted(pts, key=lambda m: METHOD_ORDER.get(m, 9))):
+        sizes = sorted(pts[method])
+        means = [statistics.mean(pts[method][s]) for s in sizes]
+        stds = [statistics.stdev(pts[method][s]) if len(pts[method][s]) > 1 else 0.0
+                for s in sizes]
+        shifted = [s * (1 + 0.04 * (i - 1)) for s in sizes]  # side by side on a log axis
+        ax.errorbar(shifted, means, yerr=stds, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report")
+    parser.add_argument("--paper", choices=sorted(PAPER))
+    parser.add_argument("--plot-rounds")
+    parser.add_argument("--plot-sizes")
+    args = parser.parse_args()
+    with open(args.report) as f:
+        rows = json.load(f)
+    print(table(rows, args.paper))
+    if args.plot_rounds:
+        plot_rounds(rows, args.plot_rounds)
+    if args.plot_sizes:
+        plot_sizes(rows, args.plot_sizes)
+
+
+if __name__ == "__main__":
+    main()

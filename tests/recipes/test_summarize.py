@@ -1,0 +1,36 @@
+"""The recipes' table maker: means, stds and paired differences from `icl report --json`."""
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "summarize", Path(__file__).parents[2] / "recipes" / "summarize.py")
+summarize = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(summarize)
+
+
+def row(name, method, seed, test_best, parent=None, test_last=None, val_round=2):
+    return {"experiment": name, "method": method, "mode": "softmax", "dataset": "idx",
+            "train_size": 500, "seed": seed, "parent": parent, "rounds": 3,
+            "test_error_0": 0.1, "test_error_last": test_last if test_last else test_best,
+            "best_val_round": val_round, "test_error_best_val": test_best,
+            "running": [], "errors": {"0": {"test": 0.1}, "1": {"test": test_best}}}
+
+
+def test_paired_difference_mean_and_std_over_seeds():
+    rows = [row("b0", "baseline", 0, 0.10), row("i0", "icl", 0, 0.09, parent="b0"),
+            row("b1", "baseline", 1, 0.12), row("i1", "icl", 1, 0.12, parent="b1")]
+    md = summarize.table(rows, "table1").splitlines()
+    icl = next(line for line in md if "| icl |" in line)
+    cells = [c.strip() for c in icl.split("|")[1:-1]]
+    assert cells[4] == "2"  # seeds
+    assert cells[5] == "10.50 +- 2.12"  # mean and sample std of 9% and 12%
+    assert cells[7] == "-0.50 +- 0.71"  # paired: -1 point and 0 points
+    assert cells[8] == "1/2"  # strictly better on one seed of two
+    assert cells[9] == "0.81"  # the paper's softmax ICL number
+
+
+def test_falls_back_to_last_round_without_validation():
+    r = row("b0", "baseline", 0, None, test_last=0.2)
+    r["best_val_round"] = None
+    assert summarize.selected(r) == 20.0
