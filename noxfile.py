@@ -20,7 +20,7 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "icl_cli", "store", "tests", "benchmarks", "scripts",
+    session.run("ruff", "check", "icl_cli", "store", "tests", "benchmarks", "scripts", "recipes",
                 "noxfile.py")
 
 

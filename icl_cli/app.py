@@ -20,7 +20,11 @@ app = typer.Typer(
     "`icl evaluate` (or `icl run --rounds T`). " + ui.EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
+    cls=ui.OneLineErrors,
     pretty_exceptions_enable=False,
+    # Plain click help: Typer's rich help imports rich.markdown, pygments and markdown-it
+    # (~0.25 s), which alone would take `icl --help` past 0.5 s (BENCHMARKS.md).
+    rich_markup_mode=None,
 )
 
 # --- options shared by several commands ---------------------------------------------
@@ -124,8 +128,10 @@ def init(
     overrides.update({k: v for k, v in dict(seed=seed, init_epochs=init_epochs).items()
                       if v is not None})
     with ui.user_errors():
-        store = _store(workspace, create=True)
-        result = init_experiment(store, experiment or method, overrides,
+        # --from needs an existing workspace; otherwise `init` makes one, once the request
+        # has been checked (a mistake leaves the folder as it was).
+        result = init_experiment(lambda: _store(workspace, create=from_ is None),
+                                 experiment or method, overrides,
                                  _runtime(device, threads, amp, no_mlflow), from_=from_)
     if json:
         return ui.emit_json(result)
@@ -364,4 +370,8 @@ def report(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C while Typer builds the command, before any step
+        ui.fail(ui.INTERRUPTED, 130)
+        raise SystemExit(130) from None

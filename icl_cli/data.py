@@ -266,6 +266,12 @@ def load(cfg: DataConfig) -> Dataset:
         raise DataError(f"{name}: the training set is empty")
     num_classes = int(train_y.max()) + 1
     _check(train_x, train_y, num_classes, f"{name} training set")
+    absent = sorted(set(range(num_classes)) - set(torch.unique(train_y).tolist()))
+    if absent or num_classes < 2:
+        raise DataError(
+            f"{name}: training labels must be the classes 0..K-1 (K >= 2), each present; "
+            f"got K = {num_classes}" + (f", with no image of class {absent[:5]}" if absent else "")
+        )
     _check(test_x, test_y, num_classes, f"{name} test set")
 
     if cfg.val_size < 0 or (cfg.train_size is not None and cfg.train_size < 1):

@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +33,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done (or already done), 1 internal error, 2 usage error, 3 bad request "
@@ -68,15 +70,57 @@ class RichProgress:
             self._bar = None
 
 
+_reported: list[int] = []  # exit codes whose one-line message was printed (this command)
+INTERRUPTED = ("interrupted; the step was rolled back and nothing half-written was kept "
+               "(run the command again to resume)")
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print one line on stderr; return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False)
+    _reported.append(code)
     return typer.Exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """The app's click group: every way out is one line on stderr and a documented code.
+
+    Usage errors (unknown option, missing ``--round``, ``--round abc``) print one line
+    instead of click's usage box (exit 2), and Ctrl-C outside a step (while parsing,
+    importing torch...) prints the interrupt line (exit 130) instead of nothing.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        _reported.clear()
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's usage errors (Typer vendors click)
+            code = getattr(exc, "exit_code", 2)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `icl`: the help page
+                exc.show()
+                sys.exit(code)
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "icl"
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            fail(f"{message} (see `{where} --help`)", code)
+            sys.exit(code)
+        except typer.Abort:  # EOF on a prompt
+            fail(INTERRUPTED, 130)
+            sys.exit(130)
+        code = code if isinstance(code, int) else 0
+        if code == 130 and 130 not in _reported:  # Ctrl-C outside `user_errors`
+            fail(INTERRUPTED, 130)
+        sys.exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn every expected failure into one stderr line and a documented exit code."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
     from icl_cli.data import DataError
     from icl_cli.steps.common import StepError
     from store import BusyError, IntegrityError, NotAWorkspace, StoreError
@@ -94,8 +138,13 @@ def user_errors() -> Iterator[None]:
     except (StoreError, StepError, DataError) as exc:
         raise fail(str(exc), 3) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; the step was rolled back and nothing half-written was kept "
-                   "(run the command again to resume)", 130) from None
+        raise fail(INTERRUPTED, 130) from None
+    except OperationalError as exc:  # unreadable, read-only or full disk (busy is retried)
+        raise fail(f"cannot use the workspace catalog: {_first_line(exc.orig or exc)} "
+                   "(check the workspace's permissions and free space)", 3) from None
+    except DatabaseError as exc:
+        raise fail(f"the workspace catalog is damaged: {_first_line(exc.orig or exc)}", 4) \
+            from None
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 3) from None
     except Exception as exc:
@@ -104,6 +153,11 @@ def user_errors() -> Iterator[None]:
         line = str(exc).splitlines()[0] if str(exc) else ""
         raise fail(f"internal error: {type(exc).__name__}: {line} "
                    "(set ICL_DEBUG=1 for the traceback)", 1) from None
+
+
+def _first_line(exc: object) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def to_plain(obj: Any) -> Any:

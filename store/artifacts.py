@@ -30,9 +30,10 @@ def shard_fix(experiment: str, round: int) -> str:
 
 
 def checkpoint_fix(experiment: str, round: int) -> str:
-    if round == 0:
-        return f"re-create it with `icl init --force -e {experiment}`"
-    return f"re-create it with `icl reclassify --round {round} --force -e {experiment}`"
+    # Round 0 too: ``reclassify --round 0`` retrains C_0 (or copies it again from the
+    # experiment it was started ``--from``) with the recorded config.
+    what = " (C_0 of `icl init`)" if round == 0 else ""
+    return f"re-create it{what} with `icl reclassify --round {round} --force -e {experiment}`"
 
 
 class ArtifactMethods:

@@ -113,7 +113,8 @@ class VerifyReport:
     temporary: leftover ``*.tmp-*`` files still on disk (after ``repair``, only those a
     live process may still be writing); orphans: shard/checkpoint files no catalog row
     names (never deleted); repaired: what ``repair=True`` did;
-    ok: no problems and no temporaries (orphans alone do not make it fail).
+    ok: no problems and no temporaries left by a dead writer (orphans, and a file a live
+    icl process is writing right now, do not make it fail).
     """
 
     problems: list[str]

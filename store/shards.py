@@ -95,6 +95,9 @@ def prepare_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for k in DATASETS:
         if k != "samples" and out[k].shape != (n,):
             raise StoreError(f"shard array {k!r} must have shape ({n},), got {out[k].shape}")
+    if not np.isfinite(out["samples"]).all():
+        raise StoreError("shard samples hold NaN or infinite values (the sampler diverged: "
+                         "lower --lr or --langevin-std, or pass --clamp)")
     return out
 
 
@@ -141,6 +144,7 @@ def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[
     inconsistent lengths, or round/version attributes that disagree with the catalog.
     """
     import h5py
+    import numpy as np
 
     def bad(why: str) -> IntegrityError:
         return IntegrityError(f"shard {rel} {why}: {fix}")
@@ -178,4 +182,8 @@ def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[
     for name, arr in out.items():
         if name != "samples" and arr.shape != (n,):
             raise bad(f"dataset {name!r} has shape {arr.shape}, expected ({n},)")
+    if not np.isfinite(out["samples"]).all():
+        raise bad("holds NaN or infinite samples")
+    if n and int(out["target"].min()) < 0:
+        raise bad("holds negative target classes")
     return out

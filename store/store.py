@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +62,27 @@ def config_hash(d: dict[str, Any]) -> str:
     except TypeError as exc:
         raise StoreError(f"config is not plain JSON data ({exc})") from None
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[list]:
+    """Hold Ctrl-C (SIGINT) during a short catalog write, so that the write and the code
+    that made it cannot disagree (a step row left ``running`` by an interrupt landing just
+    after the commit). Yields a list that is non-empty if Ctrl-C was pressed meanwhile;
+    the caller then raises KeyboardInterrupt at a clean point."""
+    pressed: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    try:
+        old = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    except (ValueError, OSError):  # not allowed here (embedded interpreter...)
+        yield pressed
+        return
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -233,8 +256,19 @@ class Store(ArtifactMethods, ResultMethods):
             t0 = time.monotonic()
 
             def start(s: Session) -> StepInfo:
+                exp_id = self._exp_row(s, exp).id
+                # We hold the lock, and a live step always does: any other ``running`` row
+                # of this experiment is a process that died (SIGKILL, power cut).
+                here = socket.gethostname()
+                for dead in s.scalars(
+                    select(Step).where(Step.experiment_id == exp_id, Step.state == "running")
+                ):
+                    if dead.pid == os.getpid() and dead.host in (None, here):
+                        continue  # a step of this very process further up the stack
+                    dead.state, dead.finished_at = "interrupted", utcnow()
+                    dead.message = "process ended without finishing (found by the next step)"
                 row = Step(
-                    experiment_id=self._exp_row(s, exp).id,
+                    experiment_id=exp_id,
                     name=name,
                     round=round,
                     config=config,
@@ -247,8 +281,11 @@ class Store(ArtifactMethods, ResultMethods):
                 s.flush()
                 return self._step_info(row, exp, "running")
 
-            info = run_write(self.engine, start)
+            with _ctrl_c_held() as pressed:  # the row and this code agree, even on Ctrl-C
+                info = run_write(self.engine, start)
             try:
+                if pressed:
+                    raise KeyboardInterrupt
                 yield info
             except KeyboardInterrupt:
                 self._finish(info.id, "interrupted", "interrupted (Ctrl-C)", t0)
@@ -269,7 +306,10 @@ class Store(ArtifactMethods, ResultMethods):
             row.state, row.message = state, message
             row.finished_at, row.seconds = utcnow(), time.monotonic() - t0
 
-        run_write(self.engine, finish)
+        with _ctrl_c_held() as pressed:
+            run_write(self.engine, finish)
+        if pressed and state == "ok":
+            raise KeyboardInterrupt  # the step is recorded as done; stop after it
 
     @staticmethod
     def _step_info(row: Step, exp: str, state: str) -> StepInfo:

@@ -73,11 +73,14 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
                 f"step {what} of experiment '{s.experiment}' (pid {s.pid}) died while running; "
                 "run `icl verify --repair` to mark it interrupted"
             )
+    # A temporary file that a live icl process is writing right now is work in progress,
+    # not an inconsistency: it is listed, but only a dead writer's leftover fails the check.
+    leftovers = [t for t in temporary if not _writer_alive(t)]
     return VerifyReport(
         problems=problems,
         temporary=temporary,
         orphans=orphans,
-        ok=not problems and not temporary,
+        ok=not problems and not leftovers,
         repaired=repaired,
     )
 

@@ -62,9 +62,12 @@ class Runtime:
         return torch.device(self.device)
 
     def apply(self) -> torch.device:
+        if self.threads is not None and self.threads < 1:
+            raise StepError(f"--threads must be >= 1, got {self.threads}")
+        device = self.torch_device()
         if self.threads:
             torch.set_num_threads(self.threads)
-        return self.torch_device()
+        return device
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -94,6 +97,24 @@ def dataset(cfg: ExperimentConfig) -> Dataset:
 def new_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
     torch.manual_seed(derive_seed("init-weights", cfg.seed))
     return build_model(cfg.model.arch, data.shape, data.num_classes, cfg.model.mode)
+
+
+def load_weights(model: nn.Module, store, info, device: torch.device | str = "cpu") -> dict:
+    """Load checkpoint ``info`` (hash-checked by the store) into ``model``; a state that
+    does not fit the experiment's architecture is refused with one line naming the file.
+    Returns the checkpoint's state dict."""
+    from store import IntegrityError
+    from store.artifacts import checkpoint_fix
+
+    state = store.load_checkpoint(info, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise IntegrityError(
+            f"checkpoint {store.rel(info.path)} does not fit this experiment's network "
+            f"({first}): {checkpoint_fix(info.experiment, info.round)}") from None
+    return state
 
 
 def real_tensors(data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

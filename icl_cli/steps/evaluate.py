@@ -10,7 +10,7 @@ from icl_cli.algo.ascent import fgsm
 from icl_cli.algo.train import error_rate, predict_logits
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import PIXEL_SCALE
-from icl_cli.steps.common import Runtime, StepError, dataset, inputs, new_model
+from icl_cli.steps.common import Runtime, StepError, dataset, inputs, load_weights, new_model
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def load_model(store, name: str, round_: int, device: torch.device):
                         f"experiment '{exp.name}' has no round-0 checkpoint: run `icl init`")
     cfg = ExperimentConfig.from_dict(exp.config)
     model = new_model(cfg, dataset(cfg)).to(device)
-    model.load_state_dict(store.load_checkpoint(info, map_location=device)["model"])
+    load_weights(model, store, info, device)
     return cfg, model.eval()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,38 +77,44 @@ def validate(cfg: ExperimentConfig) -> None:
         raise StepError(f"--val-size must be >= 0, got {cfg.data.val_size}")
 
 
-def init_experiment(store, name: str, overrides: dict[str, Any], runtime: Runtime,
-                    from_: str | None = None) -> InitResult:
-    """Record the experiment's config and train C_0 (or copy it from ``from_``)."""
-    parent = None
+def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[str, Any],
+                    runtime: Runtime, from_: str | None = None) -> InitResult:
+    """Record the experiment's config and train C_0 (or copy it from ``from_``).
+
+    ``open_store()`` gives the workspace; it is called only once the request is known to be
+    valid (name, options, data, ``--from`` source), so a mistake never creates or changes
+    a workspace.
+    """
+    from store import validate_name
+
+    validate_name(name)
+    runtime.apply()  # --device cuda without a GPU, --threads 0: refused before any write
     if from_:
         parent_name, parent_round = parse_from(from_)
-        parent = store.experiment(parent_name)
         clash = [k for k in SHARED if k in overrides]
         if clash:
-            raise StepError(f"--from {from_} shares {', '.join(clash)} with '{parent.name}'; "
+            raise StepError(f"--from {from_} shares {', '.join(clash)} with '{parent_name}'; "
                             "drop those options to keep the comparison paired")
-        cfg = compose(overrides, base=parent.config)
-        cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
-                             for k in SHARED})
-    else:
-        cfg = compose(overrides)
-    dataset(cfg)  # a missing or broken data folder fails here, before anything is recorded
-    exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
-                                  parent_round=parent_round if parent else None)
-    if store.checkpoint(exp.name, 0) is not None:
-        return InitResult(exp.name, from_, True, [], exp.config)
-    if parent is not None:
+        store = open_store()
+        parent = store.experiment(parent_name)
         source = store.checkpoint(parent.name, parent_round)
         if source is None:
             raise StepError(f"'{parent.name}' has no checkpoint for round {parent_round}")
-        state = store.load_checkpoint(source)
-        state.update(experiment=exp.name, round=0, config=exp.config,
-                     inputs={"parent": None, "shards": [], "from": from_})
-        with store.step(exp.name, "init", 0, {"from": from_, "source": source.sha256}):
-            store.save_checkpoint(exp.name, 0, state, parent=source)
+        store.load_checkpoint(source)  # hash-checked and parsed before anything is recorded
+        cfg = compose(overrides, base=parent.config)
+        cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
+                             for k in SHARED})
+        dataset(cfg)
     else:
-        train_round(store, exp.name, 0, runtime)
+        parent = parent_round = None
+        cfg = compose(overrides)
+        dataset(cfg)  # a missing or broken data folder fails here, before anything is written
+        store = open_store()
+    exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
+                                  parent_round=parent_round)
+    # C_0: trained from scratch, or copied from the parent (see train_round).
+    if train_round(store, exp.name, 0, runtime).reused:
+        return InitResult(exp.name, from_, True, [], exp.config)
     evaluations = evaluate_round(store, exp.name, 0, runtime)
     store.tracker(exp.name, enabled=runtime.mlflow).log_params(exp.config)
     return InitResult(exp.name, from_, False, evaluations, exp.config)

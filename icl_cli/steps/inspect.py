@@ -63,6 +63,8 @@ def grid_image(samples: torch.Tensor, target: torch.Tensor, real: torch.Tensor,
     """
     from torchvision.utils import make_grid
 
+    counts = torch.bincount(target, minlength=num_classes) if len(target) else torch.zeros(1)
+    per_class = max(1, min(per_class, int(counts.max())))
     columns = []
     blank = torch.full_like(samples[:1] if len(samples) else real[:1], -1.0)
     for k in range(num_classes):

@@ -14,6 +14,7 @@ class ExperimentRow:
     mode: str
     dataset: str
     train_size: int | None
+    seed: int
     parent: str | None
     rounds: int  # last round with a checkpoint
     shards: int
@@ -22,6 +23,7 @@ class ExperimentRow:
     best_val_round: int | None  # chosen on validation error, never on test
     test_error_best_val: float | None
     running: list[str]
+    errors: dict[int, dict[str, float]]  # {round: {"test": e, "val": e}}
 
 
 def experiment_rows(store) -> list[ExperimentRow]:
@@ -39,10 +41,11 @@ def experiment_rows(store) -> list[ExperimentRow]:
         best = min(with_val, key=lambda r: (errs[r]["val"], r)) if with_val else None
         rows.append(ExperimentRow(
             exp.name, cfg["method"], cfg["model"]["mode"], cfg["data"]["dataset"],
-            cfg["data"]["train_size"], exp.parent, last,
+            cfg["data"]["train_size"], cfg["seed"], exp.parent, last,
             len(store.shards(exp.name, active_only=True)),
             errs.get(0, {}).get("test"), errs.get(last, {}).get("test"), best,
-            errs[best]["test"] if best is not None else None, running.get(exp.name, [])))
+            errs[best]["test"] if best is not None else None, running.get(exp.name, []),
+            errs))
     return rows
 
 

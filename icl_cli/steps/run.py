@@ -37,16 +37,24 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     if rounds < 0:
         raise StepError(f"--rounds must be >= 0, got {rounds}")
     exp = store.experiment(name)
+    runtime.apply()
+    # One lock for the whole loop: a second `icl run` of this experiment gets BusyError
+    # at once instead of interleaving its steps with ours.
+    with store.lock(exp.name):
+        return _run_rounds(store, exp, rounds, runtime, count)
+
+
+def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None) -> list[RoundRow]:
     cfg = ExperimentConfig.from_dict(exp.config)
-    if store.checkpoint(exp.name, 0) is None:
-        raise StepError(f"'{exp.name}' has no round-0 checkpoint: run `icl init -e {exp.name}`")
     rows = []
     for t in range(0, rounds + 1):
         ran, synth = [], None
+        if t == 0 and store.checkpoint(exp.name, 0) is None:
+            train_round(store, exp.name, 0, runtime)  # `icl init` was cut short: finish it
+            ran.append("init")
         if t > 0 and cfg.method != "baseline" and store.active_shard(exp.name, t) is None:
             synth = synthesize_round(store, exp.name, t, runtime, count=count)
             ran.append("synthesize")
-            inspect_round(store, exp.name, t)
         if t > 0 and store.checkpoint(exp.name, t) is None:
             train_round(store, exp.name, t, runtime)
             ran.append("reclassify")
@@ -59,8 +67,10 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
                              synth.pass_rate if synth else None,
                              synth.mean_steps if synth else None, ran))
         if ran and shard is not None:
-            store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(
-                store.figure_path(exp.name, f"round-{t:04d}.v{shard.version}.png"))
+            grid = store.figure_path(exp.name, f"round-{t:04d}.v{shard.version}.png")
+            if not grid.is_file():  # also after a run cut short between synthesis and grid
+                inspect_round(store, exp.name, t)
+            store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(grid)
     plot = plot_errors(store, [exp.name])
     store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
     return rows
@@ -72,12 +82,14 @@ def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     for name in names:
         errs = errors_by_round(store, name)
         rs = sorted(r for r in errs if "test" in errs[r])
         ax.plot(rs, [100 * errs[r]["test"] for r in rs], marker="o", label=name)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round t")
     ax.set_ylabel("test error (%)")
     ax.grid(alpha=0.3)

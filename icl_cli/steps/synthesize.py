@@ -11,7 +11,14 @@ import torch
 
 from icl_cli.algo.ascent import Synthesis, reference_noise, synthesize, targets_per_class
 from icl_cli.config import ExperimentConfig, SamplerConfig
-from icl_cli.steps.common import Runtime, StepError, dataset, derive_seed, new_model
+from icl_cli.steps.common import (
+    Runtime,
+    StepError,
+    dataset,
+    derive_seed,
+    load_weights,
+    new_model,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,12 @@ def _arrays(out: Synthesis) -> dict[str, np.ndarray]:
 
 def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
                      replay: bool = False, **overrides) -> SynthesisResult:
-    """Draw round t's shard from checkpoint t-1 (a new version with ``force``)."""
+    """Draw round t's shard from checkpoint t-1 (a new version with ``force``).
+
+    Runs under the experiment's lock from the first check to the last write, so two
+    processes never both decide that the round is still to do (the second gets BusyError,
+    or, once the first has finished, finds its shard and reports it).
+    """
     exp = store.experiment(name)
     cfg = ExperimentConfig.from_dict(exp.config)
     t = round_
@@ -77,6 +89,12 @@ def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: 
                         "to synthesize (reclassify it directly)")
     if t < 1:
         raise StepError(f"synthesize needs --round >= 1 (round 0 is `icl init`), got {t}")
+    with store.lock(exp.name):
+        return _synthesize(store, exp, cfg, t, runtime, force, replay, overrides)
+
+
+def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
+                replay: bool, overrides: dict) -> SynthesisResult:
     source = store.checkpoint(exp.name, t - 1)
     if source is None:
         raise StepError(f"round {t - 1} of '{exp.name}' has no checkpoint yet: run "
@@ -106,7 +124,7 @@ def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: 
                 "device": str(device), "replay": replay}
     with store.step(exp.name, "replay-synthesize" if replay else "synthesize", t, step_cfg):
         model = new_model(cfg, data).to(device)
-        model.load_state_dict(store.load_checkpoint(source, map_location=device)["model"])
+        load_weights(model, store, source, device)
         t0 = time.perf_counter()
         advance = runtime.progress.task(f"synthesize round {t}", sc.max_steps)
         out = draw(model, sc, data.num_classes, data.shape, seed, device, runtime.amp_dtype,

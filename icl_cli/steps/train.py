@@ -15,6 +15,7 @@ from icl_cli.steps.common import (
     StepError,
     dataset,
     generator,
+    load_weights,
     new_model,
     real_tensors,
 )
@@ -45,12 +46,45 @@ def _inputs_record(parent_sha: str | None, shards: list) -> dict[str, Any]:
 def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
                 replay: bool = False) -> TrainResult:
     """Reclassify round ``round_`` (>= 1): warm start from checkpoint t-1, train on S plus
-    the active shards 1..t, save checkpoint t. Round 0 trains C_0 from scratch on S."""
+    the active shards 1..t, save checkpoint t. Round 0 trains C_0 from scratch on S (or,
+    for an experiment started ``--from``, copies the parent's checkpoint again).
+
+    Runs under the experiment's lock from the first check to the last write, so two
+    processes never both decide that the round is still to do (the second gets BusyError).
+    """
     exp = store.experiment(name)
+    if round_ < 0:
+        raise StepError(f"--round must be >= 0, got {round_}")
+    with store.lock(exp.name):
+        if round_ == 0 and exp.parent is not None and not replay:
+            return _copy_round_zero(store, exp, force)
+        return _train_round(store, exp, round_, runtime, force, replay)
+
+
+def _copy_round_zero(store, exp, force: bool) -> TrainResult:
+    """C_0 of a paired experiment: the parent's checkpoint (``--from EXP:ROUND``)."""
+    from_ = f"{exp.parent}:{exp.parent_round or 0}"
+    inputs = {"parent": None, "shards": [], "from": from_}
+    existing = store.checkpoint(exp.name, 0)
+    if existing is not None and not force:
+        if store.load_checkpoint(existing).get("inputs") == inputs:
+            return TrainResult(exp.name, 0, existing.sha256, True, [], 0.0, 0)
+        raise StepError(f"round 0 of '{exp.name}' does not come from {from_}: pass --force "
+                        "to copy it again")
+    source = store.checkpoint(exp.parent, exp.parent_round or 0)
+    if source is None:
+        raise StepError(f"'{exp.parent}' has no checkpoint for round {exp.parent_round or 0}")
+    state = store.load_checkpoint(source)
+    state.update(experiment=exp.name, round=0, config=exp.config, inputs=inputs)
+    with store.step(exp.name, "init", 0, {"from": from_, "source": source.sha256}):
+        info = store.save_checkpoint(exp.name, 0, state, parent=source,
+                                     replace=existing is not None)
+    return TrainResult(exp.name, 0, info.sha256, False, [], 0.0, 0)
+
+
+def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
+                 replay: bool) -> TrainResult:
     cfg = ExperimentConfig.from_dict(exp.config)
-    t = round_
-    if t < 0:
-        raise StepError(f"--round must be >= 0, got {t}")
     parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
     if t > 0 and parent is None:
         raise StepError(f"round {t - 1} has no checkpoint in experiment '{exp.name}': "
@@ -80,11 +114,10 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
         lr = round_lr(tc.lr, t, tc.decay_round, tc.decay_factor)
         optimizer = make_optimizer(model, lr, tc.momentum, tc.weight_decay)
         if parent is not None:
-            state = store.load_checkpoint(parent, map_location=device)
-            model.load_state_dict(state["model"])
+            state = load_weights(model, store, parent, device)
             optimizer.load_state_dict(state["optimizer"])
             set_lr(optimizer, lr)
-        pn_x, pn_k = _pool(store, shards, data.shape, device)
+        pn_x, pn_k = _pool(store, shards, data.shape, data.num_classes, device)
         real_x, real_y = real_tensors(data, device)
         real_gen = generator("real", cfg.seed, t)
         epochs = cfg.init_epochs if t == 0 else tc.epochs
@@ -133,14 +166,23 @@ def _recorded_inputs(store, name: str, t: int, existing, parent):
     return [by_sha[sha] for sha in inputs["shards"]], inputs
 
 
-def _pool(store, shards: list, shape, device: torch.device):
+def _pool(store, shards: list, shape, num_classes: int, device: torch.device):
     """Every active pseudo-negative of rounds 1..t: samples (P, C, H, W), class (P,)."""
+    from store import IntegrityError
+    from store.artifacts import shard_fix
+
     xs, ks = [torch.empty(0, *shape)], [torch.empty(0, dtype=torch.long)]
     for info in shards:
         arrays = store.read_shard(info)
+        fix = shard_fix(info.experiment, info.round)
         if tuple(arrays["samples"].shape[1:]) != tuple(shape):
-            raise StepError(f"shard {info.path.name} holds samples of shape "
-                            f"{tuple(arrays['samples'].shape[1:])}, the data is {tuple(shape)}")
+            raise IntegrityError(f"shard {store.rel(info.path)} holds samples of shape "
+                                 f"{tuple(arrays['samples'].shape[1:])}, the data is "
+                                 f"{tuple(shape)}: {fix}")
+        if len(arrays["target"]) and int(arrays["target"].max()) >= num_classes:
+            raise IntegrityError(f"shard {store.rel(info.path)} targets class "
+                                 f"{int(arrays['target'].max())}, the data has {num_classes}: "
+                                 f"{fix}")
         xs.append(torch.from_numpy(arrays["samples"]))
         ks.append(torch.from_numpy(arrays["target"]).long())
     return torch.cat(xs).to(device), torch.cat(ks).to(device)

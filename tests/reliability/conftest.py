@@ -1,0 +1,74 @@
+"""Shared workspaces for the reliability tests, each built once per session by real
+``icl`` processes and copied by the tests that change them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from relkit import COMMON, INIT, TINY, copy_ws, outcome, run_child, start_server
+
+start_server()  # warms up in the background while the rest of the suite runs
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("ICL_WORKSPACE", "ICL_CATALOG_URL", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def logs(tmp_path) -> Path:
+    """Where child processes write their stdout and stderr."""
+    return tmp_path / "logs"
+
+
+@dataclass
+class Templates:
+    """Workspaces of experiment 'icl' (tiny net, tiny data) at known stages, and what an
+    uninterrupted ``icl run --rounds 1`` ends with."""
+
+    root: Path
+    round0: Path = None  # C_0 only
+    shard1: Path = None  # C_0 and the round-1 shard
+    done: Path = None  # rounds 0 and 1 complete and evaluated (the reference)
+    reference: dict = None  # outcome(done, "icl")
+    seconds: dict = field(default_factory=dict)  # how long each command ran, uninterrupted
+
+    def copy(self, stage: str, dst: Path) -> Path:
+        return copy_ws(getattr(self, stage), dst)
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory) -> Templates:
+    root = tmp_path_factory.mktemp("templates")
+    logs = root / "logs"
+    run_child(["--help"], logs)  # start the warm fork server before timing anything
+    t = Templates(root)
+    t.round0 = root / "round0"
+    t.seconds["init"] = run_child([*INIT, "-w", t.round0], logs).seconds
+    t.shard1 = copy_ws(t.round0, root / "shard1")
+    t.seconds["synthesize"] = run_child(
+        ["synthesize", "-w", t.shard1, "--round", "1", *COMMON], logs).seconds
+    t.done = copy_ws(t.shard1, root / "done")
+    t.seconds["reclassify"] = run_child(
+        ["reclassify", "-w", t.done, "--round", "1", *COMMON], logs).seconds
+    evaluate = run_child(["evaluate", "-w", t.done, "--round", "1", *COMMON], logs).seconds
+    t.seconds["run"] = t.seconds["synthesize"] + t.seconds["reclassify"] + evaluate
+    t.reference = outcome(t.done, "icl")
+    assert sorted(t.reference["shards"]) == [1] and (1, "test") in t.reference["errors"]
+    return t
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory) -> Path:
+    """A workspace with a baseline 'base' and an ICL experiment 'icl' started from it
+    (``--from base:0``), both at round 0: the paired set-up of the recipes."""
+    ws = tmp_path_factory.mktemp("pair") / "ws"
+    logs = ws.parent / "logs"
+    run_child(["init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON], logs)
+    run_child(["init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON],
+              logs)
+    return ws
