@@ -62,6 +62,13 @@ def _runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: boo
                    progress=ui.RichProgress(progress))
 
 
+def _replay_verdict(what: str, match: bool | None) -> None:
+    """Print whether a replayed step reproduced its record; exit 4 when it did not."""
+    ui.out.print(f"replay of {what}: "
+                 f"{'matches bit for bit' if match else 'DIFFERS from the record'}")
+    raise typer.Exit(0 if match else 4)
+
+
 def _errors(rows: list, title: str) -> None:
     ui.table(title, ["experiment", "round", "split", "error %", "n"],
              [[e.experiment, e.round, e.split, ui.pct(e.error), e.n] for e in rows])
@@ -171,9 +178,7 @@ def synthesize(
     if json:
         return ui.emit_json(r)
     if replay:
-        ui.out.print(f"replay of round {r.round} v{r.version}: "
-                     f"{'matches bit for bit' if r.replay_match else 'DIFFERS from the record'}")
-        raise typer.Exit(0 if r.replay_match else 4)
+        _replay_verdict(f"round {r.round} v{r.version}", r.replay_match)
     if r.reused:
         ui.note(f"round {r.round} already synthesized with these settings (v{r.version})")
     ui.table(f"'{r.experiment}' round {r.round} shard v{r.version}",
@@ -197,9 +202,7 @@ def reclassify(
     if json:
         return ui.emit_json(r)
     if replay:
-        ui.out.print(f"replay of round {r.round}: "
-                     f"{'matches bit for bit' if r.reused else 'DIFFERS from the record'}")
-        raise typer.Exit(0 if r.reused else 4)
+        _replay_verdict(f"round {r.round}", r.replay_match)
     if r.reused:
         ui.note(f"round {r.round} already reclassified from the same inputs")
     ui.table(f"'{r.experiment}' round {r.round} reclassify",

@@ -83,26 +83,36 @@ def _plt():
     return plt
 
 
+COLORS = {"baseline": "tab:blue", "icl-noise": "tab:orange", "icl": "tab:green"}
+
+
 def plot_rounds(rows: list[dict], path: str) -> None:
-    """Figure 4: mean test error against round, one line per (method, train size)."""
+    """Figure 4: mean test error against round, one panel per training-set size."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    curves: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    curves: dict[int, dict[str, dict[int, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         for t, e in r["errors"].items():
             if "test" in e:
-                curves[(r["method"], r["train_size"])][int(t)].append(100 * e["test"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
-    for (method, size), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
-        ts = sorted(pts)
-        ax.plot(ts, [statistics.mean(pts[t]) for t in ts], marker="o",
-                label=f"{method} (n={size or 'all'})")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round t")
-    ax.set_ylabel("test error (%), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+                curves[r["train_size"] or 0][r["method"]][int(t)].append(100 * e["test"])
+    sizes = sorted(curves)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.3), dpi=120,
+                             squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for method in sorted(curves[size], key=lambda m: METHOD_ORDER.get(m, 9)):
+            pts = curves[size][method]
+            ts = sorted(pts)
+            n = max(len(pts[t]) for t in ts)
+            ax.plot(ts, [statistics.mean(pts[t]) for t in ts], marker="o",
+                    color=COLORS.get(method), label=f"{method} ({n} seeds)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{size or 'all'} training images", fontsize=9)
+        ax.set_xlabel("round t")
+        ax.set_ylabel("test error (%), mean over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -121,7 +131,8 @@ def plot_sizes(rows: list[dict], path: str) -> None:
         stds = [statistics.stdev(pts[method][s]) if len(pts[method][s]) > 1 else 0.0
                 for s in sizes]
         shifted = [s * (1 + 0.04 * (i - 1)) for s in sizes]  # side by side on a log axis
-        ax.errorbar(shifted, means, yerr=stds, marker="o", capsize=3, label=method)
+        ax.errorbar(shifted, means, yerr=stds, marker="o", capsize=3, label=method,
+                    color=COLORS.get(method))
     ax.set_xscale("log")
     ax.set_xlabel("training images")
     ax.set_ylabel("test error (%)")

@@ -73,6 +73,8 @@ def grid_image(samples: torch.Tensor, target: torch.Tensor, real: torch.Tensor,
         pad = blank.expand(per_class - len(mine), *blank.shape[1:])
         columns.append(torch.cat([top if len(top) else blank, mine, pad]))
     tiles = torch.stack(columns, 1).reshape(-1, *blank.shape[1:])  # row-major: rows first
+    if tiles.shape[-1] < 64:  # MNIST-size tiles are too small to see: upscale, no blur
+        tiles = torch.nn.functional.interpolate(tiles, scale_factor=2, mode="nearest")
     return make_grid((tiles + 1) / 2, nrow=num_classes, padding=2, pad_value=1.0)
 
 

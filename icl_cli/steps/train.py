@@ -30,6 +30,7 @@ class TrainResult:
     epochs: list[dict[str, float]]
     seconds: float
     pseudo_negatives: int
+    replay_match: bool | None = None  # --replay: retrained weights equal the record
 
 
 def _transform(cfg: ExperimentConfig, gen: torch.Generator):
@@ -192,5 +193,5 @@ def _compare_replay(store, existing, state, name: str, t: int, epochs_log) -> Tr
     """Re-trained weights against the recorded checkpoint, bit for bit."""
     recorded = store.load_checkpoint(existing)["model"]
     same = all(torch.equal(recorded[k].cpu(), v.cpu()) for k, v in state["model"].items())
-    return TrainResult(name, t, existing.sha256 if same else "mismatch", same, epochs_log,
-                       sum(e["seconds"] for e in epochs_log), 0)
+    return TrainResult(name, t, existing.sha256, False, epochs_log,
+                       sum(e["seconds"] for e in epochs_log), 0, replay_match=same)
