@@ -6,6 +6,12 @@ convolutions: group k only ever sees group k's channels, so the K networks share
 and their summed loss gives each exactly the gradient it would get trained alone. One
 forward pass then evaluates all K networks (paper 3.3, "one-vs-all").
 
+``forward_heads`` runs network k on its own inputs only (a pseudo-negative of class k
+concerns network k alone), so sampling and the pseudo-negative loss cost one network
+evaluation per sample, not K. On CPU, plain conv stacks run head by head on slices of the
+stacked weights: oneDNN's grouped convolutions are slower there than K dense ones with the
+same arithmetic (see BENCHMARKS.md); on a GPU the grouped convolutions are used.
+
 Example:
     >>> net = build_model("mnist-cnn", (1, 28, 28), num_classes=10, mode="ova")
     >>> net(torch.zeros(2, 1, 28, 28)).shape
@@ -110,12 +116,80 @@ class _ConvHead(nn.Module):
     def __init__(self, body: nn.Module, heads: int, outputs: int, shape: Shape) -> None:
         super().__init__()
         self.body, self.flatten = body, _Flatten(heads)
+        self.heads, self.outputs = heads, outputs
         with torch.no_grad():
             d = self.flatten(body(torch.zeros(1, *shape))).shape[-1]
         self.head = GroupedLinear(heads, d, outputs)
+        self._sliceable = heads > 1 and _sliceable(body, heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._sliceable and x.device.type == "cpu":
+            return torch.cat(self._sliced([x] * self.heads), dim=1)
         return self.head(self.flatten(self.body(x)))
+
+    def forward_heads(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Network k on ``xs[k]`` only: [(B_k, C, H, W)] * K -> [(B_k, outputs)] * K.
+
+        Equals ``[self(x)[:, k * outputs:(k + 1) * outputs] for k, x in enumerate(xs)]`` at
+        1/K of the cost. The grouped form pads every head to max B_k rows; in training mode
+        that would put the padding into batch-norm statistics, so callers use it for
+        training only on networks without batch norm (``has_batch_norm``).
+        """
+        if len(xs) != self.heads:
+            raise ValueError(f"forward_heads needs {self.heads} inputs, got {len(xs)}")
+        if self.heads == 1:
+            return [self(xs[0])]
+        if self._sliceable and xs[0].device.type == "cpu":
+            return self._sliced(xs)
+        first = self.body[0] if isinstance(self.body, nn.Sequential) else None
+        if not isinstance(first, nn.Conv2d) or first.groups != 1:  # no shortcut: K x cost
+            o = self.outputs
+            return [self(x)[:, k * o:(k + 1) * o] for k, x in enumerate(xs)]
+        # Heads side by side in the channels, padded to m rows: the first convolution
+        # becomes grouped (network k's filters see only head k's input), the rest is as is.
+        m = max(len(x) for x in xs)
+        stacked = xs[0].new_zeros(m, self.heads, *xs[0].shape[1:])
+        for k, x in enumerate(xs):
+            stacked[: len(x), k] = x
+        y = F.conv2d(stacked.flatten(1, 2), first.weight, first.bias, first.stride,
+                     first.padding, first.dilation, groups=self.heads)
+        out = self.head(self.flatten(self.body[1:](y))).view(m, self.heads, self.outputs)
+        return [out[: len(x), k] for k, x in enumerate(xs)]
+
+    def _sliced(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The K networks one after another on slices of the stacked parameters (CPU)."""
+        h = self.heads
+        for layer in self.body:
+            if isinstance(layer, nn.Conv2d):
+                ws = layer.weight.chunk(h)  # network k's filters: rows k*C_out..(k+1)*C_out
+                bs = layer.bias.chunk(h) if layer.bias is not None else [None] * h
+                g = max(1, layer.groups // h)
+                xs = [F.conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, g)
+                      for x, w, b in zip(xs, ws, bs, strict=True)]
+            else:
+                xs = [layer(x) for x in xs]
+        return [F.linear(x.flatten(1), w, b) for x, w, b in
+                zip(xs, self.head.weight.unbind(0), self.head.bias.unbind(0), strict=True)]
+
+
+_ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d)
+
+
+def _sliceable(body: nn.Module, heads: int) -> bool:
+    """A plain stack of convolutions and per-channel layers, head k in channel block k."""
+    if not isinstance(body, nn.Sequential):
+        return False
+    convs = [m for m in body if isinstance(m, nn.Conv2d)]
+    if not convs or convs[0].groups != 1 or any(c.padding_mode != "zeros" for c in convs):
+        return False
+    if any(c.groups % heads for c in convs[1:]):
+        return False
+    return all(isinstance(m, (nn.Conv2d, *_ELEMENTWISE)) for m in body)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Batch statistics couple the samples of a batch (see ``forward_heads``)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 # --- CIFAR ResNet (He et al. 2016, section 4.2): 3 stages x n basic blocks, 16/32/64 ---

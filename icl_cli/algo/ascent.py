@@ -1,9 +1,9 @@
 """Gradient steps on the input of a frozen network: synthesis (paper 3.2.2) and FGSM.
 
 Both are the same mechanism: hold the weights fixed, differentiate an objective of the
-logits with respect to the input, move the input. ``input_gradient`` is that one step;
-``synthesize`` loops it with Adam and a per-sample early stop, ``fgsm`` takes one signed
-step.
+logits with respect to the input, move the input. ``input_gradient`` is that one step and
+``fgsm`` takes it once, signed; ``synthesize`` loops the same step on f_k(x) with Adam and
+a per-sample early stop.
 
 Pure tensor code: no I/O, no paths; randomness only from an explicit ``torch.Generator``.
 """
@@ -53,13 +53,26 @@ def passes(logits: torch.Tensor, target: torch.Tensor, rule: str) -> torch.Tenso
     """Is each sample classified positive for its target class?
 
     ``logit``: f_k(x) > 0, i.e. sigmoid(f_k(x)) > 0.5, the boundary eq. 7 / eq. 11 train.
-    ``argmax``: argmax_j f_j(x) == k.
+    ``argmax``: argmax_j f_j(x) == k. ``none``: never (every sample takes ``max_steps``;
+    for fixed-length sampling and benchmarks).
     """
     if rule == "logit":
         return logits.gather(1, target[:, None])[:, 0] > 0
     if rule == "argmax":
         return logits.argmax(1) == target
+    if rule == "none":
+        return torch.zeros(len(target), dtype=torch.bool, device=logits.device)
     raise ValueError(f"unknown stop rule {rule!r} (choose logit or argmax)")
+
+
+def _passes(logits: torch.Tensor | None, logit_k: torch.Tensor, target: torch.Tensor,
+            rule: str) -> torch.Tensor:
+    """``passes`` given f_k(x) (B,), and the full logits only where the rule needs them."""
+    if rule == "logit":
+        return logit_k > 0
+    if rule == "none":
+        return torch.zeros_like(logit_k, dtype=torch.bool)
+    return passes(logits, target, rule)
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,9 @@ def synthesize(
     steps frozen samples leave the batch, so a round where most samples stop early costs
     close to the steps actually needed. Results do not depend on ``check_every`` unless
     Langevin noise is on (its draws follow the batch size). ``generator`` (on x0's
-    device) drives the Langevin noise only.
+    device) drives the Langevin noise only. A one-vs-all model (``heads`` > 1, with
+    ``forward_heads``) under the ``logit`` or ``none`` rule evaluates network k_i alone on
+    sample i: the cost of one network per sample, not K.
 
     Shape: x0 (N, C, H, W), target (N,) -> Synthesis with N samples in the input order.
     Example:
@@ -126,21 +141,35 @@ def synthesize(
     """
     n, device = x0.shape[0], x0.device
     target = target.to(device)
+    # One-vs-all with the logit rule needs only f_k(x): sample i goes through network k_i
+    # alone (``forward_heads``), rows kept sorted by class; 1/K of the full forward's cost.
+    heads = getattr(model, "heads", 1)
+    per_head = heads > 1 and stop_rule != "argmax" and hasattr(model, "forward_heads")
     # Full-size results, filled as samples leave the batch.
     x = x0.detach().clone()
     logit = torch.empty(n, device=device)
     steps = torch.zeros(n, dtype=torch.int32, device=device)
     passed = torch.zeros(n, dtype=torch.bool, device=device)
     # The active batch: rows ``idx`` of the full arrays, with their Adam moments.
-    idx = torch.arange(n, device=device)
-    xa, ta = x.clone(), target
+    if per_head:
+        idx = torch.argsort(target, stable=True)
+        xa, ta = x[idx], target[idx]
+        counts = torch.bincount(ta, minlength=heads).tolist()
+    else:
+        idx = torch.arange(n, device=device)
+        xa, ta = x.clone(), target
     m, v = torch.zeros_like(xa), torch.zeros_like(xa)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps_a, logit_a, passed_a = steps.clone(), logit.clone(), passed.clone()
     b1, b2 = betas
 
-    def objective(logits: torch.Tensor) -> torch.Tensor:
-        return logits.gather(1, ta[:, None])[:, 0]
+    def score(xin: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(logits (B, K) or None where not computed, f_k(x) (B,))."""
+        if per_head:
+            outs = model.forward_heads(list(xin.split(counts)))
+            return None, torch.cat([o[:, 0] for o in outs])
+        logits = model(xin)
+        return logits, logits.gather(1, ta[:, None])[:, 0]
 
     def flush(rows: torch.Tensor) -> None:
         at = idx[rows]
@@ -152,13 +181,18 @@ def synthesize(
             last = step == max_steps
             if last:  # only the stop test is left: no gradient needed
                 with torch.no_grad():
-                    logits, grad = model(xa), None
-            else:
-                logits, grad = input_gradient(model, xa, objective)
-            now = passes(logits, ta, stop_rule) & ~done
+                    logits, logit_k = score(xa)
+                grad = None
+            else:  # d f_k(x) / dx, weights frozen
+                xg = xa.detach().requires_grad_(True)
+                logits, logit_k = score(xg)
+                (grad,) = torch.autograd.grad(logit_k.sum(), xg)
+                logit_k = logit_k.detach()
+                logits = None if logits is None else logits.detach()
+            now = _passes(logits, logit_k, ta, stop_rule) & ~done
             stop = ~done if last else now
             steps_a = torch.where(stop, step, steps_a)
-            logit_a = torch.where(stop, objective(logits), logit_a)
+            logit_a = torch.where(stop, logit_k, logit_a)
             passed_a, done = passed_a | now, done | stop
             if last:
                 break
@@ -171,6 +205,8 @@ def synthesize(
                         t[keep] for t in (idx, xa, ta, m, v, grad, done, steps_a, logit_a,
                                           passed_a)
                     )
+                    if per_head:
+                        counts = torch.bincount(ta, minlength=heads).tolist()
                 if n_keep == 0:
                     break
             # Adam ascent on the input, bias-corrected; all active rows share the count t.

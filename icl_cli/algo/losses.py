@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 
 def _target_logit(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """f_k(x) for each row: (B, K), (B,) -> (B,)."""
-    return logits.gather(1, k[:, None])[:, 0]
+    """f_k(x) for each row: (B, K), (B,) -> (B,); rows given as f_k already (B,) pass."""
+    return logits if logits.dim() == 1 else logits.gather(1, k[:, None])[:, 0]
 
 
 def softmax_loss(
@@ -23,8 +23,8 @@ def softmax_loss(
     """ICL eq. 11: mean CE over real samples + weight * mean softplus(f_k(x)) over
     pseudo-negatives (x, k), softplus(a) = ln(1 + exp(a)) = -ln sigmoid(-a).
 
-    Shape: real_logits (B, K), y (B,), pn_logits (P, K), pn_class (P,); P may be 0.
-    Returns (total, real term, pseudo-negative term), each a scalar.
+    Shape: real_logits (B, K), y (B,), pn_logits (P, K) or f_k(x) alone (P,), pn_class (P,);
+    P may be 0. Returns (total, real term, pseudo-negative term), each a scalar.
     """
     real = F.cross_entropy(real_logits, y)
     pn = F.softplus(_target_logit(pn_logits, pn_class)).mean() if len(pn_class) else real * 0
@@ -41,7 +41,8 @@ def ova_loss(
     loss = sum_k [ mean_i BCE(f_k(x_i), y_i == k)
                    + weight * mean_{j: k_j = k} softplus(f_k(x_j)) ]
     Summing over k (not averaging) gives each network exactly the gradient it would get
-    if trained alone on the same batches. Returns (total, real term, pn term).
+    if trained alone on the same batches. ``pn_logits`` may be (P, K) or f_k(x) alone (P,)
+    (what ``forward_heads`` gives). Returns (total, real term, pn term).
     """
     k = real_logits.shape[1]
     onehot = F.one_hot(y, k).to(real_logits.dtype)
@@ -50,7 +51,9 @@ def ova_loss(
     if len(pn_class):
         per = F.softplus(_target_logit(pn_logits, pn_class))
         sums = torch.zeros(k, dtype=per.dtype, device=per.device).index_add_(0, pn_class, per)
-        counts = torch.bincount(pn_class, minlength=k).clamp(min=1).to(per.dtype)
+        # index_add, not bincount: bincount's output size needs a host sync on a GPU.
+        counts = torch.zeros_like(sums).index_add_(0, pn_class, torch.ones_like(per))
+        counts = counts.clamp(min=1)
         pn = (sums / counts).sum()
     else:
         pn = real * 0

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from icl_cli.algo.losses import LOSSES
+from icl_cli.models import has_batch_norm
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -34,12 +35,76 @@ class EpochStats:
     seconds: float
 
 
+class SGD:
+    """SGD with momentum: ``torch.optim.SGD``'s arithmetic (its single-tensor path, step for
+    step, bit for bit) and state-dict format, so checkpoints load into either.
+
+    Why not ``torch.optim.SGD`` itself: its first use imports ``torch._dynamo`` (every
+    ``torch.optim`` method is wrapped in ``torch._disable_dynamo``), 2-5 s of every
+    ``icl init`` / ``icl reclassify`` process on a CPU machine (BENCHMARKS.md).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        # torch.optim.SGD's defaults, in its order (checkpoints hold this dict).
+        self.param_groups = [{"lr": lr, "momentum": momentum, "dampening": 0,
+                              "weight_decay": weight_decay, "nesterov": False,
+                              "maximize": False, "foreach": None, "differentiable": False,
+                              "fused": None, "params": self.params}]
+        self.state: dict[int, dict[str, torch.Tensor]] = {}  # param index -> buffers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        dampening = group["dampening"]
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+            if momentum != 0:
+                buf = self.state.get(i, {}).get("momentum_buffer")
+                if buf is None:
+                    buf = grad.detach().clone()
+                    self.state[i] = {"momentum_buffer": buf}
+                else:
+                    buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                grad = buf
+            p.add_(grad, alpha=-lr)
+
+    def state_dict(self) -> dict:
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {"state": {i: dict(s) for i, s in self.state.items()},
+                "param_groups": [{**group, "params": list(range(len(self.params)))}]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            raise ValueError("loaded state dict does not match this optimizer's parameters")
+        index = {saved: i for i, saved in enumerate(groups[0]["params"])}
+        self.state = {}
+        for saved, buffers in state_dict["state"].items():
+            p = self.params[index[saved]]
+            self.state[index[saved]] = {k: v.to(dtype=p.dtype, device=p.device)
+                                        for k, v in buffers.items()}
+        self.param_groups = [{**groups[0], "params": self.params}]
+
+
 def make_optimizer(
     model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
-) -> torch.optim.SGD:
+) -> SGD:
     """SGD with momentum, as in the paper's reclassification step."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                           weight_decay=weight_decay)
+    return SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def round_lr(lr: float, round_: int, decay_round: int, decay_factor: float) -> float:
@@ -47,7 +112,7 @@ def round_lr(lr: float, round_: int, decay_round: int, decay_factor: float) -> f
     return lr * (decay_factor if round_ >= decay_round else 1.0)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: SGD | torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -66,9 +131,27 @@ def batch_plan(
     return list(zip(real, pn_perm.tensor_split(len(real)), strict=True))
 
 
+def _by_class(pn_idx: torch.Tensor, pn_class: torch.Tensor, heads: int):
+    """A batch's pseudo-negative rows sorted by class, and how many of each (on CPU)."""
+    k = pn_class[pn_idx]
+    return pn_idx[torch.argsort(k, stable=True)], torch.bincount(k, minlength=heads).tolist()
+
+
+def _on_device(plan: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+    """The epoch's index pairs on ``device`` in one copy, not two small copies per batch."""
+    if device.type == "cpu":
+        return plan
+    sizes = [len(t) for pair in plan for t in pair]
+    flat = torch.cat([t for pair in plan for t in pair])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    parts = flat.to(device, non_blocking=True).split(sizes)
+    return list(zip(parts[0::2], parts[1::2], strict=True))
+
+
 def reclassify(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: SGD | torch.optim.Optimizer,
     real_x: torch.Tensor,
     real_y: torch.Tensor,
     pn_x: torch.Tensor,
@@ -89,30 +172,47 @@ def reclassify(
 
     ``epochs`` mixed epochs, then ``real_epochs`` on real data only. ``transform`` maps a
     batch of stored real images to network inputs (scaling, augmentation); pseudo-
-    negatives are already inputs. Tensors must be on the model's device.
+    negatives are already inputs. Tensors must be on the model's device. In one-vs-all
+    mode a pseudo-negative of class k goes through network k alone (``forward_heads``,
+    for networks without batch norm), not through all K: 1/K of its cost.
 
     Shape: real_x (N, C, H, W), real_y (N,), pn_x (P, C, H, W), pn_class (P,).
     """
     loss_fn = LOSSES[mode]
     device = real_x.device
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
+    heads = getattr(model, "heads", 1)
+    per_head = (mode == "ova" and heads > 1 and hasattr(model, "forward_heads")
+                and not has_batch_norm(model))
+    pn_class_cpu = pn_class.cpu() if per_head else None  # one sync per call, not per batch
     model.train()
     history = []
     for epoch in range(epochs + real_epochs):
         t0 = time.perf_counter()
         n_pn = len(pn_class) if epoch < epochs else 0
         plan = batch_plan(len(real_y), n_pn, batch_size, real_gen, pn_gen)
+        counts: list[list[int] | None] = [None] * len(plan)
+        if per_head and n_pn:
+            for i, (real_idx, pn_idx) in enumerate(plan):
+                pn_idx, counts[i] = _by_class(pn_idx, pn_class_cpu, heads)
+                plan[i] = (real_idx, pn_idx)
         sums = torch.zeros(3, device=device)  # summed on device: no sync per step
-        for real_idx, pn_idx in plan:
-            real_idx, pn_idx = real_idx.to(device), pn_idx.to(device)
+        for (real_idx, pn_idx), pn_counts in zip(_on_device(plan, device), counts, strict=True):
             xr = real_x[real_idx]
             if transform is not None:
                 xr = transform(xr)
-            xb = torch.cat([xr, pn_x[pn_idx]]) if len(pn_idx) else xr
-            with autocast:
-                logits = model(xb).float()
             nr = len(real_idx)
-            loss, real, pn = loss_fn(logits[:nr], real_y[real_idx], logits[nr:],
+            with autocast:
+                if pn_counts is not None:  # ova: network k sees the real batch + its own pn
+                    own = pn_x[pn_idx].split(pn_counts)
+                    outs = model.forward_heads([torch.cat([xr, p]) for p in own])
+                    real_logits = torch.cat([o[:nr] for o in outs], dim=1).float()
+                    pn_logits = torch.cat([o[nr:, 0] for o in outs]).float()
+                else:
+                    xb = torch.cat([xr, pn_x[pn_idx]]) if len(pn_idx) else xr
+                    logits = model(xb).float()
+                    real_logits, pn_logits = logits[:nr], logits[nr:]
+            loss, real, pn = loss_fn(real_logits, real_y[real_idx], pn_logits,
                                      pn_class[pn_idx], pn_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

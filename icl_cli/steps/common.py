@@ -6,6 +6,7 @@ write back through the store, and return a plain result dataclass for the CLI to
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,15 @@ class Runtime:
     @property
     def amp_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.amp else None
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps freed tensors in its heap: an
+    ``icl run`` process grew ~44 MiB per round without this (BENCHMARKS.md, Memory)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def derive_seed(*parts: Any) -> int:

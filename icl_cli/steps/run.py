@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from icl_cli.config import ExperimentConfig
-from icl_cli.steps.common import Runtime, StepError
+from icl_cli.steps.common import Runtime, StepError, release_freed_memory
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.synthesize import synthesize_round
@@ -71,6 +71,7 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None) ->
             if not grid.is_file():  # also after a run cut short between synthesis and grid
                 inspect_round(store, exp.name, t)
             store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(grid)
+        release_freed_memory()
     plot = plot_errors(store, [exp.name])
     store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
     return rows

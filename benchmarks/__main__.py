@@ -1,0 +1,114 @@
+"""``python -m benchmarks [--quick] [--json] [--threads N] [--only a,b]``: run the
+benchmarks, print a table (stderr gets progress), or one JSON document with ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from benchmarks.common import Result, Scale, load_average, machine
+
+ALL = ("hardware", "reclassify", "synthesis", "early-stop", "ova", "store", "startup",
+       "memory")
+
+
+def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = None,
+            trim: bool = False) -> list[Result]:
+    if name == "hardware":
+        from benchmarks import hardware
+        return [hardware.run(scale)]
+    if name == "reclassify":
+        from benchmarks import reclassify
+        return [reclassify.run(scale)]
+    if name == "synthesis":
+        from benchmarks import synthesis
+        return [synthesis.run_per_step(scale)]
+    if name == "early-stop":
+        from benchmarks import synthesis
+        return synthesis.run_early_stop(scale)
+    if name == "ova":
+        from benchmarks import ova
+        return ova.run(scale)
+    if name == "store":
+        from benchmarks import startup
+        return startup.run_store(max(scale.repeats, 5))
+    if name == "startup":
+        from benchmarks import startup
+        return [startup.run_help()]
+    if name == "memory":
+        from benchmarks import memory
+        return [memory.run(scale.memory_rounds, scale.memory_train_size, threads,
+                           count=scale.memory_count, mmap_threshold=mmap_threshold,
+                           trim=trim)]
+    raise ValueError(name)
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def table(results: list[Result]) -> str:
+    rows = [("benchmark", "metric", "icl", "bare/ref", "unit", "ratio", "cpu-time ratio",
+             "target", "met")]
+    for r in results:
+        met = "-" if r.met is None else ("yes" if r.met else "NO")
+        rows.append((r.name, r.metric, fmt(r.icl), fmt(r.bare), r.unit, fmt(r.ratio),
+                     fmt(r.details.get("ratio_cpu_time")), r.target, met))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller problems (a few minutes)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (store, startup and memory "
+                   "always run on the CPU)")
+    p.add_argument("--only", default=",".join(ALL), help=f"comma list of {', '.join(ALL)}")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="memory: run the steps with glibc's MALLOC_MMAP_THRESHOLD_ fixed")
+    p.add_argument("--malloc-trim", action="store_true",
+                   help="memory: call glibc's malloc_trim(0) after each step")
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    scale = Scale.make(a.quick, a.repeats, a.device)
+    names = [n.strip() for n in a.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(ALL)})")
+    results: list[Result] = []
+    loads, t_start = [load_average()], time.time()
+    for name in names:
+        print(f"[bench] {name} (load {load_average()}) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        results += run_one(name, scale, a.threads, a.malloc_mmap_threshold, a.malloc_trim)
+        print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+              flush=True)
+        loads.append(load_average())
+    doc = {"machine": machine(), "quick": a.quick, "threads": a.threads, "device": a.device,
+           "repeats": scale.repeats, "load_average_1_5_15": loads,
+           "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
+           "seconds": round(time.time() - t_start, 1),
+           "ratios": {r.name: r.ratio for r in results},
+           "results": [r.to_dict() for r in results]}
+    if a.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(table(results))
+        print(f"\nmachine: {doc['machine']}\nthreads: {a.threads}, repeats: {scale.repeats}, "
+              f"load averages (1/5/15 min) before/after each: {loads}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# GPU smoke and timing, for whoever has a CUDA GPU (not measured by the author: the
+# development machine has none). Runs every subcommand once with --device cuda (and the
+# bf16 --amp path), a timed resnet32 round on fake CIFAR-10, then the benchmarks on cuda.
+# Usage: bash benchmarks/gpu_smoke.sh [OUT_DIR]   (about 5-10 minutes on one GPU)
+# Writes OUT_DIR/*.json and prints a summary; paste it into BENCHMARKS.md ("GPU").
+# DEVICE=cpu ARCH=tiny BENCH=0 checks the script itself on a machine without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-smoke-out}
+mkdir -p "$out"
+ws=$(mktemp -d)
+trap 'rm -rf "$ws"' EXIT
+export ICL_WORKSPACE="$ws" MLFLOW_DISABLE_TELEMETRY=true
+device=${DEVICE:-cuda} arch=${ARCH:-mnist-cnn} r32=${R32:-resnet32}
+if [ "$device" = cuda ]; then
+  python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+fi
+dev=(--device "$device" --no-mlflow)
+t() { local name=$1; shift; local t0; t0=$(date +%s.%N)
+      "$@" > "$out/$name.json"
+      printf '%-28s %6.1f s\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)" | tee -a "$out/times.txt"; }
+
+echo "== every subcommand on cuda (mnist-cnn, embedded MNIST subset)"
+t init          icl init -e smoke --arch "$arch" --train-size 1000 --init-epochs 1 --epochs 1 --count 20 --json "${dev[@]}"
+t synthesize    icl synthesize -e smoke --round 1 --json "${dev[@]}"
+t synthesize-amp icl synthesize -e smoke --round 1 --force --amp --json "${dev[@]}"
+t reclassify    icl reclassify -e smoke --round 1 --json "${dev[@]}"
+t reclassify-amp icl reclassify -e smoke --round 1 --force --amp --json "${dev[@]}"
+t evaluate      icl evaluate -e smoke --round 1 --json "${dev[@]}"
+t attack        icl attack -e smoke --round 1 --against smoke --json "${dev[@]}"
+t inspect       icl inspect -e smoke --round 1 --json
+t run           icl run -e smoke --rounds 2 --json "${dev[@]}"
+t ova-init      icl init -e ova --arch "$arch" --mode ova --train-size 1000 --init-epochs 1 --epochs 1 --count 20 --json "${dev[@]}"
+t ova-run       icl run -e ova --rounds 1 --json "${dev[@]}"
+t status        icl status --json
+t verify        icl verify --json
+t report        icl report --json
+
+echo "== timed resnet32 round on fake CIFAR-10 (batch 128)"
+t r32-init      icl init -e r32 --dataset fake-cifar10 --arch "$r32" --batch-size 128 --init-epochs 1 --epochs 1 --count "${R32_COUNT:-200}" --max-steps 50 --json "${dev[@]}"
+t r32-synthesize icl synthesize -e r32 --round 1 --check-every 10 --json "${dev[@]}"
+t r32-reclassify icl reclassify -e r32 --round 1 --json "${dev[@]}"
+t r32-evaluate  icl evaluate -e r32 --round 1 --json "${dev[@]}"
+
+[ "${BENCH:-1}" = 1 ] || { cat "$out/times.txt"; exit 0; }
+echo "== benchmarks on cuda (ratios against bare loops, same process)"
+python -m benchmarks --device cuda --only hardware,reclassify,synthesis,early-stop,ova --json \
+  > "$out/benchmarks-cuda.json"
+python -m benchmarks --device cuda --only hardware,reclassify,synthesis,early-stop,ova \
+  --repeats 3 | tee "$out/benchmarks-cuda.txt"
+cat "$out/times.txt"
