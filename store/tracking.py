@@ -114,6 +114,8 @@ class Tracker(NullTracker):
             ) from exc
 
     def _experiment_id(self, artifact_location: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         exp = self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)
         if exp is not None:
             return exp.experiment_id
@@ -121,7 +123,7 @@ class Tracker(NullTracker):
             return self._client.create_experiment(
                 MLFLOW_EXPERIMENT, artifact_location=artifact_location
             )
-        except Exception:
+        except MlflowException:
             # Another process created it between our lookup and create.
             exp = self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)
             if exp is None:
@@ -135,11 +137,13 @@ class Tracker(NullTracker):
         run_id: str | None,
         save_run_id: Callable[[str, str | None], str],
     ) -> str:
+        from mlflow.exceptions import MlflowException
+
         if run_id is not None:
             try:
                 if self._client.get_run(run_id).info.lifecycle_stage == "active":
                     return run_id
-            except Exception:
+            except MlflowException:
                 pass  # deleted, or the user switched MLFLOW_TRACKING_URI: start a new run
         exp_id = self._experiment_id(artifact_location)
         run = self._client.create_run(exp_id, run_name=run_name, tags={"icl.experiment": run_name})
