@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 if [ "$SCALE" = smoke ]; then
-  DATA=(--dataset fake-svhn --batch-size 32); ARCH=resnet8; VAL=20; SIZE=100
+  DATA=(--dataset fake-svhn --batch-size 32); ARCH=${ARCH_SVHN:-resnet8}; VAL=20; SIZE=100
 else
   DATA=(--dataset svhn --data-root "${SVHN_DIR:?set SVHN_DIR}" --batch-size 128)
   [ "${DOWNLOAD:-0}" = 1 ] && DATA+=(--download)
