@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from . import checkpoints as ckpt_files
 from . import shards as shard_files
-from .catalog import Checkpoint, Experiment, Shard, read_session, run_write
+from .catalog import Checkpoint, Experiment, Shard, read_session, run_write, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
 from .infos import CheckpointInfo, ShardInfo
 from .workspace import atomic_write, sha256_file
@@ -273,6 +273,7 @@ class ArtifactMethods:
             row.path, row.sha256, row.config_hash = self.rel(path), sha, cfg_hash
             row.parent_id = parent_id
             row.parent_sha256 = parent.sha256 if parent is not None else None
+            row.created_at = utcnow()  # a replaced checkpoint is a new artefact
             s.flush()
             return self._ckpt_info(row, name)
 

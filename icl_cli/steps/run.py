@@ -24,10 +24,14 @@ class RoundRow:
 
 
 def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
-    """{round: {"test": error, "val": error}} from the catalog."""
+    """{round: {"test": error, "val": error}} from the catalog, counting only evaluations
+    made after the round's current checkpoint (a ``--force`` retrain makes older ones
+    stale, and ``icl run`` then evaluates the round again)."""
+    trained = {c.round: c.created_at for c in store.checkpoints(name)}
     out: dict[int, dict[str, float]] = {}
     for e in store.evaluations(name):
-        out.setdefault(e.round, {})[e.split] = e.error
+        if e.round in trained and e.created_at >= trained[e.round]:
+            out.setdefault(e.round, {})[e.split] = e.error
     return out
 
 

@@ -155,3 +155,11 @@ def test_interrupted_step_leaves_nothing_and_run_resumes(ws, monkeypatch):
     assert rows[2]["test_error"] is not None
     report = icl("report", "-w", ws).stdout
     assert "| icl | icl |" in report and "| base | baseline |" in report
+
+
+def test_retrained_round_is_evaluated_again(ws):
+    before = icl_json("run", "-w", ws, "-e", "base", "--rounds", "1", *COMMON)
+    assert before[1]["ran"] == []  # round 1 of the baseline is done and evaluated
+    icl("reclassify", "-w", ws, "-e", "base", "--round", "1", "--force", *COMMON)
+    after = icl_json("run", "-w", ws, "-e", "base", "--rounds", "1", *COMMON)
+    assert after[1]["ran"] == ["evaluate"]  # the old evaluation belonged to the old weights
