@@ -300,11 +300,14 @@ def run(
         rows = run_rounds(store, name, rounds, _runtime(device, threads, amp, no_mlflow), count)
     if json:
         return ui.emit_json(rows)
-    ui.table(f"'{name}'", ["round", "test error %", "val error %", "pass %", "mean steps",
+    ui.table(f"'{name}'", ["round", "test err %", "val err %", "pass %", "mean steps",
                            "ran now"],
              [[r.round, ui.pct(r.test_error), ui.pct(r.val_error), ui.pct(r.pass_rate),
                None if r.mean_steps is None else f"{r.mean_steps:.1f}",
-               ", ".join(r.ran) or "-"] for r in rows])
+               "+".join(SHORT.get(s, s) for s in r.ran) or "-"] for r in rows])
+
+
+SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"}
 
 
 @app.command()

@@ -177,7 +177,7 @@ def emit_json(obj: Any) -> None:
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # names in full, wrapped, never cut
     for r in rows:
         t.add_row(*["-" if v is None else str(v) for v in r])
     out.print(t)

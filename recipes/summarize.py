@@ -4,8 +4,11 @@ Groups experiments by (dataset, mode, train size, method) over seeds and prints 
 (%) of the round chosen on validation error, mean +- std over seeds, the paired difference
 to the baseline that shares its C_0 (``--from``), and the paper's number beside it.
 
-    python recipes/summarize.py WS/report.json --paper table1 [--plot-rounds F.png]
-        [--plot-sizes F.png]
+    python recipes/summarize.py WS/report.json [WS2/report.json ...] --paper table1
+        [--rounds 5] [--per-seed] [--by-round] [--plot-rounds F.png] [--plot-sizes F.png]
+
+``--rounds N`` keeps only paired groups (a baseline and the experiments started from its
+C_0) in which every experiment finished round N, so a half-run seed never enters a mean.
 """
 
 from __future__ import annotations
@@ -40,6 +43,26 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
 
 
+def load(paths: list[str]) -> list[dict]:
+    """Rows of several reports. Experiment names are unique only within a workspace, so
+    each row gets ``key`` and ``parent_key`` that name its report too."""
+    rows = []
+    for i, path in enumerate(paths):
+        with open(path) as f:
+            for r in json.load(f):
+                r["key"] = f"{i}:{r['experiment']}"
+                r["parent_key"] = f"{i}:{r['parent']}" if r["parent"] else None
+                rows.append(r)
+    return rows
+
+
+def group_key(row: dict) -> str:
+    """The paired group of a row: its baseline's key (``--from`` parent) or its own."""
+    if "key" in row:
+        return row["parent_key"] or row["key"]
+    return row["parent"] or row["experiment"]
+
+
 def selected(row: dict) -> float | None:
     """Test error (%) of the round with the lowest validation error (else the last)."""
     e = row["test_error_best_val"]
@@ -49,7 +72,7 @@ def selected(row: dict) -> float | None:
 
 
 def table(rows: list[dict], paper: str | None) -> str:
-    by_name = {r["experiment"]: r for r in rows}
+    by_key = {group_key(r): r for r in rows if not r["parent"]}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
@@ -63,7 +86,7 @@ def table(rows: list[dict], paper: str | None) -> str:
         last = [100 * r["test_error_last"] for r in rs if r["test_error_last"] is not None]
         diffs = []
         for r in rs:
-            base = by_name.get(r["parent"]) if r["parent"] else None
+            base = by_key.get(group_key(r)) if r["parent"] else None
             if base is not None and selected(r) is not None and selected(base) is not None:
                 diffs.append(selected(r) - selected(base))
         wins = f"{sum(d < 0 for d in diffs)}/{len(diffs)}" if diffs else "-"
@@ -71,6 +94,67 @@ def table(rows: list[dict], paper: str | None) -> str:
         out.append(f"| {data} | {mode} | {size or 'all'} | {method} | {len(rs)} | "
                    f"{mean_std(sel)} | {mean_std(last)} | {mean_std(diffs)} | {wins} | "
                    f"{'-' if ref is None else f'{ref:.2f}'} |")
+    return "\n".join(out)
+
+
+def complete(rows: list[dict], rounds: int) -> list[dict]:
+    """The rows of paired groups whose every experiment has finished round ``rounds``."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[group_key(r)].append(r)
+    return [r for rs in groups.values()
+            if all(str(rounds) in r["errors"] and r["rounds"] >= rounds for r in rs)
+            for r in rs]
+
+
+def per_seed(rows: list[dict]) -> str:
+    """One line per paired group: each method's val-selected test error and its round."""
+    methods = sorted({r["method"] for r in rows}, key=lambda m: METHOD_ORDER.get(m, 9))
+    kids: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        kids[group_key(r)][r["method"]] = r
+    out = ["| data | mode | train size | seed | "
+           + " | ".join(f"{m} % (round)" for m in methods) + " | icl - baseline |",
+           "|" + " --- |" * (len(methods) + 5)]
+    def cell(r: dict | None) -> str:
+        if r is None or selected(r) is None:
+            return "-"
+        t = r["best_val_round"]
+        return f"{selected(r):.2f} ({'-' if t is None else t})"
+    def order(g: dict[str, dict]) -> tuple:
+        r = next(iter(g.values()))
+        return r["dataset"], r["mode"], r["train_size"] or 0, r["seed"]
+
+    for g in sorted(kids.values(), key=order):
+        any_r = next(iter(g.values()))
+        icl, base = g.get("icl"), g.get("baseline")
+        diff = (f"{selected(icl) - selected(base):+.2f}" if icl and base
+                and selected(icl) is not None and selected(base) is not None else "-")
+        out.append(f"| {any_r['dataset']} | {any_r['mode']} | {any_r['train_size'] or 'all'} | "
+                   f"{any_r['seed']} | " + " | ".join(cell(g.get(m)) for m in methods)
+                   + f" | {diff} |")
+    return "\n".join(out)
+
+
+def by_round(rows: list[dict]) -> str:
+    """Mean test error (%) over seeds at every round (Figure 4's curves as a table)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
+    last = max((int(t) for r in rows for t in r["errors"]), default=0)
+    out = ["| data | mode | train size | method | seeds | "
+           + " | ".join(f"t={t}" for t in range(last + 1)) + " |",
+           "|" + " --- |" * (last + 6)]
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], METHOD_ORDER.get(k[3], 9))):
+        rs = groups[key]
+        cells = []
+        for t in range(last + 1):
+            xs = [100 * r["errors"][str(t)]["test"] for r in rs
+                  if "test" in r["errors"].get(str(t), {})]
+            cells.append(f"{statistics.mean(xs):.2f}" if xs else "-")
+        data, mode, size, method = key
+        out.append(f"| {data} | {mode} | {size or 'all'} | {method} | {len(rs)} | "
+                   + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -144,14 +228,24 @@ def plot_sizes(rows: list[dict], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report")
+    parser.add_argument("reports", nargs="+", metavar="report")
     parser.add_argument("--paper", choices=sorted(PAPER))
+    parser.add_argument("--rounds", type=int,
+                        help="keep only paired groups that finished this round")
+    parser.add_argument("--per-seed", action="store_true", help="also a table per seed")
+    parser.add_argument("--by-round", action="store_true",
+                        help="also mean test error at every round")
     parser.add_argument("--plot-rounds")
     parser.add_argument("--plot-sizes")
     args = parser.parse_args()
-    with open(args.report) as f:
-        rows = json.load(f)
+    rows = load(args.reports)
+    if args.rounds is not None:
+        rows = complete(rows, args.rounds)
     print(table(rows, args.paper))
+    if args.per_seed:
+        print("\n" + per_seed(rows))
+    if args.by_round:
+        print("\n" + by_round(rows))
     if args.plot_rounds:
         plot_rounds(rows, args.plot_rounds)
     if args.plot_sizes:

@@ -34,3 +34,30 @@ def test_falls_back_to_last_round_without_validation():
     r = row("b0", "baseline", 0, None, test_last=0.2)
     r["best_val_round"] = None
     assert summarize.selected(r) == 20.0
+
+
+def test_complete_drops_a_group_with_an_unfinished_member(tmp_path):
+    done = [row("b0", "baseline", 0, 0.10), row("i0", "icl", 0, 0.09, parent="b0")]
+    half = [row("b1", "baseline", 1, 0.12), row("i1", "icl", 1, 0.12, parent="b1")]
+    half[1]["rounds"], half[1]["errors"] = 0, {"0": {"test": 0.1}}  # stopped after C_0
+    kept = summarize.complete(done + half, rounds=1)
+    assert [r["experiment"] for r in kept] == ["b0", "i0"]
+
+
+def test_same_names_in_two_workspaces_stay_apart(tmp_path):
+    import json
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([row("b0", "baseline", 0, 0.10),
+                             row("i0", "icl", 0, 0.08, parent="b0")]))
+    b.write_text(json.dumps([row("b0", "baseline", 0, 0.20)]))  # another b0, no kids
+    rows = summarize.load([str(a), str(b)])
+    icl = next(line for line in summarize.table(rows, None).splitlines() if "| icl |" in line)
+    assert "-2.00" in icl  # paired with a's b0 (10 %), not b's (20 %)
+    seeds = summarize.per_seed(rows).splitlines()[2:]
+    assert len(seeds) == 2 and any("| -2.00 |" in s for s in seeds)
+
+
+def test_by_round_means_over_seeds():
+    rows = [row("b0", "baseline", 0, 0.10), row("b1", "baseline", 1, 0.12)]
+    line = summarize.by_round(rows).splitlines()[2]
+    assert line.endswith("| 10.00 | 11.00 |")  # t=0 both 10 %, t=1 mean of 10 and 12
