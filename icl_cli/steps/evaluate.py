@@ -55,6 +55,26 @@ def evaluate_round(store, name: str, round_: int, runtime: Runtime) -> list[Eval
     return results
 
 
+def copy_parent_evaluations(store, name: str, parent: str, parent_round: int,
+                            runtime: Runtime) -> list[Evaluation] | None:
+    """Round 0 of ``name`` is the bytes of ``parent``'s checkpoint at ``parent_round`` on the
+    same data (``--from`` shares both), so the parent's current evaluations of it are exact:
+    record them for ``name`` instead of running the test set again. None when the parent
+    has none (or only stale ones, from before a retrain)."""
+    trained = store.checkpoint(parent, parent_round)
+    found = [e for e in store.evaluations(parent)
+             if e.round == parent_round and e.created_at >= trained.created_at]
+    if not any(e.split == "test" for e in found):
+        return None
+    results = []
+    for e in found:
+        store.record_evaluation(name, 0, e.split, e.error, e.per_class, e.n)
+        results.append(Evaluation(name, 0, e.split, e.error, e.per_class, e.n))
+    metrics = {f"{e.split}_error": 100 * e.error for e in results}
+    store.tracker(name, enabled=runtime.mlflow).log_metrics(metrics, step=0)
+    return results
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """Paper 4.1's two-way counts: examples made on ``source`` from test images it gets

@@ -8,7 +8,7 @@ from typing import Any
 
 from icl_cli.config import ExperimentConfig
 from icl_cli.steps.common import Runtime, StepError, dataset
-from icl_cli.steps.evaluate import Evaluation, evaluate_round
+from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
 from icl_cli.steps.train import train_round
 
 # What a paired experiment must share with the one it starts from (SPEC, "Fair comparisons").
@@ -115,6 +115,11 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
     # C_0: trained from scratch, or copied from the parent (see train_round).
     if train_round(store, exp.name, 0, runtime).reused:
         return InitResult(exp.name, from_, True, [], exp.config)
-    evaluations = evaluate_round(store, exp.name, 0, runtime)
+    evaluations = None
+    if parent is not None:
+        evaluations = copy_parent_evaluations(store, exp.name, parent.name, parent_round,
+                                              runtime)
+    if evaluations is None:
+        evaluations = evaluate_round(store, exp.name, 0, runtime)
     store.tracker(exp.name, enabled=runtime.mlflow).log_params(exp.config)
     return InitResult(exp.name, from_, False, evaluations, exp.config)

@@ -163,3 +163,17 @@ def test_retrained_round_is_evaluated_again(ws):
     icl("reclassify", "-w", ws, "-e", "base", "--round", "1", "--force", *COMMON)
     after = icl_json("run", "-w", ws, "-e", "base", "--rounds", "1", *COMMON)
     assert after[1]["ran"] == ["evaluate"]  # the old evaluation belonged to the old weights
+
+
+def test_paired_init_reuses_the_parents_round_zero_evaluation(ws, monkeypatch):
+    import icl_cli.steps.init as init_step
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("C_0 evaluated again")
+
+    monkeypatch.setattr(init_step, "evaluate_round", no_second_pass)
+    out = icl_json("init", "-w", ws, "-e", "noise", "--method", "icl-noise", "--from",
+                   "base:0", *COMMON)
+    base = icl_json("evaluate", "-w", ws, "-e", "base", "--round", "0", *COMMON)
+    assert sorted((e["split"], e["error"]) for e in out["evaluations"]) == \
+        sorted((e["split"], e["error"]) for e in base)
