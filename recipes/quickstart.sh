@@ -11,7 +11,7 @@
 # more done than one 2-thread process after another).
 set -euo pipefail
 WS=${WS:-icl-quickstart}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-4}
 THREADS=${THREADS:-2}
 RUN_THREADS=${RUN_THREADS:-1}
 SEED=${SEED:-0}
@@ -29,15 +29,18 @@ icl init --workspace "$WS" --threads "$THREADS" -e baseline --method baseline --
   --mode softmax --init-epochs "$INIT_EPOCHS" --epochs "$EPOCHS" --real-epochs "$REAL_EPOCHS" \
   --batch-size 64 --lr 0.01 --pn-weight 1 --count "$COUNT" --max-steps 200 \
   --sampler-lr 0.01 --reference-std 0.3 --stop-rule logit
-icl init --workspace "$WS" -e icl-noise --method icl-noise --from baseline:0 >/dev/null
-icl init --workspace "$WS" -e icl --method icl --from baseline:0 >/dev/null
 
 # Two lanes, one per core: the baseline then ICL-noise, and ICL (about as much work: it
-# also synthesises). Each method's log: $WS/<method>.log.
+# also synthesises). ICL-noise and ICL start from the baseline's C_0 (--from baseline:0).
+# Each method's log: $WS/<method>.log.
 echo "running baseline, then icl-noise, beside icl: $ROUNDS rounds each (logs: $WS/*.log)" >&2
-run() { icl run --workspace "$WS" --threads "$RUN_THREADS" -e "$1" --rounds "$ROUNDS" \
-          > "$WS/$1.log" 2>&1 || { echo "icl run -e $1 failed:" >&2; tail -n 3 "$WS/$1.log" >&2;
-                                   return 1; }; }
+run() {
+  local init=(true)
+  [ "$1" = baseline ] || init=(icl init --workspace "$WS" -e "$1" --method "$1" --from baseline:0)
+  { "${init[@]}" >/dev/null &&
+    icl run --workspace "$WS" --threads "$RUN_THREADS" -e "$1" --rounds "$ROUNDS"
+  } > "$WS/$1.log" 2>&1 || { echo "icl -e $1 failed:" >&2; tail -n 3 "$WS/$1.log" >&2; return 1; }
+}
 (run baseline && run icl-noise) & lane=$!
 run icl || { wait "$lane"; exit 1; }
 wait "$lane" || exit 1
