@@ -46,7 +46,27 @@ def experiment_rows(store) -> list[ExperimentRow]:
             errs.get(0, {}).get("test"), errs.get(last, {}).get("test"), best,
             errs[best]["test"] if best is not None else None, running.get(exp.name, []),
             errs))
-    return rows
+    return sorted(rows, key=_paired_order(rows))
+
+
+METHOD_ORDER = {"baseline": 0, "icl-noise": 1, "icl": 2}
+
+
+def _paired_order(rows: list[ExperimentRow]):
+    """Sort key: each baseline followed by the experiments started from it (``--from``),
+    baseline, ICL-noise, ICL; otherwise in creation order."""
+    created = {r.experiment: i for i, r in enumerate(rows)}
+    parent = {r.experiment: r.parent for r in rows}
+
+    def root(name: str) -> str:
+        seen = set()
+        while parent.get(name) in created and name not in seen:
+            seen.add(name)
+            name = parent[name]
+        return name
+
+    return lambda r: (created[root(r.experiment)], METHOD_ORDER.get(r.method, 9),
+                      created[r.experiment])
 
 
 def _pct(x: float | None) -> str:

@@ -177,3 +177,17 @@ def test_paired_init_reuses_the_parents_round_zero_evaluation(ws, monkeypatch):
     base = icl_json("evaluate", "-w", ws, "-e", "base", "--round", "0", *COMMON)
     assert sorted((e["split"], e["error"]) for e in out["evaluations"]) == \
         sorted((e["split"], e["error"]) for e in base)
+
+
+def test_report_lists_each_baseline_then_its_paired_methods():
+    from types import SimpleNamespace as Row
+
+    from icl_cli.steps.report import _paired_order
+
+    rows = [Row(experiment="b0", parent=None, method="baseline"),
+            Row(experiment="b0-icl", parent="b0", method="icl"),
+            Row(experiment="b1", parent=None, method="baseline"),
+            Row(experiment="b0-noise", parent="b0", method="icl-noise"),
+            Row(experiment="b1-icl", parent="b1", method="icl")]
+    assert [r.experiment for r in sorted(rows, key=_paired_order(rows))] == \
+        ["b0", "b0-noise", "b0-icl", "b1", "b1-icl"]
