@@ -5,7 +5,8 @@ Groups experiments by (dataset, mode, train size, method) over seeds and prints 
 to the baseline that shares its C_0 (``--from``), and the paper's number beside it.
 
     python recipes/summarize.py WS/report.json [WS2/report.json ...] --paper table1
-        [--rounds 5] [--per-seed] [--by-round] [--plot-rounds F.png] [--plot-sizes F.png]
+        [--rounds 5] [--per-seed] [--by-round] [--attacks] [--plot-rounds F.png]
+        [--plot-sizes F.png]
 
 ``--rounds N`` keeps only paired groups (a baseline and the experiments started from its
 C_0) in which every experiment finished round N, so a half-run seed never enters a mean.
@@ -158,6 +159,40 @@ def by_round(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def attacks(rows: list[dict]) -> str:
+    """Two-way FGSM records (``icl attack``) between a baseline and an ICL model, one line
+    each, then the mean +- std of both shares over the lines, beside the paper's counts."""
+    by_key = {r.get("key", r["experiment"]): r for r in rows}
+    out = ["| data | train size | seed | eps | rounds (baseline, icl) | made on baseline: "
+           "fool it | of those, fool ICL | made on ICL: fool it | of those, fool baseline |",
+           "|" + " --- |" * 9]
+    shares: tuple[list[float], list[float]] = ([], [])
+    for r in rows:
+        for a in r.get("attacks", []):
+            key = f"{r['key'].split(':')[0]}:{a['against']}" if "key" in r else a["against"]
+            other = by_key.get(key)
+            if other is None or {r["method"], other["method"]} != {"baseline", "icl"}:
+                continue
+            if r["method"] == "icl":
+                on_base, on_icl, rounds = a["made_there"], a["made_here"], (a["against_round"],
+                                                                            a["round"])
+            else:
+                on_base, on_icl, rounds = a["made_here"], a["made_there"], (a["round"],
+                                                                            a["against_round"])
+            shares[0].append(100 * on_base[2] / max(1, on_base[1]))
+            shares[1].append(100 * on_icl[2] / max(1, on_icl[1]))
+            out.append(f"| {r['dataset']} | {r['train_size'] or 'all'} | {r['seed']} | "
+                       f"{a['eps']:g} | {rounds[0]}, {rounds[1]} | {on_base[1]} | "
+                       f"{on_base[2]} ({shares[0][-1]:.1f} %) | {on_icl[1]} | "
+                       f"{on_icl[2]} ({shares[1][-1]:.1f} %) |")
+    if shares[0]:
+        out.append(f"| mean +- std | | {len(shares[0])} seeds | | | | {mean_std(shares[0])} % "
+                   f"| | {mean_std(shares[1])} % |")
+    out.append("| paper (MNIST, full) | 60000 | | 0.125 | | 6876 | 4661 (67.8 %) | 5989 | "
+               "5542 (92.5 %) |")
+    return "\n".join(out)
+
+
 def _plt():
     import matplotlib
 
@@ -235,6 +270,8 @@ def main() -> None:
     parser.add_argument("--per-seed", action="store_true", help="also a table per seed")
     parser.add_argument("--by-round", action="store_true",
                         help="also mean test error at every round")
+    parser.add_argument("--attacks", action="store_true",
+                        help="also the two-way FGSM records (icl attack)")
     parser.add_argument("--plot-rounds")
     parser.add_argument("--plot-sizes")
     args = parser.parse_args()
@@ -246,6 +283,8 @@ def main() -> None:
         print("\n" + per_seed(rows))
     if args.by_round:
         print("\n" + by_round(rows))
+    if args.attacks:
+        print("\n" + attacks(rows))
     if args.plot_rounds:
         plot_rounds(rows, args.plot_rounds)
     if args.plot_sizes:

@@ -24,6 +24,10 @@ class ExperimentRow:
     test_error_best_val: float | None
     running: list[str]
     errors: dict[int, dict[str, float]]  # {round: {"test": e, "val": e}}
+    # Two-way FGSM records made with `icl attack -e this`: round, against, against_round,
+    # eps, and [correct, fool the maker, of those fool the other] for examples made on
+    # this model ("made_here") and on the other one ("made_there").
+    attacks: list[dict]
 
 
 def experiment_rows(store) -> list[ExperimentRow]:
@@ -45,7 +49,10 @@ def experiment_rows(store) -> list[ExperimentRow]:
             len(store.shards(exp.name, active_only=True)),
             errs.get(0, {}).get("test"), errs.get(last, {}).get("test"), best,
             errs[best]["test"] if best is not None else None, running.get(exp.name, []),
-            errs))
+            errs, [dict(round=a.round, against=a.against_experiment,
+                        against_round=a.against_round, eps=a.eps,
+                        made_here=a.counts["a_made"], made_there=a.counts["b_made"])
+                   for a in store.attacks(exp.name)]))
     return sorted(rows, key=_paired_order(rows))
 
 

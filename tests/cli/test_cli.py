@@ -75,6 +75,14 @@ def test_round_as_written_in_the_design_card(ws, monkeypatch):
     assert [a["source"] for a in attack] == ["icl", "base"]
     for a in attack:
         assert 0 <= a["fool_both"] <= a["fool_source"] <= a["correct"] <= 2000
+    # The report carries the recorded counts, so tables can be made from the catalog.
+    rows = {r["experiment"]: r for r in icl_json("report", "--no-plot")}
+    [recorded] = rows["icl"]["attacks"]
+    assert recorded["against"] == "base" and recorded["against_round"] == 1
+    icl_side, base_side = attack
+    assert recorded["made_here"] == [icl_side["correct"], icl_side["fool_source"],
+                                     icl_side["fool_both"]]
+    assert recorded["made_there"][1] == base_side["fool_source"]
 
 
 def test_force_makes_a_new_version_and_replay_matches(ws):

@@ -61,3 +61,18 @@ def test_by_round_means_over_seeds():
     rows = [row("b0", "baseline", 0, 0.10), row("b1", "baseline", 1, 0.12)]
     line = summarize.by_round(rows).splitlines()[2]
     assert line.endswith("| 10.00 | 11.00 |")  # t=0 both 10 %, t=1 mean of 10 and 12
+
+
+def test_attacks_orient_each_record_and_average_the_shares():
+    base, icl_row = row("b0", "baseline", 0, 0.10), row("i0", "icl", 0, 0.09, parent="b0")
+    icl_row["attacks"] = [{"round": 3, "against": "b0", "against_round": 2, "eps": 0.125,
+                           "made_here": [900, 600, 540], "made_there": [880, 800, 400]}]
+    base1, icl1 = row("b1", "baseline", 1, 0.10), row("i1", "icl", 1, 0.09, parent="b1")
+    base1["attacks"] = [{"round": 2, "against": "i1", "against_round": 3, "eps": 0.125,
+                         "made_here": [880, 800, 600], "made_there": [900, 600, 600]}]
+    lines = summarize.attacks([base, icl_row, base1, icl1]).splitlines()
+    # Made on the baseline: 400 of 800 fool ICL; made on ICL: 540 of 600 fool the baseline.
+    assert "| 2, 3 | 800 | 400 (50.0 %) | 600 | 540 (90.0 %) |" in lines[2]
+    # The second record was made from the baseline's side; it is turned around the same way.
+    assert "| 800 | 600 (75.0 %) | 600 | 600 (100.0 %) |" in lines[3]
+    assert "62.50 +- 17.68 %" in lines[4] and "95.00 +- 7.07 %" in lines[4]
