@@ -376,8 +376,14 @@ def report(
 
 
 def main() -> None:
+    import signal
+
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C while Typer builds the command, before any step
         ui.fail(ui.INTERRUPTED, 130)
         raise SystemExit(130) from None
+    finally:
+        # The command's work is recorded (or cleanly refused) by now: a Ctrl-C that lands
+        # while the interpreter tears torch down would only print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
