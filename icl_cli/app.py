@@ -284,6 +284,9 @@ def inspect(
     ui.out.print(f"grid: {r.grid}")
 
 
+STEP_SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"}
+
+
 @app.command()
 def run(
     rounds: Annotated[int, typer.Option(help="Run rounds 1..T.")],
@@ -304,10 +307,7 @@ def run(
                            "ran now"],
              [[r.round, ui.pct(r.test_error), ui.pct(r.val_error), ui.pct(r.pass_rate),
                None if r.mean_steps is None else f"{r.mean_steps:.1f}",
-               "+".join(SHORT.get(s, s) for s in r.ran) or "-"] for r in rows])
-
-
-SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"}
+               "+".join(STEP_SHORT.get(s, s) for s in r.ran) or "-"] for r in rows])
 
 
 @app.command()

@@ -50,9 +50,13 @@ def evaluate_round(store, name: str, round_: int, runtime: Runtime) -> list[Eval
         rep = error_rate(logits, split.labels.to(device), data.num_classes)
         store.record_evaluation(exp.name, round_, split_name, rep.error, rep.per_class, rep.n)
         results.append(Evaluation(exp.name, round_, split_name, rep.error, rep.per_class, rep.n))
-    metrics = {f"{e.split}_error": 100 * e.error for e in results}
-    store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(metrics, step=round_)
+    _track(store, exp.name, round_, results, runtime)
     return results
+
+
+def _track(store, name: str, round_: int, results: list[Evaluation], runtime: Runtime) -> None:
+    metrics = {f"{e.split}_error": 100 * e.error for e in results}
+    store.tracker(name, enabled=runtime.mlflow).log_metrics(metrics, step=round_)
 
 
 def copy_parent_evaluations(store, name: str, parent: str, parent_round: int,
@@ -70,8 +74,7 @@ def copy_parent_evaluations(store, name: str, parent: str, parent_round: int,
     for e in found:
         store.record_evaluation(name, 0, e.split, e.error, e.per_class, e.n)
         results.append(Evaluation(name, 0, e.split, e.error, e.per_class, e.n))
-    metrics = {f"{e.split}_error": 100 * e.error for e in results}
-    store.tracker(name, enabled=runtime.mlflow).log_metrics(metrics, step=0)
+    _track(store, name, 0, results, runtime)
     return results
 
 
