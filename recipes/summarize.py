@@ -46,22 +46,31 @@ def mean_std(xs: list[float]) -> str:
 
 def load(paths: list[str]) -> list[dict]:
     """Rows of several reports. Experiment names are unique only within a workspace, so
-    each row gets ``key`` and ``parent_key`` that name its report too."""
+    each row also records which report (``ws``) it came from."""
     rows = []
     for i, path in enumerate(paths):
         with open(path) as f:
-            for r in json.load(f):
-                r["key"] = f"{i}:{r['experiment']}"
-                r["parent_key"] = f"{i}:{r['parent']}" if r["parent"] else None
-                rows.append(r)
+            rows += [dict(r, ws=i) for r in json.load(f)]
     return rows
+
+
+def ref(row: dict, name: str) -> str:
+    """A key for experiment ``name`` in the workspace of ``row``."""
+    return f"{row.get('ws', 0)}:{name}"
 
 
 def group_key(row: dict) -> str:
     """The paired group of a row: its baseline's key (``--from`` parent) or its own."""
-    if "key" in row:
-        return row["parent_key"] or row["key"]
-    return row["parent"] or row["experiment"]
+    return ref(row, row["parent"] or row["experiment"])
+
+
+def by_method(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows grouped by (dataset, mode, train size, method), in table order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
+    return {k: groups[k] for k in sorted(
+        groups, key=lambda k: (k[0], k[1], k[2], METHOD_ORDER.get(k[3], 9)))}
 
 
 def selected(row: dict) -> float | None:
@@ -74,15 +83,10 @@ def selected(row: dict) -> float | None:
 
 def table(rows: list[dict], paper: str | None) -> str:
     by_key = {group_key(r): r for r in rows if not r["parent"]}
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
     out = ["| data | mode | train size | method | seeds | test % (val-selected) | "
            "test % (last round) | paired diff vs baseline | better on | paper % |",
            "|" + " --- |" * 10]
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], METHOD_ORDER.get(k[3], 9))):
-        data, mode, size, method = key
-        rs = groups[key]
+    for (data, mode, size, method), rs in by_method(rows).items():
         sel = [e for e in map(selected, rs) if e is not None]
         last = [100 * r["test_error_last"] for r in rs if r["test_error_last"] is not None]
         diffs = []
@@ -127,33 +131,28 @@ def per_seed(rows: list[dict]) -> str:
         return r["dataset"], r["mode"], r["train_size"] or 0, r["seed"]
 
     for g in sorted(kids.values(), key=order):
-        any_r = next(iter(g.values()))
+        first = next(iter(g.values()))
         icl, base = g.get("icl"), g.get("baseline")
         diff = (f"{selected(icl) - selected(base):+.2f}" if icl and base
                 and selected(icl) is not None and selected(base) is not None else "-")
-        out.append(f"| {any_r['dataset']} | {any_r['mode']} | {any_r['train_size'] or 'all'} | "
-                   f"{any_r['seed']} | " + " | ".join(cell(g.get(m)) for m in methods)
+        out.append(f"| {first['dataset']} | {first['mode']} | {first['train_size'] or 'all'} | "
+                   f"{first['seed']} | " + " | ".join(cell(g.get(m)) for m in methods)
                    + f" | {diff} |")
     return "\n".join(out)
 
 
 def by_round(rows: list[dict]) -> str:
     """Mean test error (%) over seeds at every round (Figure 4's curves as a table)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
     last = max((int(t) for r in rows for t in r["errors"]), default=0)
     out = ["| data | mode | train size | method | seeds | "
            + " | ".join(f"t={t}" for t in range(last + 1)) + " |",
            "|" + " --- |" * (last + 6)]
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], METHOD_ORDER.get(k[3], 9))):
-        rs = groups[key]
+    for (data, mode, size, method), rs in by_method(rows).items():
         cells = []
         for t in range(last + 1):
             xs = [100 * r["errors"][str(t)]["test"] for r in rs
                   if "test" in r["errors"].get(str(t), {})]
             cells.append(f"{statistics.mean(xs):.2f}" if xs else "-")
-        data, mode, size, method = key
         out.append(f"| {data} | {mode} | {size or 'all'} | {method} | {len(rs)} | "
                    + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -162,15 +161,14 @@ def by_round(rows: list[dict]) -> str:
 def attacks(rows: list[dict]) -> str:
     """Two-way FGSM records (``icl attack``) between a baseline and an ICL model, one line
     each, then the mean +- std of both shares over the lines, beside the paper's counts."""
-    by_key = {r.get("key", r["experiment"]): r for r in rows}
+    by_key = {ref(r, r["experiment"]): r for r in rows}
     out = ["| data | train size | seed | eps | rounds (baseline, icl) | made on baseline: "
            "fool it | of those, fool ICL | made on ICL: fool it | of those, fool baseline |",
            "|" + " --- |" * 9]
     shares: tuple[list[float], list[float]] = ([], [])
     for r in rows:
         for a in r.get("attacks", []):
-            key = f"{r['key'].split(':')[0]}:{a['against']}" if "key" in r else a["against"]
-            other = by_key.get(key)
+            other = by_key.get(ref(r, a["against"]))
             if other is None or {r["method"], other["method"]} != {"baseline", "icl"}:
                 continue
             if r["method"] == "icl":
