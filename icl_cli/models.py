@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -62,7 +63,9 @@ class _Flatten(nn.Module):
         self.heads = heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], self.heads, -1)
+        # Sizes spelled out, not -1: an empty batch (say, FGSM examples of which none fooled
+        # the source model) must give (0, heads, D), not an error.
+        return x.reshape(x.shape[0], self.heads, math.prod(x.shape[1:]) // self.heads)
 
 
 class GroupedLinear(nn.Module):
@@ -80,7 +83,7 @@ class GroupedLinear(nn.Module):
         if self.weight.shape[0] == 1:  # plain linear: one matmul, no einsum overhead
             return F.linear(x[:, 0], self.weight[0], self.bias[0])
         y = torch.einsum("bkd,kod->bko", x, self.weight) + self.bias
-        return y.reshape(x.shape[0], -1)
+        return y.flatten(1)  # not reshape(B, -1): an empty batch must work too
 
 
 @register("mnist-cnn")
@@ -211,10 +214,10 @@ class _BasicBlock(nn.Module):
         if self.stride == 1 and self.pad == 0:
             return x
         x = x[:, :, :: self.stride, :: self.stride]
-        b, _, h, w = x.shape
-        x = x.reshape(b, self.heads, -1, h, w)
+        b, c, h, w = x.shape  # sizes spelled out, not -1: an empty batch must work too
+        x = x.reshape(b, self.heads, c // self.heads, h, w)
         x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return x.reshape(b, -1, h, w)
+        return x.reshape(b, self.heads * (c // self.heads + self.pad), h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
