@@ -324,8 +324,8 @@ def status(workspace: Workspace = None, json: Json = False) -> None:
                              "recent_steps": steps})
     ui.table(f"workspace {store.root}", ["experiment", "method", "mode", "rounds", "shards",
                                          "last test %", "running"],
-             [[r.experiment, r.method, r.mode, r.rounds, r.shards, ui.pct(r.test_error_last),
-               "; ".join(r.running) or "-"] for r in rows])
+             [[r.experiment, r.method, r.mode, r.rounds if r.rounds >= 0 else "-", r.shards,
+               ui.pct(r.test_error_last), "; ".join(r.running) or "-"] for r in rows])
     ui.table("recent steps", ["experiment", "step", "round", "state", "seconds"],
              [[s.experiment, s.name, s.round, s.state,
                "-" if s.seconds is None else f"{s.seconds:.1f}"] for s in steps])

@@ -244,6 +244,10 @@ class ArtifactMethods:
                 f"checkpoint {self.rel(path)} (experiment '{name}' round {round}) already "
                 "exists; pass --force to replace it"
             )
+        bad = ckpt_files.non_finite(payload.get("model") or {})
+        if bad:
+            raise StoreError(f"checkpoint weights {', '.join(bad[:3])} hold NaN or infinite "
+                             f"values (training diverged); round {round} was not saved")
         atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload))
         sha = sha256_file(path)
 

@@ -36,6 +36,14 @@ def write_file(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, path)
 
 
+def non_finite(weights: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``weights`` that hold NaN or inf."""
+    import torch
+
+    return [k for k, v in weights.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def read_file(path: Path, rel: str, fix: str, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint whose hash was already checked, with ``weights_only=True``.
 

@@ -9,6 +9,7 @@ the same real batches (SPEC, "Fair comparisons").
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -149,6 +150,14 @@ def _on_device(plan: list[tuple[torch.Tensor, torch.Tensor]], device: torch.devi
     return list(zip(parts[0::2], parts[1::2], strict=True))
 
 
+class Diverged(FloatingPointError):
+    """The training loss stopped being finite: the weights are garbage from then on."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"the training loss was {loss} in epoch {epoch + 1}")
+        self.epoch, self.loss = epoch, loss
+
+
 def reclassify(
     model: nn.Module,
     optimizer: SGD | torch.optim.Optimizer,
@@ -221,6 +230,8 @@ def reclassify(
             if progress is not None:
                 progress(nr + len(pn_idx))
         mean = (sums / len(plan)).tolist()
+        if not math.isfinite(mean[0]):  # checked once per epoch: the .tolist() syncs anyway
+            raise Diverged(epoch, mean[0])
         history.append(EpochStats(epoch, mean[0], mean[1], mean[2], len(real_y) + n_pn,
                                   time.perf_counter() - t0))
     return history

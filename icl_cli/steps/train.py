@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from icl_cli.algo.train import make_optimizer, reclassify, round_lr, set_lr
+from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_lr
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import augment, to_input
 from icl_cli.steps.common import (
@@ -124,14 +124,18 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
         epochs = cfg.init_epochs if t == 0 else tc.epochs
         total = (len(real_y) + len(pn_k)) * epochs + len(real_y) * (tc.real_epochs if t else 0)
         advance = runtime.progress.task(f"reclassify round {t}", total)
-        history = reclassify(
-            model, optimizer, real_x, real_y, pn_x, pn_k,
-            epochs=epochs, batch_size=tc.batch_size, mode=cfg.model.mode,
-            pn_weight=tc.pn_weight, real_epochs=tc.real_epochs if t else 0,
-            real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
-            transform=_transform(cfg, real_gen), amp_dtype=runtime.amp_dtype,
-            progress=advance,
-        )
+        try:
+            history = reclassify(
+                model, optimizer, real_x, real_y, pn_x, pn_k,
+                epochs=epochs, batch_size=tc.batch_size, mode=cfg.model.mode,
+                pn_weight=tc.pn_weight, real_epochs=tc.real_epochs if t else 0,
+                real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
+                transform=_transform(cfg, real_gen), amp_dtype=runtime.amp_dtype,
+                progress=advance,
+            )
+        except Diverged as e:
+            raise StepError(f"training round {t} of '{exp.name}' diverged ({e}); nothing was "
+                            "saved (a lower --lr or --pn-weight avoids it)") from None
         runtime.progress.done()
         epochs_log = [asdict(h) for h in history]
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -7,11 +7,12 @@ toward class 0, and the region the classifier calls class 0 must shrink around t
 while the real data stays correctly classified.
 """
 
+import pytest
 import torch
 from torch import nn
 
 from icl_cli.algo.ascent import reference_noise, synthesize
-from icl_cli.algo.train import make_optimizer, reclassify
+from icl_cli.algo.train import Diverged, make_optimizer, reclassify
 
 CENTRE = torch.tensor([1.5, 1.5])
 
@@ -55,3 +56,14 @@ def test_pseudo_negatives_close_in_and_positive_region_shrinks():
     assert distances[-1] < 0.5 * distances[0]  # samples moved toward the positives
     with torch.no_grad():
         assert (net(x).argmax(1) != y).float().mean() <= 0.01
+
+
+def test_a_loss_that_stops_being_finite_raises_diverged():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.LeakyReLU(0.2), nn.Linear(8, 2))
+    x, y = torch.randn(64, 2), torch.randint(0, 2, (64,))
+    opt = make_optimizer(net, 1e30)  # the first step sends the weights to inf
+    with pytest.raises(Diverged, match="in epoch 1"):
+        reclassify(net, opt, x, y, torch.empty(0, 2), torch.empty(0, dtype=torch.long),
+                   epochs=2, batch_size=16, real_gen=torch.Generator().manual_seed(1),
+                   pn_gen=torch.Generator().manual_seed(2))

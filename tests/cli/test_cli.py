@@ -199,3 +199,12 @@ def test_report_lists_each_baseline_then_its_paired_methods():
             Row(experiment="b1-icl", parent="b1", method="icl")]
     assert [r.experiment for r in sorted(rows, key=_paired_order(rows))] == \
         ["b0", "b0-noise", "b0-icl", "b1", "b1-icl"]
+
+
+def test_training_that_diverges_fails_in_one_line_and_saves_nothing(tmp_path):
+    out = icl("init", "-w", tmp_path, "-e", "hot", *TINY, "--lr", "1e30", *COMMON, code=3)
+    [line] = out.stderr.strip().splitlines()
+    assert "diverged" in line and "nothing was saved" in line and "--lr" in line
+    assert not list(tmp_path.rglob("round-0000.pt*"))
+    [row] = icl_json("status", "-w", tmp_path)["experiments"]
+    assert row["rounds"] == -1 and row["test_error_last"] is None

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from store import ConflictError, IntegrityError
+from store import ConflictError, IntegrityError, StoreError
 
 
 def _state(seed: int = 0) -> dict:
@@ -50,6 +50,15 @@ def test_existing_round_needs_replace(store):
     new = store.save_checkpoint("icl", 1, _state(1), replace=True)
     assert store.checkpoint("icl", 1).sha256 == new.sha256
     assert torch.equal(store.load_checkpoint(new)["model"]["w"], _state(1)["model"]["w"])
+
+
+def test_non_finite_weights_are_refused_and_nothing_is_written(store):
+    state = _state()
+    state["model"]["w"][1, 0] = float("nan")
+    with pytest.raises(StoreError, match="'?w'? hold NaN or infinite values"):
+        store.save_checkpoint("icl", 1, state)
+    assert store.checkpoint("icl", 1) is None
+    assert not list((store.root / "experiments/icl").rglob("round-0001.pt*"))
 
 
 def test_malicious_pickle_is_refused_and_never_runs(store, tmp_path):
