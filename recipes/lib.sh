@@ -12,6 +12,14 @@ if [ "${SMOKE:-0}" = 1 ]; then SCALE=smoke; fi
 SCALE=${SCALE:-cpu}
 WS=${WS:-recipes-out/$(basename "$0" .sh)-$SCALE}
 THREADS=${THREADS:-1}
+# After C_0 the methods run one after another (LANES=1), in two processes at once (LANES=2:
+# ICL beside the others; on 2 cores two 1-thread processes beat one 2-thread process), or
+# each in its own process (LANES=3, for a GPU), with LANE_THREADS threads each.
+LANES=${LANES:-1}
+LANE_THREADS=${LANE_THREADS:-1}
+# DEADLINE (seconds since the epoch): each `icl run` gets Ctrl-C then, keeping the rounds it
+# finished; run the recipe again to go on (summarize.py --rounds common compares them).
+DEADLINE=${DEADLINE:-}
 DEVICE=${DEVICE:-auto}
 RUN=(--workspace "$WS" --threads "$THREADS" --device "$DEVICE")
 [ "${NO_MLFLOW:-0}" = 1 ] && RUN+=(--no-mlflow)
@@ -57,11 +65,43 @@ paired() {
     --pn-weight "$PN_WEIGHT" --decay-round "$DECAY_ROUND" --count "$COUNT" \
     --max-steps "$MAX_STEPS" --sampler-lr "$SAMPLER_LR" --reference-std "$REFERENCE_STD" \
     >/dev/null
-  for method in $METHODS; do
-    [ "$method" = baseline ] || \
-      icl init "${RUN[@]}" -e "$prefix-$method" --method "$method" --from "$base:0" >/dev/null
-    icl run "${RUN[@]}" -e "$prefix-$method" --rounds "$ROUNDS" >/dev/null
-  done
+  if [ "$LANES" = 3 ]; then
+    local pids=() m p ok=0
+    for m in $METHODS; do _method "$prefix" "$m" "$LANE_THREADS" & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || ok=1; done
+    return $ok
+  elif [ "$LANES" = 2 ]; then
+    local first=() m lane
+    for m in $METHODS; do [ "$m" = icl ] || first+=("$m"); done
+    (for m in "${first[@]}"; do _method "$prefix" "$m" "$LANE_THREADS" || exit 1; done) &
+    lane=$!
+    if [[ " $METHODS " == *" icl "* ]]; then
+      _method "$prefix" icl "$LANE_THREADS" || { wait "$lane"; return 1; }
+    fi
+    wait "$lane"
+  else
+    for m in $METHODS; do _method "$prefix" "$m" "$THREADS"; done
+  fi
+}
+
+# _method NAME_PREFIX METHOD THREADS: init METHOD from the baseline's C_0 (unless it is the
+# baseline) and run its rounds; the output goes to $WS/NAME_PREFIX-METHOD.log.
+_method() {
+  local name="$1-$2" until=() rc=0
+  if [ -n "$DEADLINE" ]; then
+    local left=$(( DEADLINE - $(date +%s) ))
+    until=(timeout -s INT -k 60 $(( left > 1 ? left : 1 )))
+  fi
+  { if [ "$2" != baseline ]; then
+      icl init "${RUN[@]}" -e "$name" --method "$2" --from "$1-baseline:0" >/dev/null
+    fi &&
+    "${until[@]}" icl run "${RUN[@]}" --threads "$3" -e "$name" --rounds "$ROUNDS"
+  } > "$WS/$name.log" 2>&1 || rc=$?
+  if [ "$rc" = 124 ] && [ -n "$DEADLINE" ]; then
+    echo "icl -e $name: stopped at the deadline (rerun to go on)" >&2
+  elif [ "$rc" != 0 ]; then
+    echo "icl -e $name failed:" >&2; tail -n 3 "$WS/$name.log" >&2; return 1
+  fi
 }
 
 # summarize [summarize.py options...]: the markdown table of the workspace's experiments.

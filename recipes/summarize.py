@@ -5,11 +5,14 @@ Groups experiments by (dataset, mode, train size, method) over seeds and prints 
 to the baseline that shares its C_0 (``--from``), and the paper's number beside it.
 
     python recipes/summarize.py WS/report.json [WS2/report.json ...] --paper table1
-        [--rounds 5] [--per-seed] [--by-round] [--attacks] [--plot-rounds F.png]
+        [--rounds 5] [--seeds 0 1] [--per-seed] [--by-round] [--attacks]
+        [--plot-rounds F.png]
         [--plot-sizes F.png]
 
 ``--rounds N`` keeps only paired groups (a baseline and the experiments started from its
-C_0) in which every experiment finished round N, so a half-run seed never enters a mean.
+C_0) in which every experiment finished round N, so a half-run seed never enters a mean,
+and reads every experiment as if it had stopped at round N. ``--rounds common`` cuts each
+group at the last round all its experiments reached (runs stopped at a deadline).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ def mean_std(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.2f}"
     return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
+
+
+def seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def load(paths: list[str]) -> list[dict]:
@@ -103,13 +110,41 @@ def table(rows: list[dict], paper: str | None) -> str:
 
 
 def complete(rows: list[dict], rounds: int) -> list[dict]:
-    """The rows of paired groups whose every experiment has finished round ``rounds``."""
+    """The rows of paired groups whose every experiment has finished round ``rounds``, each
+    cut to rounds 0..``rounds`` (so a method that ran further is compared at the same round,
+    and its round is chosen among those alone)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[group_key(r)].append(r)
-    return [r for rs in groups.values()
+    return [up_to(r, rounds) for rs in groups.values()
             if all(str(rounds) in r["errors"] and r["rounds"] >= rounds for r in rs)
             for r in rs]
+
+
+def common(rows: list[dict]) -> list[dict]:
+    """Each paired group cut at the last round that every one of its experiments evaluated
+    (for runs stopped at a deadline); groups with no such round are left out."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[group_key(r)].append(r)
+    out = []
+    for rs in groups.values():
+        n = min(max((int(t) for t, e in r["errors"].items() if "test" in e), default=-1)
+                for r in rs)
+        if n >= 0:
+            out += [up_to(r, n) for r in rs]
+    return out
+
+
+def up_to(row: dict, rounds: int) -> dict:
+    """``row`` as if its experiment had stopped after round ``rounds``: the same rule as
+    `icl report` (lowest validation error, the earlier round on a tie)."""
+    errs = {t: e for t, e in row["errors"].items() if int(t) <= rounds}
+    with_val = [int(t) for t, e in errs.items() if "val" in e and "test" in e]
+    best = min(with_val, key=lambda t: (errs[str(t)]["val"], t)) if with_val else None
+    return dict(row, rounds=rounds, errors=errs,
+                test_error_last=errs.get(str(rounds), {}).get("test"), best_val_round=best,
+                test_error_best_val=None if best is None else errs[str(best)]["test"])
 
 
 def per_seed(rows: list[dict]) -> str:
@@ -142,7 +177,8 @@ def per_seed(rows: list[dict]) -> str:
 
 
 def by_round(rows: list[dict]) -> str:
-    """Mean test error (%) over seeds at every round (Figure 4's curves as a table)."""
+    """Mean test error (%) over seeds at every round (Figure 4's curves as a table); a mean
+    over fewer seeds than the row's (some stopped earlier) says how many: ``0.91 (1)``."""
     last = max((int(t) for r in rows for t in r["errors"]), default=0)
     out = ["| data | mode | train size | method | seeds | "
            + " | ".join(f"t={t}" for t in range(last + 1)) + " |",
@@ -152,7 +188,8 @@ def by_round(rows: list[dict]) -> str:
         for t in range(last + 1):
             xs = [100 * r["errors"][str(t)]["test"] for r in rs
                   if "test" in r["errors"].get(str(t), {})]
-            cells.append(f"{statistics.mean(xs):.2f}" if xs else "-")
+            few = f" ({len(xs)})" if 0 < len(xs) < len(rs) else ""
+            cells.append(f"{statistics.mean(xs):.2f}{few}" if xs else "-")
         out.append(f"| {data} | {mode} | {size or 'all'} | {method} | {len(rs)} | "
                    + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -184,7 +221,7 @@ def attacks(rows: list[dict]) -> str:
                        f"{on_base[2]} ({shares[0][-1]:.1f} %) | {on_icl[1]} | "
                        f"{on_icl[2]} ({shares[1][-1]:.1f} %) |")
     if shares[0]:
-        out.append(f"| mean +- std | | {len(shares[0])} seeds | | | | {mean_std(shares[0])} % "
+        out.append(f"| mean +- std | | {seeds(len(shares[0]))} | | | | {mean_std(shares[0])} % "
                    f"| | {mean_std(shares[1])} % |")
     out.append("| paper (MNIST, full) | 60000 | | 0.125 | | 6876 | 4661 (67.8 %) | 5989 | "
                "5542 (92.5 %) |")
@@ -223,7 +260,7 @@ def plot_rounds(rows: list[dict], path: str) -> None:
             ts = sorted(pts)
             n = max(len(pts[t]) for t in ts)
             ax.plot(ts, [statistics.mean(pts[t]) for t in ts], marker="o",
-                    color=COLORS.get(method), label=f"{method} ({n} seeds)")
+                    color=COLORS.get(method), label=f"{method} ({seeds(n)})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{size or 'all'} training images", fontsize=9)
         ax.set_xlabel("round t")
@@ -263,8 +300,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", metavar="report")
     parser.add_argument("--paper", choices=sorted(PAPER))
-    parser.add_argument("--rounds", type=int,
-                        help="keep only paired groups that finished this round")
+    parser.add_argument("--rounds", help="N: keep only paired groups that finished round N, "
+                        "read at round N; common: each group at its last common round")
+    parser.add_argument("--seeds", type=int, nargs="+", help="keep only these seeds")
     parser.add_argument("--per-seed", action="store_true", help="also a table per seed")
     parser.add_argument("--by-round", action="store_true",
                         help="also mean test error at every round")
@@ -274,8 +312,12 @@ def main() -> None:
     parser.add_argument("--plot-sizes")
     args = parser.parse_args()
     rows = load(args.reports)
-    if args.rounds is not None:
-        rows = complete(rows, args.rounds)
+    if args.seeds is not None:
+        rows = [r for r in rows if r["seed"] in args.seeds]
+    if args.rounds == "common":
+        rows = common(rows)
+    elif args.rounds is not None:
+        rows = complete(rows, int(args.rounds))
     print(table(rows, args.paper))
     if args.per_seed:
         print("\n" + per_seed(rows))

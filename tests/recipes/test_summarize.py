@@ -44,6 +44,32 @@ def test_complete_drops_a_group_with_an_unfinished_member(tmp_path):
     assert [r["experiment"] for r in kept] == ["b0", "i0"]
 
 
+def test_complete_reads_every_row_as_if_it_stopped_at_that_round():
+    r = row("i0", "icl", 0, 0.05)
+    r["rounds"] = 3
+    r["errors"] = {"0": {"test": 0.10, "val": 0.12}, "1": {"test": 0.08, "val": 0.09},
+                   "2": {"test": 0.07, "val": 0.09}, "3": {"test": 0.05, "val": 0.04}}
+    cut = summarize.complete([r], rounds=2)[0]
+    assert cut["rounds"] == 2 and sorted(cut["errors"]) == ["0", "1", "2"]
+    assert cut["test_error_last"] == 0.07
+    assert cut["best_val_round"] == 1  # val ties 1 and 2: the earlier round, as icl report
+    assert cut["test_error_best_val"] == 0.08
+    assert r["best_val_round"] == 2 and "3" in r["errors"]  # the input row is untouched
+
+
+def test_common_cuts_each_group_at_its_last_shared_round():
+    base, kid, lone = row("b0", "baseline", 0, 0.1), row("i0", "icl", 0, 0.1, parent="b0"), \
+        row("b1", "baseline", 1, 0.1)
+    base["errors"] = {str(t): {"test": 0.1 - t / 100, "val": 0.2} for t in range(4)}
+    kid["errors"] = {str(t): {"test": 0.1 - t / 50, "val": 0.2 - t / 50} for t in range(3)}
+    lone["errors"] = {}
+    cut = {r["experiment"]: r for r in summarize.common([base, kid, lone])}
+    assert sorted(cut) == ["b0", "i0"]  # b1 evaluated nothing: left out
+    assert cut["b0"]["rounds"] == cut["i0"]["rounds"] == 2
+    assert cut["b0"]["test_error_last"] == 0.1 - 2 / 100
+    assert cut["i0"]["best_val_round"] == 2
+
+
 def test_same_names_in_two_workspaces_stay_apart(tmp_path):
     import json
     a, b = tmp_path / "a.json", tmp_path / "b.json"
@@ -61,6 +87,8 @@ def test_by_round_means_over_seeds():
     rows = [row("b0", "baseline", 0, 0.10), row("b1", "baseline", 1, 0.12)]
     line = summarize.by_round(rows).splitlines()[2]
     assert line.endswith("| 10.00 | 11.00 |")  # t=0 both 10 %, t=1 mean of 10 and 12
+    rows[1]["errors"]["2"] = {"test": 0.08}  # only seed 1 reached round 2: says so
+    assert summarize.by_round(rows).splitlines()[2].endswith("| 10.00 | 11.00 | 8.00 (1) |")
 
 
 def test_attacks_orient_each_record_and_average_the_shares():
