@@ -14,13 +14,14 @@ trap 'rm -rf "$ws"' EXIT
 export ICL_WORKSPACE="$ws" MLFLOW_DISABLE_TELEMETRY=true
 device=${DEVICE:-cuda} arch=${ARCH:-mnist-cnn} r32=${R32:-resnet32}
 if [ "$device" = cuda ]; then
-  python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'"
+  python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 fi
 dev=(--device "$device" --no-mlflow)
-t() { local name=$1; shift; local t0; t0=$(date +%s.%N)
+t() { local name=$1 t0 ms; shift; t0=$(date +%s%N)
       "$@" > "$out/$name.json"
-      printf '%-28s %6.1f s\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)" | tee -a "$out/times.txt"; }
+      ms=$((($(date +%s%N) - t0) / 1000000))
+      printf '%-28s %4d.%d s\n' "$name" $((ms / 1000)) $((ms % 1000 / 100)) | tee -a "$out/times.txt"; }
 
 echo "== every subcommand on cuda (mnist-cnn, embedded MNIST subset)"
 t init          icl init -e smoke --arch "$arch" --train-size 1000 --init-epochs 1 --epochs 1 --count 20 --json "${dev[@]}"
@@ -46,8 +47,8 @@ t r32-evaluate  icl evaluate -e r32 --round 1 --json "${dev[@]}"
 
 [ "${BENCH:-1}" = 1 ] || { cat "$out/times.txt"; exit 0; }
 echo "== benchmarks on cuda (ratios against bare loops, same process)"
-python -m benchmarks --device cuda --only hardware,reclassify,synthesis,early-stop,ova --json \
+python3 -m benchmarks --device cuda --only hardware,reclassify,synthesis,early-stop,ova --json \
   > "$out/benchmarks-cuda.json"
-python -m benchmarks --device cuda --only hardware,reclassify,synthesis,early-stop,ova \
+python3 -m benchmarks --device cuda --only hardware,reclassify,synthesis,early-stop,ova \
   --repeats 3 | tee "$out/benchmarks-cuda.txt"
 cat "$out/times.txt"
