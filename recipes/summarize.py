@@ -5,7 +5,7 @@ Groups experiments by (dataset, mode, train size, method) over seeds and prints 
 to the baseline that shares its C_0 (``--from``), and the paper's number beside it.
 
     python recipes/summarize.py WS/report.json [WS2/report.json ...] --paper table1
-        [--rounds 5] [--seeds 0 1] [--per-seed] [--by-round] [--attacks]
+        [--rounds 5] [--seeds 0 1] [--val] [--per-seed] [--by-round] [--attacks]
         [--plot-rounds F.png]
         [--plot-sizes F.png]
 
@@ -37,6 +37,8 @@ PAPER = {
                ("softmax", "icl"): 1.93},
 }
 METHOD_ORDER = {"baseline": 0, "icl-noise": 1, "icl": 2}
+# Settings that differ between seeds of one setting, not between settings.
+NOT_A_SETTING = {"seed", "data.seed", "data.root", "data.download"}
 
 
 def mean_std(xs: list[float]) -> str:
@@ -61,6 +63,42 @@ def load(paths: list[str]) -> list[dict]:
     return rows
 
 
+def flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """{"train": {"lr": 0.01}} -> {"train.lr": 0.01}."""
+    out: dict[str, object] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def label_variants(rows: list[dict]) -> list[dict]:
+    """Experiments of one method that differ in a setting (a sweep: ``icl init --from
+    ... --pn-weight 2``) get a label naming it, ``icl (pn_weight=2.0)``, so the tables and
+    plots keep them apart; the others are labelled by their method alone."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["mode"], r["train_size"], r["method"])].append(r)
+    for rs in groups.values():
+        settings = [flat(r.get("config") or {}) for r in rs]
+        keys = sorted({k for st in settings for k in st if k not in NOT_A_SETTING
+                       and len({repr(x.get(k)) for x in settings}) > 1})
+        for r, st in zip(rs, settings, strict=True):
+            named = ", ".join(f"{k.rsplit('.', 1)[-1]}={st.get(k)}" for k in keys)
+            r["label"] = f"{r['method']} ({named})" if named else r["method"]
+    return rows
+
+
+def label(row: dict) -> str:
+    return row.get("label", row["method"])
+
+
+def method_order(label: str) -> int:
+    return METHOD_ORDER.get(label.split(" (")[0], 9)
+
+
 def ref(row: dict, name: str) -> str:
     """A key for experiment ``name`` in the workspace of ``row``."""
     return f"{row.get('ws', 0)}:{name}"
@@ -75,9 +113,9 @@ def by_method(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Rows grouped by (dataset, mode, train size, method), in table order."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["mode"], r["train_size"] or 0, r["method"])].append(r)
+        groups[(r["dataset"], r["mode"], r["train_size"] or 0, label(r))].append(r)
     return {k: groups[k] for k in sorted(
-        groups, key=lambda k: (k[0], k[1], k[2], METHOD_ORDER.get(k[3], 9)))}
+        groups, key=lambda k: (k[0], k[1], k[2], method_order(k[3]), k[3]))}
 
 
 def selected(row: dict) -> float | None:
@@ -88,11 +126,15 @@ def selected(row: dict) -> float | None:
     return None if e is None else 100 * e
 
 
-def table(rows: list[dict], paper: str | None) -> str:
+def table(rows: list[dict], paper: str | None, val: bool = False) -> str:
+    """One line per (data, mode, size, method or setting); ``val`` adds the validation error
+    each model was chosen on (what a sweep picks its setting by)."""
     by_key = {group_key(r): r for r in rows if not r["parent"]}
-    out = ["| data | mode | train size | method | seeds | test % (val-selected) | "
-           "test % (last round) | paired diff vs baseline | better on | paper % |",
-           "|" + " --- |" * 10]
+    head = ["data", "mode", "train size", "method", "seeds"] + (
+        ["val % (selected round)"] if val else []) + [
+        "test % (val-selected)", "test % (last round)", "paired diff vs baseline",
+        "better on", "paper %"]
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (data, mode, size, method), rs in by_method(rows).items():
         sel = [e for e in map(selected, rs) if e is not None]
         last = [100 * r["test_error_last"] for r in rs if r["test_error_last"] is not None]
@@ -102,10 +144,14 @@ def table(rows: list[dict], paper: str | None) -> str:
             if base is not None and selected(r) is not None and selected(base) is not None:
                 diffs.append(selected(r) - selected(base))
         wins = f"{sum(d < 0 for d in diffs)}/{len(diffs)}" if diffs else "-"
-        ref = PAPER.get(paper or "", {}).get((mode, method))
-        out.append(f"| {data} | {mode} | {size or 'all'} | {method} | {len(rs)} | "
-                   f"{mean_std(sel)} | {mean_std(last)} | {mean_std(diffs)} | {wins} | "
-                   f"{'-' if ref is None else f'{ref:.2f}'} |")
+        ref = PAPER.get(paper or "", {}).get((mode, method.split(" (")[0]))
+        vals = [100 * e["val"] for e in (r["errors"].get(str(r["best_val_round"]), {})
+                                          for r in rs) if "val" in e]
+        cells = [data, mode, size or "all", method, len(rs)] + (
+            [mean_std(vals)] if val else []) + [
+            mean_std(sel), mean_std(last), mean_std(diffs), wins,
+            "-" if ref is None else f"{ref:.2f}"]
+        out.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(out)
 
 
@@ -149,10 +195,10 @@ def up_to(row: dict, rounds: int) -> dict:
 
 def per_seed(rows: list[dict]) -> str:
     """One line per paired group: each method's val-selected test error and its round."""
-    methods = sorted({r["method"] for r in rows}, key=lambda m: METHOD_ORDER.get(m, 9))
+    methods = sorted({label(r) for r in rows}, key=lambda m: (method_order(m), m))
     kids: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        kids[group_key(r)][r["method"]] = r
+        kids[group_key(r)][label(r)] = r
     out = ["| data | mode | train size | seed | "
            + " | ".join(f"{m} % (round)" for m in methods) + " | icl - baseline |",
            "|" + " --- |" * (len(methods) + 5)]
@@ -250,12 +296,12 @@ def plot_rounds(rows: list[dict], path: str) -> None:
     for r in rows:
         for t, e in r["errors"].items():
             if "test" in e:
-                curves[r["train_size"] or 0][r["method"]][int(t)].append(100 * e["test"])
+                curves[r["train_size"] or 0][label(r)][int(t)].append(100 * e["test"])
     sizes = sorted(curves)
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.3), dpi=120,
                              squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
-        for method in sorted(curves[size], key=lambda m: METHOD_ORDER.get(m, 9)):
+        for method in sorted(curves[size], key=lambda m: (method_order(m), m)):
             pts = curves[size][method]
             ts = sorted(pts)
             n = max(len(pts[t]) for t in ts)
@@ -277,9 +323,9 @@ def plot_sizes(rows: list[dict], path: str) -> None:
     pts: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if selected(r) is not None:
-            pts[r["method"]][r["train_size"] or 60000].append(selected(r))
+            pts[label(r)][r["train_size"] or 60000].append(selected(r))
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
-    for i, method in enumerate(sorted(pts, key=lambda m: METHOD_ORDER.get(m, 9))):
+    for i, method in enumerate(sorted(pts, key=lambda m: (method_order(m), m))):
         sizes = sorted(pts[method])
         means = [statistics.mean(pts[method][s]) for s in sizes]
         stds = [statistics.stdev(pts[method][s]) if len(pts[method][s]) > 1 else 0.0
@@ -303,6 +349,8 @@ def main() -> None:
     parser.add_argument("--rounds", help="N: keep only paired groups that finished round N, "
                         "read at round N; common: each group at its last common round")
     parser.add_argument("--seeds", type=int, nargs="+", help="keep only these seeds")
+    parser.add_argument("--val", action="store_true",
+                        help="add the validation error each model was chosen on")
     parser.add_argument("--per-seed", action="store_true", help="also a table per seed")
     parser.add_argument("--by-round", action="store_true",
                         help="also mean test error at every round")
@@ -318,7 +366,8 @@ def main() -> None:
         rows = common(rows)
     elif args.rounds is not None:
         rows = complete(rows, int(args.rounds))
-    print(table(rows, args.paper))
+    rows = label_variants(rows)  # after the filters: settings of rows left out do not count
+    print(table(rows, args.paper, val=args.val))
     if args.per_seed:
         print("\n" + per_seed(rows))
     if args.by_round:

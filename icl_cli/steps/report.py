@@ -28,6 +28,7 @@ class ExperimentRow:
     # eps, and [correct, fool the maker, of those fool the other] for examples made on
     # this model ("made_here") and on the other one ("made_there").
     attacks: list[dict]
+    config: dict  # the experiment's recorded settings (what a sweep varies)
 
 
 def experiment_rows(store) -> list[ExperimentRow]:
@@ -52,7 +53,7 @@ def experiment_rows(store) -> list[ExperimentRow]:
             errs, [dict(round=a.round, against=a.against_experiment,
                         against_round=a.against_round, eps=a.eps,
                         made_here=a.counts["a_made"], made_there=a.counts["b_made"])
-                   for a in store.attacks(exp.name)]))
+                   for a in store.attacks(exp.name)], cfg))
     return sorted(rows, key=_paired_order(rows))
 
 

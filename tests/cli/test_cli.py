@@ -83,6 +83,9 @@ def test_round_as_written_in_the_design_card(ws, monkeypatch):
     assert recorded["made_here"] == [icl_side["correct"], icl_side["fool_source"],
                                      icl_side["fool_both"]]
     assert recorded["made_there"][1] == base_side["fool_source"]
+    # ... and each experiment's settings, so a sweep's lines can be told apart.
+    assert rows["icl"]["config"]["method"] == "icl"
+    assert rows["icl"]["config"]["sampler"]["count"] == 4
 
 
 def test_force_makes_a_new_version_and_replay_matches(ws):

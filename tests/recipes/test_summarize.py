@@ -70,6 +70,24 @@ def test_common_cuts_each_group_at_its_last_shared_round():
     assert cut["i0"]["best_val_round"] == 2
 
 
+def test_a_sweep_of_one_setting_gets_one_line_per_value():
+    cfg = {"seed": 0, "data": {"seed": 0, "root": "/a"}, "train": {"pn_weight": 1.0}}
+    base = dict(row("b0", "baseline", 0, 0.10), config=cfg)
+    one = dict(row("i0", "icl", 0, 0.09, parent="b0"), config=cfg)
+    two = dict(row("i0w2", "icl", 0, 0.07, parent="b0"),
+               config={**cfg, "seed": 1, "train": {"pn_weight": 2.0}})
+    md = summarize.table(summarize.label_variants([base, one, two]), "table1").splitlines()
+    lines = {line.split("|")[4].strip(): line for line in md[2:]}
+    assert sorted(lines) == ["baseline", "icl (pn_weight=1.0)", "icl (pn_weight=2.0)"]
+    assert "| -3.00 |" in lines["icl (pn_weight=2.0)"]  # paired with the same baseline
+    assert lines["icl (pn_weight=2.0)"].endswith("| 0.81 |")  # the paper's ICL number
+    for r in (base, one, two):
+        r["errors"]["1"]["val"], r["best_val_round"] = r["test_error_best_val"] + 0.01, 1
+    with_val = summarize.table([base, one, two], None, val=True).splitlines()
+    assert "val % (selected round)" in with_val[0]
+    assert with_val[-1].split("|")[6].strip() == "8.00"  # the pn_weight=2 run: 7 % + 1
+
+
 def test_same_names_in_two_workspaces_stay_apart(tmp_path):
     import json
     a, b = tmp_path / "a.json", tmp_path / "b.json"
