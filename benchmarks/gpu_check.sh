@@ -33,6 +33,16 @@ within() {
   timeout $((left < cap ? left : cap)) "$@"
 }
 
+# On a bare GPU image: icl from this checkout, not installed (it needs only SQLAlchemy
+# beyond what such images hold; MLflow is off here).
+if ! command -v icl >/dev/null; then
+  mkdir -p /tmp/icl-bin
+  printf '#!/bin/sh\nexec python3 -m icl_cli "$@"\n' > /tmp/icl-bin/icl
+  chmod +x /tmp/icl-bin/icl
+  command -v python >/dev/null || ln -sf "$(command -v python3)" /tmp/icl-bin/python
+  export PATH=/tmp/icl-bin:$PATH PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
