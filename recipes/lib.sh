@@ -67,35 +67,38 @@ paired() {
     >/dev/null
   if [ "$LANES" = 3 ]; then
     local pids=() m p ok=0
-    for m in $METHODS; do _method "$prefix" "$m" "$LANE_THREADS" & pids+=($!); done
+    for m in $METHODS; do _method "$prefix-$m" "$m" "$LANE_THREADS" "$base" & pids+=($!); done
     for p in "${pids[@]}"; do wait "$p" || ok=1; done
     return $ok
   elif [ "$LANES" = 2 ]; then
     local first=() m lane
     for m in $METHODS; do [ "$m" = icl ] || first+=("$m"); done
-    (for m in "${first[@]}"; do _method "$prefix" "$m" "$LANE_THREADS" || exit 1; done) &
+    (for m in "${first[@]}"; do _method "$prefix-$m" "$m" "$LANE_THREADS" "$base" || exit 1
+     done) &
     lane=$!
     if [[ " $METHODS " == *" icl "* ]]; then
-      _method "$prefix" icl "$LANE_THREADS" || { wait "$lane"; return 1; }
+      _method "$prefix-icl" icl "$LANE_THREADS" "$base" || { wait "$lane"; return 1; }
     fi
     wait "$lane"
   else
-    for m in $METHODS; do _method "$prefix" "$m" "$THREADS"; done
+    for m in $METHODS; do _method "$prefix-$m" "$m" "$THREADS" "$base"; done
   fi
 }
 
-# _method NAME_PREFIX METHOD THREADS: init METHOD from the baseline's C_0 (unless it is the
-# baseline) and run its rounds; the output goes to $WS/NAME_PREFIX-METHOD.log.
+# _method NAME METHOD THREADS BASELINE [init options...]: unless METHOD is the baseline, init
+# experiment NAME from BASELINE's C_0 (--from BASELINE:0, with the options); then run its
+# rounds with THREADS threads. The output goes to $WS/NAME.log.
 _method() {
-  local name="$1-$2" until=() rc=0
+  local name=$1 method=$2 threads=$3 base=$4 until=() rc=0
+  shift 4
   if [ -n "$DEADLINE" ]; then
-    local left=$(( DEADLINE - $(date +%s) ))
-    until=(timeout -s INT -k 60 $(( left > 1 ? left : 1 )))
+    local left=$((DEADLINE - $(date +%s)))
+    until=(timeout -s INT -k 60 $((left > 1 ? left : 1)))
   fi
-  { if [ "$2" != baseline ]; then
-      icl init "${RUN[@]}" -e "$name" --method "$2" --from "$1-baseline:0" >/dev/null
+  { if [ "$method" != baseline ]; then
+      icl init "${RUN[@]}" -e "$name" --method "$method" --from "$base:0" "$@" >/dev/null
     fi &&
-    "${until[@]}" icl run "${RUN[@]}" --threads "$3" -e "$name" --rounds "$ROUNDS"
+    "${until[@]}" icl run "${RUN[@]}" --threads "$threads" -e "$name" --rounds "$ROUNDS"
   } > "$WS/$name.log" 2>&1 || rc=$?
   if [ "$rc" = 124 ] && [ -n "$DEADLINE" ]; then
     echo "icl -e $name: stopped at the deadline (rerun to go on)" >&2

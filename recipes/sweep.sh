@@ -26,10 +26,7 @@ for seed in $SEEDS; do
 done
 
 one() {  # NAME SEED VALUE
-  icl init "${RUN[@]}" -e "$1" --method icl --from "$PREFIX-s$2-baseline:0" \
-    "$OPTION" "$3" >/dev/null &&
-    icl run "${RUN[@]}" --threads "$LANE_THREADS" -e "$1" --rounds "$ROUNDS" > "$WS/$1.log" 2>&1 ||
-    { echo "icl -e $1 failed:" >&2; tail -n 3 "$WS/$1.log" >&2; return 1; }
+  _method "$1" icl "$LANE_THREADS" "$PREFIX-s$2-baseline" "$OPTION" "$3"
 }
 lane() {  # LANE_INDEX: every LANES-th task, from this index
   local i
