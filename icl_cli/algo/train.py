@@ -43,17 +43,22 @@ class SGD:
     Why not ``torch.optim.SGD`` itself: its first use imports ``torch._dynamo`` (every
     ``torch.optim`` method is wrapped in ``torch._disable_dynamo``), 2-5 s of every
     ``icl init`` / ``icl reclassify`` process on a CPU machine (BENCHMARKS.md).
+
+    ``foreach`` (default: when the parameters are on a GPU, as torch.optim.SGD does) updates
+    all parameters with a few multi-tensor kernels instead of three per parameter: a small
+    network's GPU step is bound by kernel launches, not arithmetic.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, foreach: bool | None = None) -> None:
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
+        self.foreach = self.params[0].is_cuda if foreach is None else foreach
         # torch.optim.SGD's defaults, in its order (checkpoints hold this dict).
         self.param_groups = [{"lr": lr, "momentum": momentum, "dampening": 0,
                               "weight_decay": weight_decay, "nesterov": False,
-                              "maximize": False, "foreach": None, "differentiable": False,
+                              "maximize": False, "foreach": foreach, "differentiable": False,
                               "fused": None, "params": self.params}]
         self.state: dict[int, dict[str, torch.Tensor]] = {}  # param index -> buffers
 
@@ -66,6 +71,8 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
+        if self.foreach:
+            return self._step_foreach()
         group = self.param_groups[0]
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
         dampening = group["dampening"]
@@ -82,6 +89,33 @@ class SGD:
                     buf.mul_(momentum).add_(grad, alpha=1 - dampening)
                 grad = buf
             p.add_(grad, alpha=-lr)
+
+    def _step_foreach(self) -> None:
+        """torch.optim.SGD's multi-tensor path, step for step."""
+        group = self.param_groups[0]
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        dampening = group["dampening"]
+        index = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not index:
+            return
+        params = [self.params[i] for i in index]
+        grads = [p.grad for p in params]
+        if wd != 0:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        if momentum != 0:
+            bufs = [self.state.get(i, {}).get("momentum_buffer") for i in index]
+            if all(b is not None for b in bufs):
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads, alpha=1 - dampening)
+            else:
+                for k, (i, g) in enumerate(zip(index, grads, strict=True)):
+                    if bufs[k] is None:
+                        bufs[k] = g.detach().clone()
+                        self.state[i] = {"momentum_buffer": bufs[k]}
+                    else:
+                        bufs[k].mul_(momentum).add_(g, alpha=1 - dampening)
+            grads = bufs
+        torch._foreach_add_(params, grads, alpha=-lr)
 
     def state_dict(self) -> dict:
         group = {k: v for k, v in self.param_groups[0].items() if k != "params"}

@@ -3,6 +3,7 @@ the stacked networks' CPU form, and the optimizer that replaces torch.optim.SGD.
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -70,12 +71,14 @@ def test_stop_rule_none_takes_every_step():
     assert (out.steps == 4).all() and not out.passed.any()
 
 
-def test_sgd_is_torch_sgd_bit_for_bit_and_shares_its_state_dict():
+@pytest.mark.parametrize("foreach", [False, True], ids=["per-tensor", "foreach"])
+def test_sgd_is_torch_sgd_bit_for_bit_and_shares_its_state_dict(foreach):
     torch.manual_seed(0)
     a = build_model("tiny", (1, 12, 12), 3)
     b = copy.deepcopy(a)
-    ours = make_optimizer(a, 0.05, weight_decay=1e-3)
-    ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    ours = SGD(a.parameters(), 0.05, momentum=0.9, weight_decay=1e-3, foreach=foreach)
+    ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3,
+                          foreach=foreach)
     for _ in range(4):
         x, y = torch.randn(5, 1, 12, 12), torch.randint(0, 3, (5,))
         for net, opt in ((a, ours), (b, ref)):
