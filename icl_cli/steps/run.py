@@ -98,9 +98,10 @@ def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -
     ax.set_xlabel("round t")
     ax.set_ylabel("test error (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    # Beside the axes, in columns of 12: a workspace may hold dozens of experiments.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
+              ncol=1 + (len(names) - 1) // 12)
     path = store.figure_path(names[0], filename)
-    store.write_figure(path, lambda p: fig.savefig(p, format="png"))
+    store.write_figure(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path
