@@ -199,9 +199,11 @@ def per_seed(rows: list[dict]) -> str:
     kids: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         kids[group_key(r)][label(r)] = r
+    with_diff = {"icl", "baseline"} <= set(methods)  # a sweep has no plain "icl" line
     out = ["| data | mode | train size | seed | "
-           + " | ".join(f"{m} % (round)" for m in methods) + " | icl - baseline |",
-           "|" + " --- |" * (len(methods) + 5)]
+           + " | ".join(f"{m} % (round)" for m in methods)
+           + (" | icl - baseline |" if with_diff else " |"),
+           "|" + " --- |" * (len(methods) + 4 + with_diff)]
     def cell(r: dict | None) -> str:
         if r is None or selected(r) is None:
             return "-"
@@ -218,7 +220,7 @@ def per_seed(rows: list[dict]) -> str:
                 and selected(icl) is not None and selected(base) is not None else "-")
         out.append(f"| {first['dataset']} | {first['mode']} | {first['train_size'] or 'all'} | "
                    f"{first['seed']} | " + " | ".join(cell(g.get(m)) for m in methods)
-                   + f" | {diff} |")
+                   + (f" | {diff} |" if with_diff else " |"))
     return "\n".join(out)
 
 
