@@ -109,6 +109,14 @@ def group_key(row: dict) -> str:
     return ref(row, row["parent"] or row["experiment"])
 
 
+def paired_groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows of each paired group (a baseline and the experiments started from it)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[group_key(r)].append(r)
+    return list(groups.values())
+
+
 def by_method(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Rows grouped by (dataset, mode, train size, method), in table order."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -159,10 +167,7 @@ def complete(rows: list[dict], rounds: int) -> list[dict]:
     """The rows of paired groups whose every experiment has finished round ``rounds``, each
     cut to rounds 0..``rounds`` (so a method that ran further is compared at the same round,
     and its round is chosen among those alone)."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[group_key(r)].append(r)
-    return [up_to(r, rounds) for rs in groups.values()
+    return [up_to(r, rounds) for rs in paired_groups(rows)
             if all(str(rounds) in r["errors"] and r["rounds"] >= rounds for r in rs)
             for r in rs]
 
@@ -170,11 +175,8 @@ def complete(rows: list[dict], rounds: int) -> list[dict]:
 def common(rows: list[dict]) -> list[dict]:
     """Each paired group cut at the last round that every one of its experiments evaluated
     (for runs stopped at a deadline); groups with no such round are left out."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[group_key(r)].append(r)
     out = []
-    for rs in groups.values():
+    for rs in paired_groups(rows):
         n = min(max((int(t) for t, e in r["errors"].items() if "test" in e), default=-1)
                 for r in rs)
         if n >= 0:
