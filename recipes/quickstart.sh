@@ -34,15 +34,10 @@ icl init --workspace "$WS" --threads "$THREADS" -e baseline --method baseline --
 # also synthesises). ICL-noise and ICL start from the baseline's C_0 (--from baseline:0).
 # Each method's log: $WS/<method>.log.
 echo "running baseline, then icl-noise, beside icl: $ROUNDS rounds each (logs: $WS/*.log)" >&2
-run() {
-  local init=(true)
-  [ "$1" = baseline ] || init=(icl init --workspace "$WS" -e "$1" --method "$1" --from baseline:0)
-  { "${init[@]}" >/dev/null &&
-    icl run --workspace "$WS" --threads "$RUN_THREADS" -e "$1" --rounds "$ROUNDS"
-  } > "$WS/$1.log" 2>&1 || { echo "icl -e $1 failed:" >&2; tail -n 3 "$WS/$1.log" >&2; return 1; }
-}
-(run baseline && run icl-noise) & lane=$!
-run icl || { wait "$lane"; exit 1; }
+source "$(dirname "$0")/lib.sh"  # _method NAME METHOD THREADS BASELINE: init --from, run, log
+(_method baseline baseline "$RUN_THREADS" baseline &&
+  _method icl-noise icl-noise "$RUN_THREADS" baseline) & lane=$!
+_method icl icl "$RUN_THREADS" baseline || { wait "$lane"; exit 1; }
 wait "$lane" || exit 1
 for e in "${METHODS[@]}"; do cat "$WS/$e.log"; done
 
