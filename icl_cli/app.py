@@ -88,7 +88,7 @@ def init(
     download: Annotated[bool | None, typer.Option(
         "--download", help="Let torchvision download CIFAR-10/SVHN.")] = None,
     train_size: Annotated[int | None, typer.Option(
-        help="Class-balanced training subset fixed by --seed (default: all).")] = None,
+        help="Class-balanced training subset drawn by --seed (default: all).")] = None,
     val_size: Annotated[int | None, typer.Option(
         help="Validation images held out of the training set.")] = None,
     augment: Annotated[bool | None, typer.Option(help="Pad 4, crop, flip.")] = None,
@@ -103,14 +103,30 @@ def init(
     lr: Annotated[float | None, typer.Option(help="Reclassify learning rate.")] = None,
     decay_round: Annotated[int | None, typer.Option(help="Round of the x0.1 decay.")] = None,
     pn_weight: Annotated[float | None, typer.Option(
-        help="Weight of the pseudo-negative loss term.")] = None,
+        help="Weight w of the pseudo-negative loss term.")] = None,
+    pn_weighting: Annotated[str | None, typer.Option(
+        help="per-sample (eq. 11: a pseudo-negative weighs one real image times w; default) "
+        "or batch-mean (the ablation: w * mean over a batch's pseudo-negatives).")] = None,
+    clip_grad: Annotated[float | None, typer.Option(
+        help="Clip each reclassify step's gradient to this global L2 norm (default: off).")]
+    = None,
+    weight_decay: Annotated[float | None, typer.Option(
+        help="SGD weight decay of the reclassify steps (default 0).")] = None,
     count: Annotated[int | None, typer.Option(help="Pseudo-negatives per class per round.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Sampler steps at most.")] = None,
     sampler_lr: Annotated[float | None, typer.Option(help="Sampler Adam step size.")] = None,
     reference_std: Annotated[float | None, typer.Option(help="sigma_r of p_r.")] = None,
     stop_rule: Annotated[str | None, typer.Option(help="logit or argmax.")] = None,
     langevin_std: Annotated[float | None, typer.Option(help="SGLD noise std.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    clamp: Annotated[bool | None, typer.Option(
+        help="Clamp pseudo-negatives to the data range [-1, 1] after each sampler step.")]
+    = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seeds the training subset and validation split (unless --data-seed), the "
+        "initial weights, the batch order and the sampler (default 0).")] = None,
+    data_seed: Annotated[int | None, typer.Option(
+        help="Draw the training subset and validation split from this seed instead of "
+        "--seed.")] = None,
     workspace: Workspace = None, device: Device = "auto", threads: Threads = None,
     amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -120,13 +136,14 @@ def init(
     groups: dict[str, dict[str, Any]] = {
         "data": dict(dataset=dataset, root=str(data_root) if data_root else None,
                      download=download, train_size=train_size, val_size=val_size,
-                     augment=augment),
+                     augment=augment, seed=data_seed if data_seed is not None else seed),
         "model": dict(mode=mode, arch=arch),
         "train": dict(epochs=epochs, real_epochs=real_epochs, batch_size=batch_size, lr=lr,
-                      decay_round=decay_round, pn_weight=pn_weight),
+                      decay_round=decay_round, pn_weight=pn_weight, pn_weighting=pn_weighting,
+                      clip_grad=clip_grad, weight_decay=weight_decay),
         "sampler": dict(count=count, max_steps=max_steps, lr=sampler_lr,
                         reference_std=reference_std, stop_rule=stop_rule,
-                        langevin_std=langevin_std),
+                        langevin_std=langevin_std, clamp=clamp),
     }
     overrides: dict[str, Any] = {"method": method}
     overrides.update({k: {n: v for n, v in g.items() if v is not None}

@@ -21,10 +21,12 @@ from typing import Any, Literal
 Mode = Literal["softmax", "ova"]
 Method = Literal["icl", "icl-noise", "baseline"]
 StopRule = Literal["logit", "argmax"]
+PnWeighting = Literal["per-sample", "batch-mean"]
 
 MODES = ("softmax", "ova")
 METHODS = ("icl", "icl-noise", "baseline")
 STOP_RULES = ("logit", "argmax")
+PN_WEIGHTINGS = ("per-sample", "batch-mean")
 
 
 def config_hash(d: dict[str, Any]) -> str:
@@ -70,6 +72,8 @@ class DataConfig(_Config):
     ``fake-svhn`` (random data of the right shape, for smoke tests).
     train_size: class-balanced subset of the training set fixed by ``seed`` (None: all).
     val_size: class-balanced validation split held out of the training set (0: none).
+    seed: draws the validation split and the training subset (``icl init --seed`` sets it,
+    ``--data-seed`` overrides it).
     """
 
     dataset: str = "mnist-embedded"
@@ -98,7 +102,12 @@ class TrainConfig(_Config):
     pseudo-negative of the pool once, in mixed batches.
     real_epochs: extra epochs on real data only at the end of each round (the SPEC's pilot
     found one such epoch steadies the error after hard negatives arrive).
-    pn_weight: weight of the pseudo-negative term.
+    pn_weight: weight w of the pseudo-negative term.
+    pn_weighting: ``per-sample`` (eq. 11 as written: a sum in which every sample counts
+    once, divided by the real batch size, so with w = 1 a pseudo-negative weighs what a
+    real image weighs) or ``batch-mean`` (the ablation: mean over the real rows + w * mean
+    over the batch's pseudo-negatives, which makes one pseudo-negative weigh B / P images).
+    clip_grad: clip the gradient's global L2 norm to this before each step (None: off).
     decay_round: from this round on the learning rate is ``lr * decay_factor``.
     """
 
@@ -111,6 +120,16 @@ class TrainConfig(_Config):
     decay_round: int = 20
     decay_factor: float = 0.1
     pn_weight: float = 1.0
+    pn_weighting: PnWeighting = "per-sample"
+    clip_grad: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        # Recorded before ``pn_weighting`` existed: those experiments trained (and resume)
+        # with the batch-mean form, whatever today's default is.
+        if "pn_weight" in d and "pn_weighting" not in d:
+            d = {**d, "pn_weighting": "batch-mean"}
+        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -159,6 +178,9 @@ class ExperimentConfig(_Config):
             raise ValueError(f"unknown mode {self.model.mode!r} (choose from {', '.join(MODES)})")
         if self.sampler.stop_rule not in STOP_RULES:
             raise ValueError(f"unknown stop rule {self.sampler.stop_rule!r}")
+        if self.train.pn_weighting not in PN_WEIGHTINGS:
+            raise ValueError(f"unknown --pn-weighting {self.train.pn_weighting!r} "
+                             f"(choose from {', '.join(PN_WEIGHTINGS)})")
 
 
 _NESTED = {

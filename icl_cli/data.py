@@ -67,6 +67,7 @@ class Dataset:
     test: Split
     num_classes: int
     shape: tuple[int, int, int]  # (C, H, W)
+    fingerprint: str = ""  # see data_fingerprint()
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -290,15 +291,37 @@ def load(cfg: DataConfig) -> Dataset:
     rest_idx = rest.nonzero().squeeze(1)
     if cfg.train_size is not None and cfg.train_size < len(rest_idx):
         rest_idx = rest_idx[balanced_subset(train_y[rest_idx], cfg.train_size, g)]
+    train = Split(train_x[rest_idx], train_y[rest_idx])
     val = Split(train_x[val_idx], train_y[val_idx]) if cfg.val_size else None
+    test = Split(test_x, test_y)
     return Dataset(
         name=name,
-        train=Split(train_x[rest_idx], train_y[rest_idx]),
+        train=train,
         val=val,
-        test=Split(test_x, test_y),
+        test=test,
         num_classes=num_classes,
         shape=tuple(train_x.shape[1:]),
+        fingerprint=data_fingerprint(name, rest_idx, val_idx, train, val, test),
     )
+
+
+def data_fingerprint(name: str, train_idx: torch.Tensor, val_idx: torch.Tensor,
+                     train: Split, val: Split | None, test: Split) -> str:
+    """sha256 (hex) of what an experiment learns and is judged on: the dataset's name, the
+    indices of the chosen training and validation images in the source training set, and
+    the bytes of those images, their labels and the test set. Two experiments with the
+    same fingerprint saw the same images; a changed file under an experiment changes it."""
+    import hashlib
+
+    h = hashlib.sha256(f"icl-data-v1:{name}".encode())
+    parts = [train_idx, val_idx, train.images, train.labels, test.images, test.labels]
+    if val is not None:
+        parts += [val.images, val.labels]
+    for t in parts:
+        a = t.contiguous().numpy()
+        h.update(f"|{a.dtype}{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def balanced_subset(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:

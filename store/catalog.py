@@ -1,8 +1,9 @@
 """The catalog: SQLAlchemy 2.0 ORM tables, the engine and write transactions.
 
-One row per artefact: experiments (with their full config), shards (one per round and
-version), checkpoints (one per round), evaluations, attacks, and the step log. Only the
-store reads these rows; callers get frozen dataclasses (``store.infos``).
+One row per artefact: experiments (with their full config and data fingerprint), shards
+(one per round and version), checkpoints (one per round), evaluations, attacks, per-round
+metrics (training and sampler diagnostics), and the step log. Only the store reads these
+rows; callers get frozen dataclasses (``store.infos``).
 
 SQLite (the default, ``<ws>/.icl/catalog.db``) runs in WAL mode with foreign keys on, a
 30 s busy timeout and ``BEGIN IMMEDIATE`` for writes, plus a retry loop, so concurrent icl
@@ -41,7 +42,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
+table (``upgrade_schema`` adds both to a version-1 catalog)."""
 BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
 
@@ -87,6 +90,8 @@ class Experiment(Base):
     parent_round: Mapped[int | None] = mapped_column(Integer)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # sha256 of which images the experiment trains and validates on (icl_cli.data).
+    data_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 def _experiment_fk() -> Mapped[int]:
@@ -154,6 +159,20 @@ class Attack(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RoundMetric(Base):
+    """One named number per (experiment, round): what a step measured besides the error
+    (largest gradient norm, largest |logit|, share of pixels outside the data range...)."""
+
+    __tablename__ = "round_metrics"
+    __table_args__ = (UniqueConstraint("experiment_id", "round", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = _experiment_fk()
+    round: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Step(Base):
     __tablename__ = "steps"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -210,6 +229,34 @@ def create_schema(engine: Engine) -> None:
     with write_session(engine) as s:
         if s.scalar(select(SchemaVersion.version)) is None:
             s.add(SchemaVersion(version=SCHEMA_VERSION))
+    upgrade_schema(engine)
+
+
+def _version(engine: Engine) -> int | None:
+    with Session(engine) as s:
+        return s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring a catalog of an older schema to ``SCHEMA_VERSION`` in one transaction (the
+    same statements on SQLite and PostgreSQL); a current catalog is left untouched."""
+    found = _version(engine)
+    if found is None or found >= SCHEMA_VERSION:
+        return
+    # The write lock first (SQLite: BEGIN IMMEDIATE), then the version again: of two
+    # processes opening an old catalog at once, the second finds it upgraded.
+    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+        found = conn.scalar(select(SchemaVersion.version).order_by(
+            SchemaVersion.version.desc()))
+        if found is None or found >= SCHEMA_VERSION:
+            return
+        columns = {c["name"] for c in inspect(conn).get_columns(Experiment.__tablename__)}
+        if "data_fingerprint" not in columns:
+            conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN data_fingerprint "
+                                 "VARCHAR(64)")
+        Base.metadata.create_all(conn, tables=[RoundMetric.__table__])
+        conn.execute(SchemaVersion.__table__.delete())
+        conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
 
 
 def check_schema(engine: Engine, missing_ok: bool = False) -> None:
@@ -219,8 +266,7 @@ def check_schema(engine: Engine, missing_ok: bool = False) -> None:
         if missing_ok:
             return
         raise StoreError(f"catalog {engine.url} has no icl schema; run `icl init` to create it")
-    with Session(engine) as s:
-        found = s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
+    found = _version(engine)
     if found is not None and found > SCHEMA_VERSION:
         raise StoreError(
             f"catalog schema {found} is newer than this icl ({SCHEMA_VERSION}); upgrade icl"

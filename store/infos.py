@@ -16,6 +16,8 @@ class ExperimentInfo:
     """An experiment: its config as a plain dict and the hash that identifies it.
 
     ``parent``/``parent_round``: the experiment and round it was started ``--from``.
+    ``data_fingerprint``: sha256 of the dataset's identity and the chosen train and
+    validation images (None for experiments recorded before icl kept it).
     """
 
     id: int
@@ -27,6 +29,7 @@ class ExperimentInfo:
     created_at: datetime
     mlflow_run_id: str | None
     parent_round: int | None = None
+    data_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

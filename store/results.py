@@ -7,12 +7,21 @@ experiment, against round, eps).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .catalog import Attack, Evaluation, Experiment, read_session, run_write, utcnow
+from .catalog import (
+    Attack,
+    Evaluation,
+    Experiment,
+    RoundMetric,
+    read_session,
+    run_write,
+    utcnow,
+)
 from .infos import AttackInfo, EvaluationInfo
 
 
@@ -95,6 +104,35 @@ class ResultMethods:
     def attacks(self, experiment: str | None = None) -> list[AttackInfo]:
         """Attack records by experiment, round."""
         return self._results(Attack, experiment, self._attack_info, Attack.id)
+
+    def record_metrics(self, experiment: str, round: int, metrics: dict[str, float]) -> None:
+        """Record (replacing earlier values of the same names) round ``round``'s metrics;
+        a value that is not finite is kept as NULL (JSON null), never as NaN text."""
+        name = self.experiment(experiment).name
+
+        def record(s: Session) -> None:
+            exp_id = self._exp_row(s, name).id
+            for key, value in metrics.items():
+                row = s.scalar(select(RoundMetric).filter_by(
+                    experiment_id=exp_id, round=round, name=key))
+                if row is None:
+                    row = RoundMetric(experiment_id=exp_id, round=round, name=key)
+                    s.add(row)
+                v = float(value)
+                row.value, row.created_at = (v if math.isfinite(v) else None), utcnow()
+
+        run_write(self.engine, record)
+
+    def metrics(self, experiment: str) -> dict[int, dict[str, float | None]]:
+        """{round: {name: value}} of one experiment's recorded round metrics."""
+        name = self.experiment(experiment).name
+        q = (select(RoundMetric).join(Experiment).where(Experiment.name == name)
+             .order_by(RoundMetric.round, RoundMetric.name))
+        out: dict[int, dict[str, float | None]] = {}
+        with read_session(self.engine) as s:
+            for row in s.scalars(q):
+                out.setdefault(row.round, {})[row.name] = row.value
+        return out
 
     def _results(self, table: type, experiment: str | None, conv, last) -> list:
         q = select(table, Experiment.name).join(Experiment)

@@ -35,6 +35,7 @@ from .catalog import (
     make_engine,
     read_session,
     run_write,
+    upgrade_schema,
     utcnow,
 )
 from .errors import ConflictError, ExperimentNotFound, NotAWorkspace, StoreError
@@ -128,6 +129,7 @@ class Store(ArtifactMethods, ResultMethods):
             )
         store = cls(root, url)
         check_schema(store.engine)
+        upgrade_schema(store.engine)
         return store
 
     def close(self) -> None:
@@ -166,6 +168,7 @@ class Store(ArtifactMethods, ResultMethods):
             created_at=row.created_at,
             mlflow_run_id=row.mlflow_run_id,
             parent_round=row.parent_round,
+            data_fingerprint=row.data_fingerprint,
         )
 
     def create_experiment(
@@ -174,9 +177,11 @@ class Store(ArtifactMethods, ResultMethods):
         config: dict[str, Any],
         parent: str | None = None,
         parent_round: int | None = None,
+        data_fingerprint: str | None = None,
     ) -> ExperimentInfo:
         """Record a new experiment; the existing one if ``config`` is the same; else
-        ConflictError. ``parent``/``parent_round``: where ``--from`` started it."""
+        ConflictError. ``parent``/``parent_round``: where ``--from`` started it;
+        ``data_fingerprint``: which images it uses (recorded on an older row that has none)."""
         validate_name(name)
         digest = config_hash(config)
 
@@ -188,6 +193,8 @@ class Store(ArtifactMethods, ResultMethods):
                         f"experiment '{name}' already exists with another config "
                         f"({row.config_hash}, not {digest}); pick a new name with --experiment"
                     )
+                if row.data_fingerprint is None:
+                    row.data_fingerprint = data_fingerprint
                 return self._exp_info(row)
             if parent is not None:
                 self._exp_row(s, parent)
@@ -198,6 +205,7 @@ class Store(ArtifactMethods, ResultMethods):
                 method=config.get("method"),
                 parent_name=parent,
                 parent_round=parent_round,
+                data_fingerprint=data_fingerprint,
             )
             s.add(row)
             s.flush()

@@ -26,7 +26,9 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Mean losses of one epoch (over batches) and its cost."""
+    """Mean losses of one epoch (over batches), its cost, and what warns of divergence:
+    the largest gradient norm of a step (before clipping) and the largest |logit| on a real
+    image and on a pseudo-negative (its target logit f_k) in the epoch."""
 
     epoch: int
     loss: float
@@ -34,6 +36,9 @@ class EpochStats:
     pn_loss: float
     samples: int
     seconds: float
+    grad_norm_max: float = 0.0
+    real_logit_max: float = 0.0
+    pn_logit_max: float = 0.0
 
 
 class SGD:
@@ -204,6 +209,8 @@ def reclassify(
     batch_size: int = 64,
     mode: str = "softmax",
     pn_weight: float = 1.0,
+    pn_weighting: str = "per-sample",
+    clip_grad: float | None = None,
     real_epochs: int = 0,
     real_gen: torch.Generator,
     pn_gen: torch.Generator,
@@ -218,6 +225,8 @@ def reclassify(
     negatives are already inputs. Tensors must be on the model's device. In one-vs-all
     mode a pseudo-negative of class k goes through network k alone (``forward_heads``,
     for networks without batch norm), not through all K: 1/K of its cost.
+    ``pn_weighting`` picks eq. 11's per-sample sum or the batch-mean ablation (see
+    ``icl_cli.algo.losses``); ``clip_grad`` clips each step's global gradient norm.
 
     Shape: real_x (N, C, H, W), real_y (N,), pn_x (P, C, H, W), pn_class (P,).
     """
@@ -240,6 +249,7 @@ def reclassify(
                 pn_idx, counts[i] = _by_class(pn_idx, pn_class_cpu, heads)
                 plan[i] = (real_idx, pn_idx)
         sums = torch.zeros(3, device=device)  # summed on device: no sync per step
+        peaks = torch.zeros(3, device=device)  # grad norm, |real logit|, |pn logit|: max
         for (real_idx, pn_idx), pn_counts in zip(_on_device(plan, device), counts, strict=True):
             xr = real_x[real_idx]
             if transform is not None:
@@ -256,19 +266,42 @@ def reclassify(
                     logits = model(xb).float()
                     real_logits, pn_logits = logits[:nr], logits[nr:]
             loss, real, pn = loss_fn(real_logits, real_y[real_idx], pn_logits,
-                                     pn_class[pn_idx], pn_weight)
+                                     pn_class[pn_idx], pn_weight, pn_weighting)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            norm = grad_norm(model, clip_grad)
             optimizer.step()
             sums += torch.stack([loss.detach(), real, pn])
+            peaks = torch.maximum(peaks, torch.stack([
+                norm, _abs_max(real_logits), _abs_max(_target_pn(pn_logits, pn_class[pn_idx]))]))
             if progress is not None:
                 progress(nr + len(pn_idx))
         mean = (sums / len(plan)).tolist()
         if not math.isfinite(mean[0]):  # checked once per epoch: the .tolist() syncs anyway
             raise Diverged(epoch, mean[0])
         history.append(EpochStats(epoch, mean[0], mean[1], mean[2], len(real_y) + n_pn,
-                                  time.perf_counter() - t0))
+                                  time.perf_counter() - t0, *peaks.tolist()))
     return history
+
+
+def grad_norm(model: nn.Module, clip: float | None = None) -> torch.Tensor:
+    """The global L2 norm of the gradients (a 0-d tensor, no host sync); with ``clip``,
+    scale them down to that norm first if larger (``torch.nn.utils.clip_grad_norm_``)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros((), device=next(model.parameters()).device)
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(params, clip).detach()
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+
+
+def _abs_max(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().abs().max() if x.numel() else torch.zeros((), device=x.device)
+
+
+def _target_pn(pn_logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """f_k(x) of each pseudo-negative: (P, K) gathered, or (P,) as given."""
+    return pn_logits if pn_logits.dim() == 1 else pn_logits.gather(1, k[:, None])[:, 0]
 
 
 @torch.no_grad()

@@ -67,7 +67,10 @@ def validate(cfg: ExperimentConfig) -> None:
                 "--batch-size": t.batch_size, "--lr": t.lr, "--count": sc.count,
                 "--sampler-lr": sc.lr, "--reference-std": sc.reference_std,
                 "--max-steps": sc.max_steps + 1, "--real-epochs": t.real_epochs + 1,
-                "--pn-weight": t.pn_weight + 1e-12, "--langevin-std": sc.langevin_std + 1e-12}
+                "--pn-weight": t.pn_weight + 1e-12, "--langevin-std": sc.langevin_std + 1e-12,
+                "--weight-decay": t.weight_decay + 1e-12}
+    if t.clip_grad is not None:
+        positive["--clip-grad"] = t.clip_grad
     for flag, value in positive.items():
         if not value > 0:
             raise StepError(f"{flag} is out of range ({value})")
@@ -104,14 +107,14 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         cfg = compose(overrides, base=parent.config)
         cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
                              for k in SHARED})
-        dataset(cfg)
+        data = dataset(cfg)
     else:
         parent = parent_round = None
         cfg = compose(overrides)
-        dataset(cfg)  # a missing or broken data folder fails here, before anything is written
+        data = dataset(cfg)  # a missing or broken data folder fails here, before any write
         store = open_store()
     exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
-                                  parent_round=parent_round)
+                                  parent_round=parent_round, data_fingerprint=data.fingerprint)
     # C_0: trained from scratch, or copied from the parent (see train_round).
     if train_round(store, exp.name, 0, runtime).reused:
         return InitResult(exp.name, from_, True, [], exp.config)

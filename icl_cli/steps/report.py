@@ -29,6 +29,10 @@ class ExperimentRow:
     # this model ("made_here") and on the other one ("made_there").
     attacks: list[dict]
     config: dict  # the experiment's recorded settings (what a sweep varies)
+    data_fingerprint: str | None  # which images it trains and validates on (None: old)
+    # Per round: what its steps measured besides the error (grad_norm_max, real_logit_max,
+    # pool_logit_max from reclassify; outside_range, never_passed from synthesize).
+    diagnostics: dict[int, dict[str, float | None]]
 
 
 def experiment_rows(store) -> list[ExperimentRow]:
@@ -53,7 +57,8 @@ def experiment_rows(store) -> list[ExperimentRow]:
             errs, [dict(round=a.round, against=a.against_experiment,
                         against_round=a.against_round, eps=a.eps,
                         made_here=a.counts["a_made"], made_there=a.counts["b_made"])
-                   for a in store.attacks(exp.name)], cfg))
+                   for a in store.attacks(exp.name)], cfg, exp.data_fingerprint,
+            store.metrics(exp.name)))
     return sorted(rows, key=_paired_order(rows))
 
 

@@ -140,10 +140,20 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
             "seed": seed, "sampler_config": sc.to_dict(), "source_checkpoint": source.sha256})
     result = _summary(store, info, reused=False, seconds=seconds, arrays=arrays,
                       max_steps=sc.max_steps)
+    health = sample_health(arrays)
+    store.record_metrics(exp.name, t, health)
     store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(
         {"pass_rate": result.pass_rate, "mean_steps": result.mean_steps,
-         "synthesize_seconds": seconds}, step=t)
+         "synthesize_seconds": seconds, **health}, step=t)
     return result
+
+
+def sample_health(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """Of a shard: the share of sample values outside the data range [-1, 1] and the
+    share of samples that never passed (reached max_steps still classified negative)."""
+    x, passed = arrays["samples"], arrays["passed"]
+    return {"outside_range": float(np.mean(np.abs(x) > 1.0)) if x.size else 0.0,
+            "never_passed": float(1.0 - passed.mean()) if passed.size else 0.0}
 
 
 def _summary(store, info, *, reused: bool, seconds: float = 0.0, arrays=None,

@@ -128,14 +128,16 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
             history = reclassify(
                 model, optimizer, real_x, real_y, pn_x, pn_k,
                 epochs=epochs, batch_size=tc.batch_size, mode=cfg.model.mode,
-                pn_weight=tc.pn_weight, real_epochs=tc.real_epochs if t else 0,
+                pn_weight=tc.pn_weight, pn_weighting=tc.pn_weighting, clip_grad=tc.clip_grad,
+                real_epochs=tc.real_epochs if t else 0,
                 real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
                 transform=_transform(cfg, real_gen), amp_dtype=runtime.amp_dtype,
                 progress=advance,
             )
         except Diverged as e:
             raise StepError(f"training round {t} of '{exp.name}' diverged ({e}); nothing was "
-                            "saved (a lower --lr or --pn-weight avoids it)") from None
+                            "saved (a lower --lr or --pn-weight, or --clip-grad, avoids it)"
+                            ) from None
         runtime.progress.done()
         epochs_log = [asdict(h) for h in history]
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -146,11 +148,21 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
         info = store.save_checkpoint(exp.name, t, state, parent=parent,
                                      replace=existing is not None)
     seconds = sum(h.seconds for h in history)
+    peaks = training_peaks(history)
+    store.record_metrics(exp.name, t, peaks)
     tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     tracker.log_metrics({"train_loss": history[-1].loss, "real_loss": history[-1].real_loss,
                          "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
-                         "pseudo_negatives": float(len(pn_k))}, step=t)
+                         "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
     return TrainResult(exp.name, t, info.sha256, False, epochs_log, seconds, len(pn_k))
+
+
+def training_peaks(history) -> dict[str, float]:
+    """A round's warning signs, the largest over its epochs: gradient norm (before any
+    clipping) and |logit| on real data and on the pool."""
+    return {"grad_norm_max": max(h.grad_norm_max for h in history),
+            "real_logit_max": max(h.real_logit_max for h in history),
+            "pool_logit_max": max(h.pn_logit_max for h in history)}
 
 
 def _recorded_inputs(store, name: str, t: int, existing, parent):

@@ -87,8 +87,28 @@ def test_init_is_idempotent_and_open_checks_schema(tmp_path):
     db = tmp_path / "ws" / ".icl" / "catalog.db"
     with sqlite3.connect(db) as con:
         con.execute("UPDATE schema_version SET version = 7")
-    with pytest.raises(StoreError, match=r"catalog schema 7 is newer than this icl \(1\)"):
+    with pytest.raises(StoreError, match=r"catalog schema 7 is newer than this icl \(2\)"):
         Store.open(tmp_path / "ws")
+
+
+def test_open_upgrades_a_version_1_catalog_and_keeps_its_rows(tmp_path):
+    st = Store.init(tmp_path / "ws")
+    st.create_experiment("icl", {"a": 1})
+    st.close()
+    db = tmp_path / "ws" / ".icl" / "catalog.db"
+    with sqlite3.connect(db) as con:  # what icl 0.1's first schema held
+        con.execute("ALTER TABLE experiments DROP COLUMN data_fingerprint")
+        con.execute("DROP TABLE round_metrics")
+        con.execute("UPDATE schema_version SET version = 1")
+
+    st = Store.open(tmp_path / "ws")
+    assert st.experiment("icl").data_fingerprint is None
+    st.record_metrics("icl", 1, {"grad_norm_max": 3.5, "pool_logit_max": float("nan")})
+    assert st.metrics("icl") == {1: {"grad_norm_max": 3.5, "pool_logit_max": None}}
+    st.create_experiment("icl", {"a": 1}, data_fingerprint="ab" * 32)  # kept where none was
+    assert st.experiment("icl").data_fingerprint == "ab" * 32
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_experiments(store):
