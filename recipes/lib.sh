@@ -47,6 +47,8 @@ case "$SCALE" in
 esac
 MODE=${MODE:-softmax}
 PN_WEIGHT=${PN_WEIGHT:-1}
+PN_WEIGHTING=${PN_WEIGHTING:-per-sample}  # or batch-mean (icl before eq. 11 was fixed)
+CLIP_GRAD=${CLIP_GRAD:-}                  # a gradient-norm clip for reclassify (empty: off)
 SAMPLER_LR=${SAMPLER_LR:-0.01}
 REFERENCE_STD=${REFERENCE_STD:-0.3}
 DECAY_ROUND=${DECAY_ROUND:-20}
@@ -57,14 +59,15 @@ METHODS=${METHODS:-baseline icl-noise icl}
 # TRAIN_SIZE "all" uses every training image not held out for validation.
 paired() {
   local prefix=$1 seed=$2 size=$3; shift 3
-  local base="$prefix-baseline" size_opt=()
+  local base="$prefix-baseline" size_opt=() lever=()
   [ "$size" = all ] || size_opt=(--train-size "$size")
+  [ -z "$CLIP_GRAD" ] || lever=(--clip-grad "$CLIP_GRAD")
   icl init "${RUN[@]}" -e "$base" --method baseline --seed "$seed" "$@" \
     "${size_opt[@]}" --val-size "$VAL" --arch "$ARCH" --mode "$MODE" \
     --init-epochs "$INIT_EPOCHS" --epochs "$EPOCHS" --real-epochs "$REAL_EPOCHS" \
-    --pn-weight "$PN_WEIGHT" --decay-round "$DECAY_ROUND" --count "$COUNT" \
-    --max-steps "$MAX_STEPS" --sampler-lr "$SAMPLER_LR" --reference-std "$REFERENCE_STD" \
-    >/dev/null
+    --pn-weight "$PN_WEIGHT" --pn-weighting "$PN_WEIGHTING" "${lever[@]}" \
+    --decay-round "$DECAY_ROUND" --count "$COUNT" --max-steps "$MAX_STEPS" \
+    --sampler-lr "$SAMPLER_LR" --reference-std "$REFERENCE_STD" >/dev/null
   if [ "$LANES" = 3 ]; then
     local pids=() m p ok=0
     for m in $METHODS; do _method "$prefix-$m" "$m" "$LANE_THREADS" "$base" & pids+=($!); done
