@@ -46,11 +46,16 @@ Replay = Annotated[bool, typer.Option(
 
 
 def _store(workspace: Path | None, create: bool = False):
-    from store import Store
+    from store import NotAWorkspace, Store
     from store.workspace import find_workspace
 
-    if create:
-        return Store.init((workspace or Path.cwd()).resolve())
+    if create:  # into the enclosing workspace, if any (never a nested one)
+        if workspace is None:
+            try:
+                workspace = find_workspace(None)
+            except NotAWorkspace:
+                workspace = Path.cwd()
+        return Store.init(workspace.resolve())
     return Store.open(find_workspace(workspace))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 
 # Test error (%) from the paper (SPEC, "Paper numbers"): {table: {(mode, method): value}}.
@@ -109,6 +110,20 @@ def group_key(row: dict) -> str:
     return ref(row, row["parent"] or row["experiment"])
 
 
+def same_data(a: dict, b: dict) -> bool:
+    """Two rows saw the same images (their data fingerprints match; rows from before icl
+    kept fingerprints are taken on trust, as their ``--from`` shares the data)."""
+    fa, fb = a.get("data_fingerprint"), b.get("data_fingerprint")
+    return fa is None or fb is None or fa == fb
+
+
+def subsets(rs: list[dict]) -> str:
+    """How many distinct training/validation subsets a line's seeds drew ("?" when a row
+    predates data fingerprints)."""
+    prints = [r.get("data_fingerprint") for r in rs]
+    return "?" if None in prints else str(len(set(prints)))
+
+
 def paired_groups(rows: list[dict]) -> list[list[dict]]:
     """The rows of each paired group (a baseline and the experiments started from it)."""
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -138,7 +153,7 @@ def table(rows: list[dict], paper: str | None, val: bool = False) -> str:
     """One line per (data, mode, size, method or setting); ``val`` adds the validation error
     each model was chosen on (what a sweep picks its setting by)."""
     by_key = {group_key(r): r for r in rows if not r["parent"]}
-    head = ["data", "mode", "train size", "method", "seeds"] + (
+    head = ["data", "mode", "train size", "method", "seeds", "subsets"] + (
         ["val % (selected round)"] if val else []) + [
         "test % (val-selected)", "test % (last round)", "paired diff vs baseline",
         "better on", "paper %"]
@@ -149,13 +164,18 @@ def table(rows: list[dict], paper: str | None, val: bool = False) -> str:
         diffs = []
         for r in rs:
             base = by_key.get(group_key(r)) if r["parent"] else None
+            if base is not None and not same_data(r, base):
+                print(f"warning: {r['experiment']} and its baseline {base['experiment']} "
+                      "saw different data; left out of the paired difference",
+                      file=sys.stderr)
+                continue
             if base is not None and selected(r) is not None and selected(base) is not None:
                 diffs.append(selected(r) - selected(base))
         wins = f"{sum(d < 0 for d in diffs)}/{len(diffs)}" if diffs else "-"
         ref = PAPER.get(paper or "", {}).get((mode, method.split(" (")[0]))
         vals = [100 * e["val"] for e in (r["errors"].get(str(r["best_val_round"]), {})
                                           for r in rs) if "val" in e]
-        cells = [data, mode, size or "all", method, len(rs)] + (
+        cells = [data, mode, size or "all", method, len(rs), subsets(rs)] + (
             [mean_std(vals)] if val else []) + [
             mean_std(sel), mean_std(last), mean_std(diffs), wins,
             "-" if ref is None else f"{ref:.2f}"]

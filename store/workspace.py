@@ -49,7 +49,8 @@ def find_workspace(explicit: Path | None = None, cwd: Path | None = None) -> Pat
         root = Path(chosen).expanduser().resolve()
         if not is_workspace(root):
             raise NotAWorkspace(
-                f"not an icl workspace: {root}; run `icl init {root}` or pass another --workspace"
+                f"not an icl workspace: {root}; run `icl init -w {root}` or pass another "
+                "--workspace"
             )
         return root
     start = Path(cwd if cwd is not None else Path.cwd()).resolve()

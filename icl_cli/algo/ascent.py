@@ -141,6 +141,8 @@ def synthesize(
     """
     n, device = x0.shape[0], x0.device
     target = target.to(device)
+    if clamp is not None:  # the starting draws too: a sample may pass at step 0
+        x0 = x0.clamp(*clamp)
     # One-vs-all with the logit rule needs only f_k(x): sample i goes through network k_i
     # alone (``forward_heads``), rows kept sorted by class; 1/K of the full forward's cost.
     heads = getattr(model, "heads", 1)

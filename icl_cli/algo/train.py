@@ -153,8 +153,14 @@ def round_lr(lr: float, round_: int, decay_round: int, decay_factor: float) -> f
 
 
 def set_lr(optimizer: SGD | torch.optim.Optimizer, lr: float) -> None:
+    set_hyper(optimizer, lr=lr)
+
+
+def set_hyper(optimizer: SGD | torch.optim.Optimizer, **values: float) -> None:
+    """Set hyperparameters (lr, momentum, weight_decay) of every parameter group, e.g.
+    after ``load_state_dict`` brought back the ones a checkpoint was trained with."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group.update(values)
 
 
 def batch_plan(

@@ -104,6 +104,23 @@ def dataset(cfg: ExperimentConfig) -> Dataset:
     return _load_cached(cfg.data)
 
 
+def experiment_data(exp) -> Dataset:
+    """The data of experiment ``exp`` (a store ExperimentInfo), checked against the
+    fingerprint recorded at ``icl init``: if the images under it changed (a data folder
+    edited or replaced), the step refuses instead of training or scoring on other data."""
+    from store import IntegrityError
+
+    cfg = ExperimentConfig.from_dict(exp.config)
+    data = dataset(cfg)
+    if exp.data_fingerprint and data.fingerprint != exp.data_fingerprint:
+        where = f" in {cfg.data.root}" if cfg.data.root else ""
+        raise IntegrityError(
+            f"the data of experiment '{exp.name}' changed since it was made ({cfg.data.dataset}"
+            f"{where}: data fingerprint {exp.data_fingerprint[:12]}, now "
+            f"{data.fingerprint[:12]}); restore those files, or start a new experiment")
+    return data
+
+
 def new_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
     torch.manual_seed(derive_seed("init-weights", cfg.seed))
     return build_model(cfg.model.arch, data.shape, data.num_classes, cfg.model.mode)

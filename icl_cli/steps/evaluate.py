@@ -10,7 +10,14 @@ from icl_cli.algo.ascent import fgsm
 from icl_cli.algo.train import error_rate, predict_logits
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import PIXEL_SCALE
-from icl_cli.steps.common import Runtime, StepError, dataset, inputs, load_weights, new_model
+from icl_cli.steps.common import (
+    Runtime,
+    StepError,
+    experiment_data,
+    inputs,
+    load_weights,
+    new_model,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ def load_model(store, name: str, round_: int, device: torch.device):
                         f"`icl reclassify --round {round_}`" if round_ > 0 else
                         f"experiment '{exp.name}' has no round-0 checkpoint: run `icl init`")
     cfg = ExperimentConfig.from_dict(exp.config)
-    model = new_model(cfg, dataset(cfg)).to(device)
+    model = new_model(cfg, experiment_data(exp)).to(device)
     load_weights(model, store, info, device)
     return cfg, model.eval()
 
@@ -41,8 +48,8 @@ def evaluate_round(store, name: str, round_: int, runtime: Runtime) -> list[Eval
     """Test error (and validation error when a validation split exists) at round t."""
     device = runtime.apply()
     exp = store.experiment(name)
-    cfg, model = load_model(store, exp.name, round_, device)
-    data = dataset(cfg)
+    _, model = load_model(store, exp.name, round_, device)
+    data = experiment_data(exp)
     splits = [("test", data.test)] + ([("val", data.val)] if data.val is not None else [])
     results = []
     for split_name, split in splits:
@@ -91,6 +98,14 @@ class AttackResult:
     fool_both: int
 
 
+def same_data(a, b) -> bool:
+    """Whether two experiments saw the same images: by their data fingerprints, or, for
+    experiments recorded before icl kept them, by their data settings."""
+    if a.data_fingerprint and b.data_fingerprint:
+        return a.data_fingerprint == b.data_fingerprint
+    return a.config.get("data") == b.config.get("data")
+
+
 def _one_way(src, dst, x, y, eps_input: float, batch: int = 1000) -> tuple[int, int, int]:
     correct = fooled = both = 0
     for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
@@ -118,10 +133,10 @@ def attack(store, name: str, round_: int, against: str, against_round: int | Non
     b_round = round_ if against_round is None else against_round
     cfg_a, model_a = load_model(store, a, round_, device)
     cfg_b, model_b = load_model(store, b, b_round, device)
-    if cfg_a.data.to_dict() != cfg_b.data.to_dict():
-        raise StepError(f"'{a}' and '{b}' use different data; attack compares models on one "
-                        "test set")
-    data = dataset(cfg_a)
+    if not same_data(store.experiment(a), store.experiment(b)):
+        raise StepError(f"'{a}' and '{b}' use different data (their data fingerprints "
+                        "differ); attack compares models on one test set")
+    data = experiment_data(store.experiment(a))
     x, y = inputs(data.test.images, device), data.test.labels.to(device)
     eps_input = eps * PIXEL_SCALE
     results = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icl_cli.config import ExperimentConfig
-from icl_cli.steps.common import Runtime, StepError, dataset
+from icl_cli.steps.common import Runtime, StepError, dataset, experiment_data
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
 from icl_cli.steps.train import train_round
 
@@ -63,7 +63,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise StepError(f"unknown dataset {cfg.data.dataset!r} (choose from "
                         f"{', '.join(DATASETS)})")
     t, sc = cfg.train, cfg.sampler
-    positive = {"--init-epochs": cfg.init_epochs + 1, "--epochs": t.epochs + 1,
+    if t.epochs + t.real_epochs < 1:
+        raise StepError("--epochs and --real-epochs are both 0: a round would not train")
+    positive = {"--init-epochs": cfg.init_epochs, "--epochs": t.epochs + 1,
                 "--batch-size": t.batch_size, "--lr": t.lr, "--count": sc.count,
                 "--sampler-lr": sc.lr, "--reference-std": sc.reference_std,
                 "--max-steps": sc.max_steps + 1, "--real-epochs": t.real_epochs + 1,
@@ -107,7 +109,7 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         cfg = compose(overrides, base=parent.config)
         cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
                              for k in SHARED})
-        data = dataset(cfg)
+        data = experiment_data(parent)  # the parent's images, checked against its record
     else:
         parent = parent_round = None
         cfg = compose(overrides)

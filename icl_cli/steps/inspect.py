@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icl_cli.config import ExperimentConfig
 from icl_cli.data import to_input
-from icl_cli.steps.common import StepError, dataset
+from icl_cli.steps.common import StepError, experiment_data
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,6 @@ def save_grid(image: torch.Tensor, path: Path) -> None:
 
 def inspect_round(store, name: str, round_: int, version: int | None = None) -> InspectResult:
     exp = store.experiment(name)
-    cfg = ExperimentConfig.from_dict(exp.config)
     shards = store.shards(exp.name, round_)
     if version is None:
         info = next((s for s in shards if s.active), None)
@@ -97,7 +95,7 @@ def inspect_round(store, name: str, round_: int, version: int | None = None) -> 
         raise StepError(f"'{exp.name}' has no shard for {which}: run "
                         f"`icl synthesize --round {round_}`")
     a = store.read_shard(info)
-    data = dataset(cfg)
+    data = experiment_data(exp)
     samples, target = torch.from_numpy(a["samples"]), torch.from_numpy(a["target"])
     train = to_input(data.train.images)
     dist = nearest_distances(samples, train).numpy()

@@ -14,8 +14,8 @@ from icl_cli.config import ExperimentConfig, SamplerConfig
 from icl_cli.steps.common import (
     Runtime,
     StepError,
-    dataset,
     derive_seed,
+    experiment_data,
     load_weights,
     new_model,
 )
@@ -119,7 +119,7 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
         seed = derive_seed("synthesize", cfg.seed, t, version)
 
     device = runtime.apply()
-    data = dataset(cfg)
+    data = experiment_data(exp)
     step_cfg = {"round": t, "sampler": sc.to_dict(), "seed": seed, "source": source.sha256,
                 "device": str(device), "replay": replay}
     with store.step(exp.name, "replay-synthesize" if replay else "synthesize", t, step_cfg):

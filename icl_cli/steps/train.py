@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_lr
+from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_hyper
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import augment, to_input
 from icl_cli.steps.common import (
     Runtime,
     StepError,
-    dataset,
+    experiment_data,
     generator,
     load_weights,
     new_model,
@@ -106,7 +106,7 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
                         f"checkpoint changed since): pass --force to retrain it")
 
     device = runtime.apply()
-    data = dataset(cfg)
+    data = experiment_data(exp)
     step_cfg = {"round": t, "train": cfg.train.to_dict(), "inputs": inputs,
                 "device": str(device), "replay": replay}
     with store.step(exp.name, "replay-reclassify" if replay else "reclassify", t, step_cfg):
@@ -116,8 +116,9 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
         optimizer = make_optimizer(model, lr, tc.momentum, tc.weight_decay)
         if parent is not None:
             state = load_weights(model, store, parent, device)
-            optimizer.load_state_dict(state["optimizer"])
-            set_lr(optimizer, lr)
+            optimizer.load_state_dict(state["optimizer"])  # momentum buffers, and the
+            # parent's hyperparameters, which this experiment's own config overrides
+            set_hyper(optimizer, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
         pn_x, pn_k = _pool(store, shards, data.shape, data.num_classes, device)
         real_x, real_y = real_tensors(data, device)
         real_gen = generator("real", cfg.seed, t)

@@ -86,6 +86,21 @@ def test_round_as_written_in_the_design_card(ws, monkeypatch):
     # ... and each experiment's settings, so a sweep's lines can be told apart.
     assert rows["icl"]["config"]["method"] == "icl"
     assert rows["icl"]["config"]["sampler"]["count"] == 4
+    # The pair shares its data fingerprint; the round's warning signs are recorded.
+    assert len(rows["icl"]["data_fingerprint"]) == 64
+    assert rows["icl"]["data_fingerprint"] == rows["base"]["data_fingerprint"]
+    signs = rows["icl"]["diagnostics"]["1"]
+    assert signs["grad_norm_max"] > 0 and signs["pool_logit_max"] > 0
+    assert 0 <= signs["outside_range"] <= 1 and 0 <= signs["never_passed"] <= 1
+
+
+def test_attack_refuses_a_model_of_other_data(tmp_path):
+    for name, seed in (("a", 0), ("b", 1)):  # --seed draws another subset
+        icl("init", "-w", tmp_path, "-e", name, "--method", "baseline", *TINY, "--seed", seed,
+            *COMMON)
+    out = icl("attack", "-w", tmp_path, "-e", "a", "--round", "0", "--against", "b:0",
+              *COMMON, code=3)
+    assert "data fingerprints differ" in out.stderr
 
 
 def test_force_makes_a_new_version_and_replay_matches(ws):

@@ -24,10 +24,23 @@ def test_paired_difference_mean_and_std_over_seeds():
     icl = next(line for line in md if "| icl |" in line)
     cells = [c.strip() for c in icl.split("|")[1:-1]]
     assert cells[4] == "2"  # seeds
-    assert cells[5] == "10.50 +- 2.12"  # mean and sample std of 9% and 12%
-    assert cells[7] == "-0.50 +- 0.71"  # paired: -1 point and 0 points
-    assert cells[8] == "1/2"  # strictly better on one seed of two
-    assert cells[9] == "0.81"  # the paper's softmax ICL number
+    assert cells[5] == "?"  # subsets: these rows carry no data fingerprint
+    assert cells[6] == "10.50 +- 2.12"  # mean and sample std of 9% and 12%
+    assert cells[8] == "-0.50 +- 0.71"  # paired: -1 point and 0 points
+    assert cells[9] == "1/2"  # strictly better on one seed of two
+    assert cells[10] == "0.81"  # the paper's softmax ICL number
+
+
+def test_pairs_only_rows_with_their_baselines_data_and_counts_subsets(capsys):
+    rows = [row("b0", "baseline", 0, 0.10), row("i0", "icl", 0, 0.09, parent="b0"),
+            row("b1", "baseline", 1, 0.12), row("i1", "icl", 1, 0.10, parent="b1")]
+    for r, fp in zip(rows, ["a", "a", "b", "c"], strict=True):
+        r["data_fingerprint"] = fp
+    md = summarize.table(rows, None).splitlines()
+    cells = [c.strip() for c in next(x for x in md if "| icl |" in x).split("|")[1:-1]]
+    assert cells[5] == "2"  # two seeds, two subsets
+    assert cells[8] == "-1.00"  # only seed 0: seed 1's ICL saw other data than its baseline
+    assert "i1 and its baseline b1 saw different data" in capsys.readouterr().err
 
 
 def test_falls_back_to_last_round_without_validation():
@@ -85,7 +98,7 @@ def test_a_sweep_of_one_setting_gets_one_line_per_value():
         r["errors"]["1"]["val"], r["best_val_round"] = r["test_error_best_val"] + 0.01, 1
     with_val = summarize.table([base, one, two], None, val=True).splitlines()
     assert "val % (selected round)" in with_val[0]
-    assert with_val[-1].split("|")[6].strip() == "8.00"  # the pn_weight=2 run: 7 % + 1
+    assert with_val[-1].split("|")[7].strip() == "8.00"  # the pn_weight=2 run: 7 % + 1
 
 
 def test_same_names_in_two_workspaces_stay_apart(tmp_path):

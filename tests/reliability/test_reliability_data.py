@@ -1,0 +1,49 @@
+"""The data an experiment was made with is pinned by its data fingerprint: when the images
+under it change, every step refuses with one line instead of using other data."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+from relkit import COMMON, one_line, rows, run_child
+
+from icl_cli.data import EMBEDDED_DIR
+
+TINY_IDX = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
+            "--epochs", "1", "--count", "2", "--max-steps", "3"]
+
+
+@pytest.fixture
+def edited(tmp_path) -> tuple[Path, Path]:
+    """A workspace whose experiment 'icl' (round 0 on an IDX copy of the embedded data) then
+    sees one training pixel changed under it."""
+    data = tmp_path / "data"
+    shutil.copytree(EMBEDDED_DIR, data)
+    ws, logs = tmp_path / "ws", tmp_path / "logs"
+    run_child(["init", "-w", ws, "-e", "icl", "--method", "icl", "--dataset", "idx",
+               "--data-root", data, *TINY_IDX, *COMMON], logs)
+    images = data / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(images.read_bytes()))
+    raw[16:16 + 28 * 28 * 6000] = bytes(255 - b for b in raw[16:16 + 28 * 28 * 6000])
+    images.write_bytes(gzip.compress(bytes(raw)))
+    return ws, logs
+
+
+@pytest.mark.parametrize("argv", [
+    ["synthesize", "--round", "1"], ["reclassify", "--round", "0", "--force"],
+    ["evaluate", "--round", "0"], ["run", "--rounds", "1"],
+    ["init", "-e", "pair", "--method", "baseline", "--from", "icl:0"],
+], ids=["synthesize", "reclassify", "evaluate", "run", "init --from"])
+def test_every_step_refuses_changed_data(edited, argv):
+    ws, logs = edited
+    before = rows(ws, "select count(*) from checkpoints")
+    res = run_child([argv[0], "-w", ws, *([] if "-e" in argv else ["-e", "icl"]), *argv[1:],
+                     *COMMON], logs, code=4)
+    line = one_line(res)
+    assert "the data of experiment 'icl' changed since it was made" in line
+    assert str(ws.parent / "data") in line
+    assert rows(ws, "select count(*) from checkpoints") == before
+    assert rows(ws, "select count(*) from shards") == [(0,)]
