@@ -113,7 +113,8 @@ def init(
         help="per-sample (eq. 11: a pseudo-negative weighs one real image times w; default) "
         "or batch-mean (the ablation: w * mean over a batch's pseudo-negatives).")] = None,
     clip_grad: Annotated[float | None, typer.Option(
-        help="Clip each reclassify step's gradient to this global L2 norm (default: off).")]
+        help="Clip each reclassify step's gradient to this global L2 norm (0: off; "
+        "default: off).")]
     = None,
     weight_decay: Annotated[float | None, typer.Option(
         help="SGD weight decay of the reclassify steps (default 0).")] = None,
@@ -382,8 +383,7 @@ def report(
     plot: Annotated[bool, typer.Option(help="Also write an error-vs-round PNG.")] = True,
 ) -> None:
     """A markdown table across experiments (errors in %; best round chosen on validation)."""
-    from icl_cli.steps.report import experiment_rows, markdown
-    from icl_cli.steps.run import plot_errors
+    from icl_cli.steps.report import experiment_rows, markdown, plot_errors
 
     with ui.user_errors():
         store = _store(workspace)

@@ -107,7 +107,7 @@ class TrainConfig(_Config):
     once, divided by the real batch size, so with w = 1 a pseudo-negative weighs what a
     real image weighs) or ``batch-mean`` (the ablation: mean over the real rows + w * mean
     over the batch's pseudo-negatives, which makes one pseudo-negative weigh B / P images).
-    clip_grad: clip the gradient's global L2 norm to this before each step (None: off).
+    clip_grad: clip the gradient's global L2 norm to this before each step (None or 0: off).
     decay_round: from this round on the learning rate is ``lr * decay_factor``.
     """
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from icl_cli.config import DataConfig
+from icl_cli.errors import DataError
 
 DATASETS = ("mnist-embedded", "idx", "mnist", "cifar10", "svhn", "fake-cifar10", "fake-svhn")
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
@@ -40,10 +41,6 @@ SVHN_FILES = ("train_32x32.mat", "extra_32x32.mat", "test_32x32.mat")
 PIXEL_SCALE = 2.0
 """One unit of [0, 1] pixel space is 2 units of input space (``to_input``): an FGSM budget
 of eps in pixel space is ``eps * PIXEL_SCALE`` on the network's input."""
-
-
-class DataError(ValueError):
-    """A data problem a user can fix; the message is one line naming the file or folder."""
 
 
 @dataclass(frozen=True)

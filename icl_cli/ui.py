@@ -121,8 +121,7 @@ def user_errors() -> Iterator[None]:
     """Turn every expected failure into one stderr line and a documented exit code."""
     from sqlalchemy.exc import DatabaseError, OperationalError
 
-    from icl_cli.data import DataError
-    from icl_cli.steps.common import StepError
+    from icl_cli.errors import DataError, StepError
     from store import BusyError, IntegrityError, NotAWorkspace, StoreError
 
     try:

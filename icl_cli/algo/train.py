@@ -291,12 +291,13 @@ def reclassify(
 
 
 def grad_norm(model: nn.Module, clip: float | None = None) -> torch.Tensor:
-    """The global L2 norm of the gradients (a 0-d tensor, no host sync); with ``clip``,
-    scale them down to that norm first if larger (``torch.nn.utils.clip_grad_norm_``)."""
+    """The global L2 norm of the gradients (a 0-d tensor, no host sync); with ``clip``
+    (not None, not 0), scale them down to that norm first if larger
+    (``torch.nn.utils.clip_grad_norm_``)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return torch.zeros((), device=next(model.parameters()).device)
-    if clip is not None:
+    if clip:
         return torch.nn.utils.clip_grad_norm_(params, clip).detach()
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
 

@@ -18,12 +18,8 @@ from torch import nn
 
 from icl_cli.config import DataConfig, ExperimentConfig
 from icl_cli.data import Dataset, load, to_input
+from icl_cli.errors import StepError
 from icl_cli.models import build_model
-
-
-class StepError(Exception):
-    """A user-facing problem with a step's inputs (one line: what and what to run)."""
-
 
 Advance = Callable[[int], None]
 

@@ -72,7 +72,7 @@ def validate(cfg: ExperimentConfig) -> None:
                 "--pn-weight": t.pn_weight + 1e-12, "--langevin-std": sc.langevin_std + 1e-12,
                 "--weight-decay": t.weight_decay + 1e-12}
     if t.clip_grad is not None:
-        positive["--clip-grad"] = t.clip_grad
+        positive["--clip-grad"] = t.clip_grad + 1e-12  # 0: off
     for flag, value in positive.items():
         if not value > 0:
             raise StepError(f"{flag} is out of range ({value})")

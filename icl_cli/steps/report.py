@@ -1,10 +1,49 @@
-"""``icl status`` and ``icl report``: what the catalog knows, across experiments."""
+"""``icl status`` and ``icl report``: what the catalog knows, across experiments, and the
+error-against-round plot. Reads the catalog only: no torch, no MLflow at import (the
+read-only commands stay fast)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from icl_cli.steps.run import errors_by_round
+
+def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
+    """{round: {"test": error, "val": error}} from the catalog, counting only evaluations
+    made after the round's current checkpoint (a ``--force`` retrain makes older ones
+    stale, and ``icl run`` then evaluates the round again)."""
+    trained = {c.round: c.created_at for c in store.checkpoints(name)}
+    out: dict[int, dict[str, float]] = {}
+    for e in store.evaluations(name):
+        if e.round in trained and e.created_at >= trained[e.round]:
+            out.setdefault(e.round, {})[e.split] = e.error
+    return out
+
+
+def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -> Path:
+    """Test error (%) against round for each experiment (the paper's Figure 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for name in names:
+        errs = errors_by_round(store, name)
+        rs = sorted(r for r in errs if "test" in errs[r])
+        ax.plot(rs, [100 * errs[r]["test"] for r in rs], marker="o", label=name)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("round t")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3)
+    # Beside the axes, in columns of 12: a workspace may hold dozens of experiments.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
+              ncol=1 + (len(names) - 1) // 12)
+    path = store.figure_path(names[0], filename)
+    store.write_figure(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
+    plt.close(fig)
+    return path
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from icl_cli.config import ExperimentConfig
 from icl_cli.steps.common import Runtime, StepError, release_freed_memory
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
+from icl_cli.steps.report import errors_by_round, plot_errors
 from icl_cli.steps.synthesize import synthesize_round
 from icl_cli.steps.train import train_round
 
@@ -21,18 +21,6 @@ class RoundRow:
     pass_rate: float | None
     mean_steps: float | None
     ran: list[str]  # the steps this invocation ran for the round (empty: all done before)
-
-
-def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
-    """{round: {"test": error, "val": error}} from the catalog, counting only evaluations
-    made after the round's current checkpoint (a ``--force`` retrain makes older ones
-    stale, and ``icl run`` then evaluates the round again)."""
-    trained = {c.round: c.created_at for c in store.checkpoints(name)}
-    out: dict[int, dict[str, float]] = {}
-    for e in store.evaluations(name):
-        if e.round in trained and e.created_at >= trained[e.round]:
-            out.setdefault(e.round, {})[e.split] = e.error
-    return out
 
 
 def run_rounds(store, name: str, rounds: int, runtime: Runtime,
@@ -79,29 +67,3 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None) ->
     plot = plot_errors(store, [exp.name])
     store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
     return rows
-
-
-def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -> Path:
-    """Test error (%) against round for each experiment (the paper's Figure 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for name in names:
-        errs = errors_by_round(store, name)
-        rs = sorted(r for r in errs if "test" in errs[r])
-        ax.plot(rs, [100 * errs[r]["test"] for r in rs], marker="o", label=name)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("round t")
-    ax.set_ylabel("test error (%)")
-    ax.grid(alpha=0.3)
-    # Beside the axes, in columns of 12: a workspace may hold dozens of experiments.
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
-              ncol=1 + (len(names) - 1) // 12)
-    path = store.figure_path(names[0], filename)
-    store.write_figure(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
-    plt.close(fig)
-    return path
