@@ -176,7 +176,8 @@ def synthesize(
     round_: Round,
     count: Annotated[int | None, typer.Option(help="Samples per class (the paper's l).")] = None,
     max_steps: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam step size on the input.")] = None,
+    sampler_lr: Annotated[float | None, typer.Option(
+        help="Adam step size on the input (as --sampler-lr of icl init).")] = None,
     reference_std: Annotated[float | None, typer.Option()] = None,
     stop_rule: Annotated[str | None, typer.Option(help="logit or argmax.")] = None,
     langevin_std: Annotated[float | None, typer.Option()] = None,
@@ -195,7 +196,7 @@ def synthesize(
     with ui.user_errors():
         r = synthesize_round(_store(workspace), experiment, round_,
                              _runtime(device, threads, amp, no_mlflow), force=force,
-                             replay=replay, count=count, max_steps=max_steps, lr=lr,
+                             replay=replay, count=count, max_steps=max_steps, lr=sampler_lr,
                              reference_std=reference_std, stop_rule=stop_rule,
                              langevin_std=langevin_std, clamp=clamp, check_every=check_every)
     if json:

@@ -226,3 +226,15 @@ def test_training_that_diverges_fails_in_one_line_and_saves_nothing(tmp_path):
     assert not list(tmp_path.rglob("round-0000.pt*"))
     [row] = icl_json("status", "-w", tmp_path)["experiments"]
     assert row["rounds"] == -1 and row["test_error_last"] is None
+
+
+def test_synthesize_sampler_lr_changes_the_samples(tmp_path):
+    icl("init", "-w", tmp_path, "-e", "icl", "--method", "icl", *TINY, *COMMON)
+    shards = []
+    for lr in ("0.05", "0.2"):
+        out = icl_json("synthesize", "-w", tmp_path, "-e", "icl", "--round", "1",
+                       "--sampler-lr", lr, "--force", *COMMON)
+        with h5py.File(out["path"]) as f:
+            shards.append((f["samples"][:], json.loads(f.attrs["sampler_config"])["lr"]))
+    assert [lr for _, lr in shards] == [0.05, 0.2]
+    assert not np.array_equal(shards[0][0], shards[1][0])
