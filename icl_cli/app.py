@@ -211,18 +211,41 @@ def synthesize(
                f"{r.seconds:.1f}"]])
 
 
+# Reclassify settings of one round (icl reclassify, icl run): default, the experiment's.
+RoundEpochs = Annotated[int | None, typer.Option(
+    "--epochs", help="Mixed epochs this round (default: the experiment's).")]
+RoundRealEpochs = Annotated[int | None, typer.Option(
+    "--real-epochs", help="Real-data-only epochs at the end of this round.")]
+RoundLr = Annotated[float | None, typer.Option("--lr", help="Reclassify learning rate.")]
+RoundPnWeight = Annotated[float | None, typer.Option(
+    "--pn-weight", help="Weight w of the pseudo-negative term.")]
+RoundPnWeighting = Annotated[str | None, typer.Option(
+    "--pn-weighting", help="per-sample or batch-mean.")]
+RoundClipGrad = Annotated[float | None, typer.Option(
+    "--clip-grad", help="Gradient-norm clip (0: off).")]
+RoundWeightDecay = Annotated[float | None, typer.Option(
+    "--weight-decay", help="SGD weight decay.")]
+
+
 @app.command()
 def reclassify(
-    round_: Round, force: Force = False, replay: Replay = False,
+    round_: Round, epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None,
+    lr: RoundLr = None, pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
+    clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
+    force: Force = False, replay: Replay = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
-    """Warm-start from checkpoint t-1, train on the data plus shards 1..t, save checkpoint t."""
+    """Warm-start from checkpoint t-1, train on the data plus shards 1..t, save checkpoint t.
+    --epochs, --lr, ... change this round's settings only (recorded; --replay uses them)."""
     from icl_cli.steps.train import train_round
 
+    changes = dict(epochs=epochs, real_epochs=real_epochs, lr=lr, pn_weight=pn_weight,
+                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay)
     with ui.user_errors():
         r = train_round(_store(workspace), experiment, round_,
-                        _runtime(device, threads, amp, no_mlflow), force=force, replay=replay)
+                        _runtime(device, threads, amp, no_mlflow), force=force, replay=replay,
+                        changes=changes)
     if json:
         return ui.emit_json(r)
     if replay:
@@ -315,16 +338,23 @@ STEP_SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"
 def run(
     rounds: Annotated[int, typer.Option(help="Run rounds 1..T.")],
     count: Annotated[int | None, typer.Option(help="Samples per class per round.")] = None,
+    epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None, lr: RoundLr = None,
+    pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
+    clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
-    """The whole loop; resumes from the last completed step after an interrupt."""
+    """The whole loop; resumes from the last completed step after an interrupt. --count,
+    --epochs, --lr, ... apply to the rounds this call synthesizes and reclassifies."""
     from icl_cli.steps.run import run_rounds
 
+    changes = dict(epochs=epochs, real_epochs=real_epochs, lr=lr, pn_weight=pn_weight,
+                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay)
     with ui.user_errors():
         store = _store(workspace)
         name = store.experiment(experiment).name
-        rows = run_rounds(store, name, rounds, _runtime(device, threads, amp, no_mlflow), count)
+        rows = run_rounds(store, name, rounds, _runtime(device, threads, amp, no_mlflow), count,
+                          changes)
     if json:
         return ui.emit_json(rows)
     ui.table(f"'{name}'", ["round", "test err %", "val err %", "pass %", "mean steps",
@@ -350,9 +380,18 @@ def status(workspace: Workspace = None, json: Json = False) -> None:
                                          "last test %", "running"],
              [[r.experiment, r.method, r.mode, r.rounds if r.rounds >= 0 else "-", r.shards,
                ui.pct(r.test_error_last), "; ".join(r.running) or "-"] for r in rows])
-    ui.table("recent steps", ["experiment", "step", "round", "state", "seconds"],
+    own = {r.experiment: r.config.get("train", {}) for r in rows}
+    ui.table("recent steps", ["experiment", "step", "round", "state", "seconds", "changed"],
              [[s.experiment, s.name, s.round, s.state,
-               "-" if s.seconds is None else f"{s.seconds:.1f}"] for s in steps])
+               "-" if s.seconds is None else f"{s.seconds:.1f}",
+               _changed(s.config.get("train"), own.get(s.experiment))] for s in steps])
+
+
+def _changed(used: dict | None, own: dict | None) -> str:
+    """A round's reclassify settings that differ from its experiment's, e.g. 'epochs=1'."""
+    if not used or not own:
+        return "-"
+    return ", ".join(f"{k}={v}" for k, v in used.items() if own.get(k, v) != v) or "-"
 
 
 @app.command()

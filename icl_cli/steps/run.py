@@ -10,7 +10,7 @@ from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.report import errors_by_round, plot_errors
 from icl_cli.steps.synthesize import synthesize_round
-from icl_cli.steps.train import train_round
+from icl_cli.steps.train import round_settings, train_round
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class RoundRow:
 
 
 def run_rounds(store, name: str, rounds: int, runtime: Runtime,
-               count: int | None = None) -> list[RoundRow]:
-    """Rounds 1..``rounds``: synthesize, reclassify, evaluate, each only if not done yet."""
+               count: int | None = None, changes: dict | None = None) -> list[RoundRow]:
+    """Rounds 1..``rounds``: synthesize, reclassify, evaluate, each only if not done yet;
+    ``count`` and the reclassify ``changes`` apply to the rounds this call runs."""
     if rounds < 0:
         raise StepError(f"--rounds must be >= 0, got {rounds}")
     exp = store.experiment(name)
@@ -33,11 +34,13 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     # One lock for the whole loop: a second `icl run` of this experiment gets BusyError
     # at once instead of interleaving its steps with ours.
     with store.lock(exp.name):
-        return _run_rounds(store, exp, rounds, runtime, count)
+        return _run_rounds(store, exp, rounds, runtime, count, changes)
 
 
-def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None) -> list[RoundRow]:
+def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None,
+                changes: dict | None) -> list[RoundRow]:
     cfg = ExperimentConfig.from_dict(exp.config)
+    round_settings(cfg.train, changes)  # a bad value is refused before any round runs
     rows = []
     for t in range(0, rounds + 1):
         ran, synth = [], None
@@ -48,7 +51,7 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None) ->
             synth = synthesize_round(store, exp.name, t, runtime, count=count)
             ran.append("synthesize")
         if t > 0 and store.checkpoint(exp.name, t) is None:
-            train_round(store, exp.name, t, runtime)
+            train_round(store, exp.name, t, runtime, changes=changes)
             ran.append("reclassify")
         if t not in errors_by_round(store, exp.name):
             evaluate_round(store, exp.name, t, runtime)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_hyper
-from icl_cli.config import ExperimentConfig
+from icl_cli.config import PN_WEIGHTINGS, ExperimentConfig, TrainConfig
 from icl_cli.data import augment, to_input
 from icl_cli.steps.common import (
     Runtime,
@@ -39,16 +40,51 @@ def _transform(cfg: ExperimentConfig, gen: torch.Generator):
     return to_input
 
 
-def _inputs_record(parent_sha: str | None, shards: list) -> dict[str, Any]:
-    """What a checkpoint was trained from: compared to decide whether a rerun is a no-op."""
-    return {"parent": parent_sha, "shards": [s.sha256 for s in shards]}
+def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = None
+                   ) -> dict[str, Any]:
+    """What a checkpoint was trained from: compared to decide whether a rerun is a no-op.
+    ``changed``: the round's reclassify settings, when they differ from the experiment's."""
+    out: dict[str, Any] = {"parent": parent_sha, "shards": [s.sha256 for s in shards]}
+    if changed:
+        out["train"] = changed
+    return out
+
+
+ROUND_OPTIONS = {"epochs": "--epochs", "real_epochs": "--real-epochs", "lr": "--lr",
+                 "pn_weight": "--pn-weight", "pn_weighting": "--pn-weighting",
+                 "clip_grad": "--clip-grad", "weight_decay": "--weight-decay"}
+"""Reclassify settings that one round may change (``icl reclassify --round t --epochs 1``)."""
+
+
+def round_settings(tc: TrainConfig, changes: dict[str, Any] | None) -> TrainConfig:
+    """The experiment's reclassify settings with one round's changes, checked one by one
+    (the flag is named in the message)."""
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    for key, value in changes.items():
+        flag = ROUND_OPTIONS.get(key)
+        if flag is None:
+            raise StepError(f"{key} cannot be changed for one round")
+        if key == "pn_weighting":
+            if value not in PN_WEIGHTINGS:
+                raise StepError(f"{flag} must be one of {', '.join(PN_WEIGHTINGS)}, got {value!r}")
+            continue
+        if not (math.isfinite(value) and (value > 0 if key == "lr" else value >= 0)):
+            raise StepError(f"{flag} is out of range ({value})")
+    out = tc.replace(**changes)
+    if out.epochs + out.real_epochs < 1:
+        raise StepError("--epochs and --real-epochs are both 0: the round would not train")
+    return out
 
 
 def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
-                replay: bool = False) -> TrainResult:
+                replay: bool = False, changes: dict[str, Any] | None = None) -> TrainResult:
     """Reclassify round ``round_`` (>= 1): warm start from checkpoint t-1, train on S plus
     the active shards 1..t, save checkpoint t. Round 0 trains C_0 from scratch on S (or,
     for an experiment started ``--from``, copies the parent's checkpoint again).
+
+    ``changes`` (keys of ``ROUND_OPTIONS``) override the experiment's reclassify settings
+    for this round only; they are recorded with the checkpoint's inputs and the step, and
+    ``--replay`` uses them again.
 
     Runs under the experiment's lock from the first check to the last write, so two
     processes never both decide that the round is still to do (the second gets BusyError).
@@ -56,10 +92,15 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
     exp = store.experiment(name)
     if round_ < 0:
         raise StepError(f"--round must be >= 0, got {round_}")
+    cfg = ExperimentConfig.from_dict(exp.config)
+    tc = round_settings(cfg.train, changes)
+    if round_ == 0 and tc != cfg.train:
+        raise StepError("round 0 (C_0) trains with the experiment's settings; change them "
+                        "with a new `icl init`, or for rounds >= 1 only")
     with store.lock(exp.name):
         if round_ == 0 and exp.parent is not None and not replay:
             return _copy_round_zero(store, exp, force)
-        return _train_round(store, exp, round_, runtime, force, replay)
+        return _train_round(store, exp, round_, runtime, force, replay, tc)
 
 
 def _copy_round_zero(store, exp, force: bool) -> TrainResult:
@@ -84,7 +125,7 @@ def _copy_round_zero(store, exp, force: bool) -> TrainResult:
 
 
 def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
-                 replay: bool) -> TrainResult:
+                 replay: bool, tc: TrainConfig) -> TrainResult:
     cfg = ExperimentConfig.from_dict(exp.config)
     parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
     if t > 0 and parent is None:
@@ -93,25 +134,26 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
     existing = store.checkpoint(exp.name, t)
     if replay:
         shards, inputs = _recorded_inputs(store, exp.name, t, existing, parent)
+        tc = TrainConfig.from_dict(inputs["train"]) if "train" in inputs else cfg.train
     else:
         active = t > 0 and cfg.method != "baseline"
         shards = store.active_shards(exp.name, t) if active else []
-        inputs = _inputs_record(parent.sha256 if parent else None, shards)
+        inputs = _inputs_record(parent.sha256 if parent else None, shards,
+                                tc.to_dict() if tc != cfg.train else None)
     if existing is not None and not force and not replay:
         state = store.load_checkpoint(existing)
         if state.get("inputs") == inputs:
             return TrainResult(exp.name, t, existing.sha256, True, state.get("history", []),
                                0.0, sum(s.count for s in shards))
-        raise StepError(f"round {t} of '{exp.name}' was trained from other inputs (a shard or "
-                        f"checkpoint changed since): pass --force to retrain it")
+        raise StepError(f"round {t} of '{exp.name}' was trained from other inputs (a shard, "
+                        f"checkpoint or setting changed since): pass --force to retrain it")
 
     device = runtime.apply()
     data = experiment_data(exp)
-    step_cfg = {"round": t, "train": cfg.train.to_dict(), "inputs": inputs,
+    step_cfg = {"round": t, "train": tc.to_dict(), "inputs": inputs,
                 "device": str(device), "replay": replay}
     with store.step(exp.name, "replay-reclassify" if replay else "reclassify", t, step_cfg):
         model = new_model(cfg, data).to(device)
-        tc = cfg.train
         lr = round_lr(tc.lr, t, tc.decay_round, tc.decay_factor)
         optimizer = make_optimizer(model, lr, tc.momentum, tc.weight_decay)
         if parent is not None:

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from icl_cli.app import app
+from store import Store
 
 TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
         "--epochs", "1", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05"]
@@ -238,3 +239,33 @@ def test_synthesize_sampler_lr_changes_the_samples(tmp_path):
             shards.append((f["samples"][:], json.loads(f.attrs["sampler_config"])["lr"]))
     assert [lr for _, lr in shards] == [0.05, 0.2]
     assert not np.array_equal(shards[0][0], shards[1][0])
+
+
+def test_reclassify_takes_this_rounds_settings_and_replay_uses_them(tmp_path):
+    w = ["-w", tmp_path, "-e", "icl"]
+    icl("init", *w, "--method", "icl", *TINY, *COMMON)
+    icl("synthesize", *w, "--round", "1", *COMMON)
+    one = icl_json("reclassify", *w, "--round", "1", "--epochs", "2", "--real-epochs", "1",
+                   "--lr", "0.02", *COMMON)
+    assert [e["samples"] for e in one["epochs"]] == [240, 240, 200]  # 2 mixed + 1 real-only
+    again = icl_json("reclassify", *w, "--round", "1", "--epochs", "2", "--real-epochs", "1",
+                     "--lr", "0.02", *COMMON)
+    assert again["reused"]
+    other = icl("reclassify", *w, "--round", "1", *COMMON, code=3)
+    assert "setting changed" in other.stderr and "--force" in other.stderr
+    replay = icl("reclassify", *w, "--round", "1", "--replay", *COMMON)
+    assert "matches bit for bit" in replay.stdout
+    steps = icl_json("status", "-w", tmp_path)["recent_steps"]
+    trained = [s for s in steps if s["name"] == "reclassify"][-1]
+    assert (trained["config"]["train"]["epochs"], trained["config"]["train"]["lr"]) == (2, 0.02)
+    shown = icl("status", "-w", tmp_path).stdout  # the "changed" column (it may wrap)
+    assert "epochs=2" in shown and "lr=0.02" in shown
+    # icl run passes its own to the rounds it trains; a bad value is refused up front.
+    bad = icl("run", *w, "--rounds", "2", "--pn-weight", "-1", *COMMON, code=3)
+    assert "--pn-weight is out of range" in bad.stderr
+    icl("run", *w, "--rounds", "2", "--epochs", "3", *COMMON)
+    with Store.open(tmp_path) as st:
+        state = st.load_checkpoint(st.checkpoint("icl", 2))
+    assert len(state["history"]) == 3 and state["inputs"]["train"]["epochs"] == 3
+    refused = icl("reclassify", *w, "--round", "0", "--epochs", "2", *COMMON, code=3)
+    assert "round 0" in refused.stderr
