@@ -5,6 +5,7 @@
 # in (or "finished"), its largest gradient norm and |logit|, and its val-selected error.
 #
 #   SCALE=cpu MNIST_DIR=../shared/data/mnist LANES=2 bash recipes/stability.sh
+# (the table: recipes/stability_table.py WS EXPERIMENT..., which reads the step log)
 #
 # Runs (each `icl init --from stab-baseline:0` plus the options shown):
 #   old-w2        --pn-weighting batch-mean --pn-weight 2  (diverged in round 4 before
@@ -41,28 +42,4 @@ lane() { local i; for ((i = $1; i < ${#cases[@]}; i += LANES)); do one "${cases[
 pids=()
 for ((l = 0; l < LANES; l++)); do lane "$l" & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
-icl report --workspace "$WS" --json --no-plot > "$WS/report.json"
-python - "$WS" "${cases[@]}" <<'PY'
-import json, re, sys
-from pathlib import Path
-ws, cases = Path(sys.argv[1]), sys.argv[2:]
-rows = {r["experiment"]: r for r in json.load(open(ws / "report.json"))}
-print("| run | options | outcome | rounds | max grad norm | max real logit | max pool logit "
-      "| test % (val-selected) |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for case in cases:
-    r = rows.get(f"stab-{case}")
-    log = (ws / f"stab-{case}.log").read_text() if (ws / f"stab-{case}.log").exists() else ""
-    m = re.search(r"training round (\d+) of .* diverged", log)
-    outcome = f"diverged in round {m.group(1)}" if m else ("finished" if r else "failed")
-    d = r["diagnostics"] if r else {}
-    peak = lambda k: max((v.get(k) or 0 for v in d.values()), default=0)  # noqa: E731
-    sel = r and (r["test_error_best_val"] if r["test_error_best_val"] is not None
-                 else r["test_error_last"])
-    opts = " ".join(f"{k}={v}" for k, v in sorted(r["config"]["train"].items())
-                    if k in ("lr", "pn_weight", "pn_weighting", "clip_grad")) if r else "-"
-    print(f"| {case} | {opts} | {outcome} | {r['rounds'] if r else '-'} | "
-          f"{peak('grad_norm_max'):.1f} | {peak('real_logit_max'):.1f} | "
-          f"{peak('pool_logit_max'):.1f} | {100 * sel:.2f} |" if r else
-          f"| {case} | - | {outcome} | - | - | - | - | - |")
-PY
+python "$(dirname "$0")/stability_table.py" "$WS" "${cases[@]/#/stab-}"
