@@ -437,15 +437,24 @@ def report(
         ui.note(f"plot: {path}")
 
 
+def _terminated(signum, frame) -> None:
+    from store import Terminated
+
+    raise Terminated  # unwinds like Ctrl-C: the step is logged interrupted, temps removed
+
+
 def main() -> None:
     import signal
 
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
-    except KeyboardInterrupt:  # Ctrl-C while Typer builds the command, before any step
-        ui.fail(ui.INTERRUPTED, 130)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # while Typer builds the command, before any step
+        term = type(exc).__name__ == "Terminated"
+        ui.fail(ui.TERMINATED if term else ui.INTERRUPTED, 143 if term else 130)
+        raise SystemExit(143 if term else 130) from None
     finally:
         # The command's work is recorded (or cleanly refused) by now: a Ctrl-C that lands
         # while the interpreter tears torch down would only print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -9,6 +9,7 @@ Exit codes (also in ``icl --help``):
   5 busy: another icl process is running a step of the same experiment
   6 not an icl workspace
   130 interrupted (Ctrl-C); nothing half-written is left behind
+  143 terminated (SIGTERM, as Ctrl-C)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typer.core import TyperGroup
 EXIT_CODES_HELP = (
     "Exit codes: 0 done (or already done), 1 internal error, 2 usage error, 3 bad request "
     "(wrong round, missing step, bad data), 4 integrity failure, 5 busy, 6 not a workspace, "
-    "130 interrupted."
+    "130 interrupted, 143 terminated (SIGTERM)."
 )
 
 out = Console(soft_wrap=True)  # results only
@@ -73,6 +74,7 @@ class RichProgress:
 _reported: list[int] = []  # exit codes whose one-line message was printed (this command)
 INTERRUPTED = ("interrupted; the step was rolled back and nothing half-written was kept "
                "(run the command again to resume)")
+TERMINATED = "terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted")
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -122,7 +124,7 @@ def user_errors() -> Iterator[None]:
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     from icl_cli.errors import DataError, StepError
-    from store import BusyError, IntegrityError, NotAWorkspace, StoreError
+    from store import BusyError, IntegrityError, NotAWorkspace, StoreError, Terminated
 
     try:
         yield
@@ -136,6 +138,8 @@ def user_errors() -> Iterator[None]:
         raise fail(str(exc), 4) from None
     except (StoreError, StepError, DataError) as exc:
         raise fail(str(exc), 3) from None
+    except Terminated:
+        raise fail(TERMINATED, 143) from None
     except KeyboardInterrupt:
         raise fail(INTERRUPTED, 130) from None
     except OperationalError as exc:  # unreadable, read-only or full disk (busy is retried)

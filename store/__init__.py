@@ -24,6 +24,7 @@ from .errors import (
     IntegrityError,
     NotAWorkspace,
     StoreError,
+    Terminated,
 )
 from .infos import (
     AttackInfo,
@@ -53,6 +54,7 @@ __all__ = [
     "StepInfo",
     "Store",
     "StoreError",
+    "Terminated",
     "Tracker",
     "VerifyReport",
     "atomic_write",

@@ -37,3 +37,8 @@ class BusyError(StoreError):
 
 class ConflictError(StoreError):
     """A row already exists with different content (experiment config, checkpoint...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, Slurm and ``kill`` send), raised where Ctrl-C's
+    KeyboardInterrupt would be, so a step stops the same clean way."""

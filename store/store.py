@@ -38,7 +38,7 @@ from .catalog import (
     upgrade_schema,
     utcnow,
 )
-from .errors import ConflictError, ExperimentNotFound, NotAWorkspace, StoreError
+from .errors import ConflictError, ExperimentNotFound, NotAWorkspace, StoreError, Terminated
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import experiment_lock, is_locked_elsewhere
 from .results import ResultMethods
@@ -67,23 +67,30 @@ def config_hash(d: dict[str, Any]) -> str:
 
 @contextmanager
 def _ctrl_c_held() -> Iterator[list]:
-    """Hold Ctrl-C (SIGINT) during a short catalog write, so that the write and the code
-    that made it cannot disagree (a step row left ``running`` by an interrupt landing just
-    after the commit). Yields a list that is non-empty if Ctrl-C was pressed meanwhile;
-    the caller then raises KeyboardInterrupt at a clean point."""
+    """Hold Ctrl-C (SIGINT) and SIGTERM during a short catalog write, so that the write and
+    the code that made it cannot disagree (a step row left ``running`` by an interrupt
+    landing just after the commit). Yields a list of the signals that came meanwhile; the
+    caller then raises ``_interrupt(list)`` at a clean point."""
     pressed: list = []
     if threading.current_thread() is not threading.main_thread():
         yield pressed
         return
+    held = (signal.SIGINT, signal.SIGTERM)
     try:
-        old = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+        old = [signal.signal(sig, lambda signum, _: pressed.append(signum)) for sig in held]
     except (ValueError, OSError):  # not allowed here (embedded interpreter...)
         yield pressed
         return
     try:
         yield pressed
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
+        for sig, handler in zip(held, old, strict=True):
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _interrupt(pressed: list) -> KeyboardInterrupt:
+    """The interrupt to raise for the signals ``_ctrl_c_held`` held."""
+    return Terminated() if signal.SIGTERM in pressed else KeyboardInterrupt()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -293,10 +300,11 @@ class Store(ArtifactMethods, ResultMethods):
                 info = run_write(self.engine, start)
             try:
                 if pressed:
-                    raise KeyboardInterrupt
+                    raise _interrupt(pressed)
                 yield info
-            except KeyboardInterrupt:
-                self._finish(info.id, "interrupted", "interrupted (Ctrl-C)", t0)
+            except KeyboardInterrupt as exc:
+                how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                self._finish(info.id, "interrupted", f"interrupted ({how})", t0)
                 raise
             except BaseException as exc:
                 code = getattr(exc, "code", getattr(exc, "exit_code", 1))
@@ -317,7 +325,7 @@ class Store(ArtifactMethods, ResultMethods):
         with _ctrl_c_held() as pressed:
             run_write(self.engine, finish)
         if pressed and state == "ok":
-            raise KeyboardInterrupt  # the step is recorded as done; stop after it
+            raise _interrupt(pressed)  # the step is recorded as done; stop after it
 
     @staticmethod
     def _step_info(row: Step, exp: str, state: str) -> StepInfo:

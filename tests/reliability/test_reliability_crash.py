@@ -114,8 +114,12 @@ def test_ctrl_c_exits_cleanly_with_one_line(templates, name, tmp_path, logs):
     assert check_after_crash(ws, logs).get("temporary", []) == []
 
 
-def test_ctrl_c_through_the_console_entry_point(templates, tmp_path, logs):
-    """A cold ``python -m icl_cli synthesize``, interrupted once its step is running."""
+@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted"),
+                                            (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_through_the_console_entry_point(templates, tmp_path, logs, sig, code, words):
+    """A cold ``python -m icl_cli synthesize``, interrupted once its step is running: by
+    Ctrl-C, or by SIGTERM (what ``timeout`` and Slurm send), which is handled the same."""
     rng = random.Random(SEED)
     for attempt in range(8):  # the step takes ~0.3 s: on an idle machine it may finish first
         ws = templates.copy("round0", tmp_path / f"ws{attempt}")
@@ -125,15 +129,18 @@ def test_ctrl_c_through_the_console_entry_point(templates, tmp_path, logs):
             assert child.alive() and time.monotonic() < end, child.wait()
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.05))
-        assert child.kill(signal.SIGINT)
+        assert child.kill(sig)
         res = child.wait()
         if res.code != 0:
             break
-        # Finished before the signal: a clean exit, no traceback from the late Ctrl-C.
+        # Finished before the signal: a clean exit, no traceback from the late signal.
         assert "Traceback" not in res.stderr, res
-    assert res.code == 130, res
-    assert "interrupted" in one_line(res)
+    assert res.code == code, res
+    assert words in one_line(res)
     assert not rows(ws, "SELECT id FROM steps WHERE state = 'running'")  # marked interrupted
+    how = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+    assert rows(ws, "SELECT message FROM steps WHERE state = 'interrupted'") == [
+        (f"interrupted ({how})",)]
     assert check_after_crash(ws, logs).get("temporary", []) == []
     _resume(ws, logs)
     assert outcome(ws, "icl") == templates.reference
