@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +37,18 @@ def config_hash(d: dict[str, Any]) -> str:
 
 
 class _Config:
-    """Mixin: plain-dict round trip and a stable hash."""
+    """Mixin: plain-dict round trip, a stable hash, and finite numbers only."""
+
+    FLAGS: dict[str, str] = {}  # field -> the command-line flag that sets it, where not --name
+
+    def _check_finite(self) -> None:
+        """NaN or inf in any number field is refused, naming its flag (it would train or
+        sample garbage, and print as non-JSON ``NaN`` in ``--json`` output)."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = self.FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+                raise ValueError(f"{flag} must be a finite number, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -123,6 +135,9 @@ class TrainConfig(_Config):
     pn_weighting: PnWeighting = "per-sample"
     clip_grad: float | None = None
 
+    def __post_init__(self) -> None:
+        self._check_finite()
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         # Recorded before ``pn_weighting`` existed: those experiments trained (and resume)
@@ -157,6 +172,11 @@ class SamplerConfig(_Config):
     langevin_std: float = 0.0
     clamp: bool = False
     check_every: int = 1
+
+    FLAGS = {"lr": "--sampler-lr"}
+
+    def __post_init__(self) -> None:
+        self._check_finite()
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,10 @@ class SynthesisResult:
 def sampler_config(cfg: ExperimentConfig, **overrides) -> SamplerConfig:
     """The experiment's sampler settings with the command line's overrides applied."""
     changes = {k: v for k, v in overrides.items() if v is not None}
-    sc = cfg.sampler.replace(**changes)
+    try:
+        sc = cfg.sampler.replace(**changes)
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
     if sc.count <= 0:
         raise StepError(f"--count must be a positive number of samples per class, got {sc.count}")
     if sc.max_steps < 0 or sc.lr <= 0 or sc.reference_std <= 0 or sc.check_every < 1:
