@@ -27,6 +27,21 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from icl_cli import __version__
+
+        print(f"icl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print icl's version.")] = False,
+          ) -> None:
+    pass
+
+
 # --- options shared by several commands ---------------------------------------------
 Workspace = Annotated[Path | None, typer.Option(
     "--workspace", "-w", envvar="ICL_WORKSPACE",
@@ -68,7 +83,8 @@ def _runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: boo
 
 
 def _replay_verdict(what: str, match: bool | None) -> None:
-    """Print whether a replayed step reproduced its record; exit 4 when it did not."""
+    """Print whether a replayed step reproduced its record; exit 4 when it did not (the
+    same code as with --json, where ``replay_match`` carries the verdict)."""
     ui.out.print(f"replay of {what}: "
                  f"{'matches bit for bit' if match else 'DIFFERS from the record'}")
     raise typer.Exit(0 if match else 4)
@@ -200,7 +216,8 @@ def synthesize(
                              reference_std=reference_std, stop_rule=stop_rule,
                              langevin_std=langevin_std, clamp=clamp, check_every=check_every)
     if json:
-        return ui.emit_json(r)
+        ui.emit_json(r)
+        raise typer.Exit(4 if replay and not r.replay_match else 0)
     if replay:
         _replay_verdict(f"round {r.round} v{r.version}", r.replay_match)
     if r.reused:
@@ -247,7 +264,8 @@ def reclassify(
                         _runtime(device, threads, amp, no_mlflow), force=force, replay=replay,
                         changes=changes)
     if json:
-        return ui.emit_json(r)
+        ui.emit_json(r)
+        raise typer.Exit(4 if replay and not r.replay_match else 0)
     if replay:
         _replay_verdict(f"round {r.round}", r.replay_match)
     if r.reused:

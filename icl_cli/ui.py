@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -77,9 +78,16 @@ INTERRUPTED = ("interrupted; the step was rolled back and nothing half-written w
 TERMINATED = "terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted")
 
 
+_json_mode: list[bool] = [False]  # this command was given --json
+
+
 def fail(message: str, code: int) -> typer.Exit:
-    """Print one line on stderr; return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False)
+    """Print one line on stderr (and, under ``--json``, one JSON document on stdout, so a
+    script parses every outcome); return the Exit to raise."""
+    line = " ".join(str(message).split())
+    err.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
+    if _json_mode[0] and code not in _reported:
+        sys.stdout.write(json.dumps({"error": line, "exit_code": code}) + "\n")
     _reported.append(code)
     return typer.Exit(code)
 
@@ -97,6 +105,7 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         _reported.clear()
+        _json_mode[0] = "--json" in (sys.argv[1:] if args is None else list(args))
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as exc:  # click's usage errors (Typer vendors click)
@@ -170,11 +179,13 @@ def to_plain(obj: Any) -> Any:
         return [to_plain(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN or Infinity
     return obj
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(to_plain(obj), indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(to_plain(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:

@@ -269,3 +269,14 @@ def test_reclassify_takes_this_rounds_settings_and_replay_uses_them(tmp_path):
     assert len(state["history"]) == 3 and state["inputs"]["train"]["epochs"] == 3
     refused = icl("reclassify", *w, "--round", "0", "--epochs", "2", *COMMON, code=3)
     assert "round 0" in refused.stderr
+
+
+def test_version_and_json_errors(tmp_path):
+    from icl_cli import __version__
+
+    assert icl("--version").stdout.strip() == f"icl {__version__}"
+    # Under --json a failure is one JSON document on stdout too, beside the line on stderr.
+    out = icl("status", "-w", tmp_path / "nowhere", "--json", code=6)
+    doc = json.loads(out.stdout)
+    assert doc["exit_code"] == 6 and "not an icl workspace" in doc["error"]
+    assert out.stderr.count("\n") == 1
