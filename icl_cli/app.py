@@ -395,9 +395,16 @@ def status(workspace: Workspace = None, json: Json = False) -> None:
         return ui.emit_json({"workspace": str(store.root), "experiments": rows,
                              "recent_steps": steps})
     ui.table(f"workspace {store.root}", ["experiment", "method", "mode", "rounds", "shards",
-                                         "last test %", "running"],
+                                         "last test %", "running", "stale"],
              [[r.experiment, r.method, r.mode, r.rounds if r.rounds >= 0 else "-", r.shards,
-               ui.pct(r.test_error_last), "; ".join(r.running) or "-"] for r in rows])
+               ui.pct(r.test_error_last), "; ".join(r.running) or "-",
+               ", ".join(map(str, r.stale)) or "-"] for r in rows])
+    for r in rows:
+        if r.stale:
+            first = min(r.stale)
+            ui.note(f"'{r.experiment}': round {first} is stale ({r.stale[first]}); "
+                    f"`icl run -e {r.experiment} --rounds {max(r.rounds, max(r.stale))}` "
+                    "redoes it and the rounds after it")
     own = {r.experiment: r.config.get("train", {}) for r in rows}
     ui.table("recent steps", ["experiment", "step", "round", "state", "seconds", "changed"],
              [[s.experiment, s.name, s.round, s.state,
@@ -431,7 +438,13 @@ def verify(
             ui.out.print(f"temporary{' (removed)' if repair else ''}: {p}", highlight=False)
         for p in report.orphans:
             ui.out.print(f"orphan: {p}", highlight=False)
-        ui.out.print("workspace consistent" if report.ok else "workspace has problems")
+        for line in report.repaired:
+            ui.out.print(f"repaired: {line}", highlight=False)
+        for line in report.stale:
+            ui.out.print(f"stale: {line}", highlight=False)
+        ui.out.print(("workspace consistent" if report.ok else "workspace has problems")
+                     + (f"; {len(report.stale)} stale round(s): `icl run` redoes them"
+                        if report.stale else ""))
     raise typer.Exit(0 if report.ok or (repair and not report.problems) else 4)
 
 

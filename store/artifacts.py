@@ -160,6 +160,35 @@ class ArtifactMethods:
                 )
         return [by_round[r] for r in range(1, up_to + 1)]
 
+    def stale_rounds(self, experiment: str) -> dict[int, str]:
+        """Rounds whose shard or checkpoint no longer follows from the round before, with
+        why: a shard drawn from another checkpoint than the current t-1, a checkpoint
+        trained from another parent, or on a shard replaced (``--force``) after it was
+        trained; and every round after a stale one. From the catalog alone (no file read).
+        """
+        name = self.experiment(experiment).name
+        ckpts = {c.round: c for c in self.checkpoints(name)}
+        shards = {s.round: s for s in self.shards(name, active_only=True)}
+        out: dict[int, str] = {}
+        for t in sorted(set(ckpts) | set(shards)):
+            if t == 0:
+                continue
+            before, ck, sh = ckpts.get(t - 1), ckpts.get(t), shards.get(t)
+            if out.get(t - 1):
+                out[t] = f"round {t - 1} is stale"
+            elif sh is not None and before is not None and sh.source_checkpoint \
+                    and sh.source_checkpoint != before.sha256:
+                out[t] = f"its shard v{sh.version} was drawn from another checkpoint {t - 1}"
+            elif ck is not None and before is not None and ck.parent_sha256 \
+                    and ck.parent_sha256 != before.sha256:
+                out[t] = f"its checkpoint was trained from another checkpoint {t - 1}"
+            elif ck is not None and any(s.created_at > ck.created_at
+                                        for r, s in shards.items() if r <= t):
+                newer = min(r for r, s in shards.items() if r <= t
+                            and s.created_at > ck.created_at)
+                out[t] = f"the shard of round {newer} was replaced after it was trained"
+        return out
+
     def set_active(self, experiment: str, round: int, version: int) -> ShardInfo:
         """Make ``version`` the active shard of ``round`` (e.g. back to v1 after a replay)."""
         name = self.experiment(experiment).name

@@ -125,3 +125,4 @@ class VerifyReport:
     orphans: list[Path]
     ok: bool
     repaired: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # rounds downstream of a replaced file

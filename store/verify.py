@@ -1,15 +1,19 @@
 """``icl verify``: check the workspace against its catalog, optionally repair.
 
 Checked: every shard and checkpoint row (file exists, sha256 matches), leftover
-temporaries (``*.tmp-*`` under ``experiments/``, from a write that was killed), orphans
+temporaries (``<name>.tmp-<pid>-<8 hex>`` in an experiment's shards/, checkpoints/ or
+figures/ folder: exactly what icl writes, from a write that was killed), orphans
 (shard/checkpoint files no row names) and stale ``running`` steps (process gone).
 ``repair=True`` deletes temporaries whose writer is dead and marks stale steps
-interrupted; it never deletes orphans or anything the catalog references.
+interrupted; it never deletes orphans, anything the catalog references, or any file not
+named as icl names its temporaries. Rounds downstream of a replaced shard or checkpoint are
+listed as stale (``icl run`` redoes them).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,12 +29,25 @@ if TYPE_CHECKING:
     from .store import Store
 
 
+# Exactly what ``workspace.tmp_path_for`` writes: <name>.tmp-<pid>-<8 hex digits>.
+_TMP_NAME = re.compile(rf"^.+{re.escape(TMP_MARK)}(\d+)-[0-9a-f]{{8}}$")
+_TMP_DIRS = ("shards", "checkpoints", "figures")  # where icl writes into experiments/<name>/
+
+
+def _is_icl_temporary(path: Path, base: Path) -> bool:
+    """A temporary icl itself made: its exact name pattern, in a folder icl writes to.
+    Anything else (a user's ``notes.tmp-old``) is never listed or removed."""
+    rel = path.relative_to(base).parts
+    return (path.is_file() and not path.is_symlink() and len(rel) == 3
+            and rel[1] in _TMP_DIRS and _TMP_NAME.match(path.name) is not None)
+
+
 def _writer_alive(tmp: Path) -> bool:
     """True if the pid in ``<name>.tmp-<pid>-<random>`` is another live process."""
-    try:
-        pid = int(tmp.name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
-    except (IndexError, ValueError):
+    m = _TMP_NAME.match(tmp.name)
+    if m is None:
         return False
+    pid = int(m.group(1))
     return pid != os.getpid() and pid_alive(pid)
 
 
@@ -51,7 +68,7 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
     base = store.root / EXPERIMENTS_DIR
     temporary: list[Path] = []
     for tmp in sorted(base.rglob(f"*{TMP_MARK}*")) if base.is_dir() else []:
-        if not tmp.is_file():
+        if not _is_icl_temporary(tmp, base):
             continue
         if repair and not _writer_alive(tmp):
             tmp.unlink(missing_ok=True)
@@ -62,8 +79,8 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
     files = [*base.glob("*/shards/*.h5"), *base.glob("*/checkpoints/*.pt")] if base.is_dir() else []
     orphans = sorted(p for p in files if store.rel(p) not in referenced)
 
-    stale = [s for s in store.steps() if s.state == "interrupted" and s.finished_at is None]
-    for s in stale:
+    dead = [s for s in store.steps() if s.state == "interrupted" and s.finished_at is None]
+    for s in dead:
         what = f"`{s.name}{'' if s.round is None else f' --round {s.round}'}`"
         if repair:
             _mark_interrupted(store, s.id)
@@ -76,12 +93,15 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
     # A temporary file that a live icl process is writing right now is work in progress,
     # not an inconsistency: it is listed, but only a dead writer's leftover fails the check.
     leftovers = [t for t in temporary if not _writer_alive(t)]
+    stale = [f"round {t} of '{exp.name}': {why}" for exp in store.experiments()
+             for t, why in sorted(store.stale_rounds(exp.name).items())]
     return VerifyReport(
         problems=problems,
         temporary=temporary,
         orphans=orphans,
         ok=not problems and not leftovers,
         repaired=repaired,
+        stale=stale,
     )
 
 

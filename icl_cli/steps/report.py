@@ -72,6 +72,7 @@ class ExperimentRow:
     # Per round: what its steps measured besides the error (grad_norm_max, real_logit_max,
     # pool_logit_max from reclassify; outside_range, never_passed from synthesize).
     diagnostics: dict[int, dict[str, float | None]]
+    stale: dict[int, str]  # rounds that no longer follow from the round before, and why
 
 
 def experiment_rows(store) -> list[ExperimentRow]:
@@ -97,7 +98,7 @@ def experiment_rows(store) -> list[ExperimentRow]:
                         against_round=a.against_round, eps=a.eps,
                         made_here=a.counts["a_made"], made_there=a.counts["b_made"])
                    for a in store.attacks(exp.name)], cfg, exp.data_fingerprint,
-            store.metrics(exp.name)))
+            store.metrics(exp.name), store.stale_rounds(exp.name)))
     return sorted(rows, key=_paired_order(rows))
 
 

@@ -47,11 +47,21 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None,
         if t == 0 and store.checkpoint(exp.name, 0) is None:
             train_round(store, exp.name, 0, runtime)  # `icl init` was cut short: finish it
             ran.append("init")
-        if t > 0 and cfg.method != "baseline" and store.active_shard(exp.name, t) is None:
-            synth = synthesize_round(store, exp.name, t, runtime, count=count)
+        # A round downstream of a replaced shard or checkpoint is stale: redone here, its
+        # shard as a new version, its checkpoint retrained (store.stale_rounds says why).
+        redo = t > 0 and t in store.stale_rounds(exp.name)
+        shard = store.active_shard(exp.name, t) if t > 0 else None
+        before = store.checkpoint(exp.name, t - 1) if t > 0 else None
+        if t > 0 and cfg.method != "baseline" and (
+                shard is None or (redo and before is not None
+                                  and shard.source_checkpoint != before.sha256)):
+            synth = synthesize_round(store, exp.name, t, runtime, count=count,
+                                     force=shard is not None)
             ran.append("synthesize")
-        if t > 0 and store.checkpoint(exp.name, t) is None:
-            train_round(store, exp.name, t, runtime, changes=changes)
+        if t > 0 and (store.checkpoint(exp.name, t) is None
+                      or t in store.stale_rounds(exp.name)):
+            train_round(store, exp.name, t, runtime, changes=changes,
+                        force=store.checkpoint(exp.name, t) is not None)
             ran.append("reclassify")
         if t not in errors_by_round(store, exp.name):
             evaluate_round(store, exp.name, t, runtime)

@@ -1,0 +1,65 @@
+"""Rounds downstream of a replaced shard or checkpoint are stale: `icl status`, `icl verify`
+and `icl run` say so, and `icl run` redoes them; `icl verify --repair` removes only the
+temporaries icl itself made, and says what it removed."""
+
+from __future__ import annotations
+
+import json
+
+from relkit import COMMON, TINY, icl
+
+
+def _status(ws) -> dict:
+    return {e["experiment"]: e for e in json.loads(icl("status", "-w", ws, "--json").stdout)[
+        "experiments"]}
+
+
+def _ws(tmp_path):
+    ws = tmp_path / "ws"
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", *TINY, *COMMON)
+    icl("run", "-w", ws, "--rounds", "2", *COMMON)
+    assert _status(ws)["icl"]["stale"] == {}
+    return ws
+
+
+def test_a_replaced_shard_makes_its_round_and_the_later_ones_stale_until_run(tmp_path):
+    ws = _ws(tmp_path)
+    icl("synthesize", "-w", ws, "--round", "1", "--force", *COMMON)
+    stale = _status(ws)["icl"]["stale"]
+    assert sorted(stale) == ["1", "2"] and "replaced after it was trained" in stale["1"]
+    verify = icl("verify", "-w", ws)
+    assert "stale: round 1 of 'icl'" in verify.stdout
+    assert "2 stale round(s)" in verify.stdout
+    # run redoes round 1 (retrained on shard v2), then round 2 (a new shard, retrained).
+    rows = json.loads(icl("run", "-w", ws, "--rounds", "2", *COMMON, "--json").stdout)
+    assert [r["ran"] for r in rows] == [[], ["reclassify", "evaluate"],
+                                        ["synthesize", "reclassify", "evaluate"]]
+    assert _status(ws)["icl"]["stale"] == {}
+    assert "stale" not in icl("verify", "-w", ws).stdout
+    again = json.loads(icl("run", "-w", ws, "--rounds", "2", *COMMON, "--json").stdout)
+    assert all(r["ran"] == [] for r in again)
+
+
+def test_a_retrained_checkpoint_makes_the_next_shard_stale(tmp_path):
+    ws = _ws(tmp_path)
+    icl("reclassify", "-w", ws, "--round", "1", "--force", "--epochs", "2", *COMMON)
+    stale = _status(ws)["icl"]["stale"]
+    assert list(stale) == ["2"] and "another checkpoint 1" in stale["2"]
+    rows = json.loads(icl("run", "-w", ws, "--rounds", "2", *COMMON, "--json").stdout)
+    assert rows[2]["ran"] == ["synthesize", "reclassify", "evaluate"]
+    assert _status(ws)["icl"]["stale"] == {}
+
+
+def test_repair_removes_only_icls_own_temporaries_and_lists_them(tmp_path):
+    ws = _ws(tmp_path)
+    shards = ws / "experiments" / "icl" / "shards"
+    ours = shards / "round-0003.v1.h5.tmp-999999999-abcd1234"  # a dead writer's leftover
+    ours.write_bytes(b"half")
+    theirs = [shards / "notes.tmp-old", ws / "experiments" / "icl" / "x.h5.tmp-1-abcd1234",
+              shards / "round-0003.v1.h5.tmp-999999999-NOTHEX00"]
+    for p in theirs:
+        p.write_bytes(b"mine")
+    out = icl("verify", "-w", ws, "--repair")
+    assert f"removed leftover temporary {ours.relative_to(ws).as_posix()}" in out.stdout
+    assert not ours.exists() and all(p.read_bytes() == b"mine" for p in theirs)
+    assert all(p.name not in out.stdout for p in theirs)
