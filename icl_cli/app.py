@@ -48,7 +48,20 @@ Workspace = Annotated[Path | None, typer.Option(
     help="Workspace folder (default: the current folder or the nearest parent holding one).")]
 Experiment = Annotated[str | None, typer.Option(
     "--experiment", "-e", help="Experiment name (default: the only one, or the latest).")]
-Round = Annotated[int, typer.Option("--round", "-r", help="Round t.")]
+ROUND_LIMIT = 2**31  # what every catalog backend stores as an integer
+
+
+def _bounded(flag: str):
+    """A callback refusing a count or round too large to be stored (exit 3, one line)."""
+    def check(value: int | None) -> int | None:
+        if value is not None and abs(value) >= ROUND_LIMIT:
+            raise ui.fail(f"{flag} must be below {ROUND_LIMIT}, got {value}", 3)
+        return value
+    return check
+
+
+Round = Annotated[int, typer.Option("--round", "-r", help="Round t.",
+                                    callback=_bounded("--round"))]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")]
 Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast (GPU).")]
@@ -354,7 +367,8 @@ STEP_SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"
 
 @app.command()
 def run(
-    rounds: Annotated[int, typer.Option(help="Run rounds 1..T.")],
+    rounds: Annotated[int, typer.Option(help="Run rounds 1..T.",
+                                        callback=_bounded("--rounds"))],
     count: Annotated[int | None, typer.Option(help="Samples per class per round.")] = None,
     epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None, lr: RoundLr = None,
     pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,

@@ -214,12 +214,24 @@ def _sqlite_setup(engine: Engine) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets the concurrency settings above."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        _sqlite_setup(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    """An engine for ``url``; SQLite gets the concurrency settings above. A URL that does
+    not parse, or whose database driver is not installed, is a StoreError (one line)."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _sqlite_setup(engine)
+            return engine
+        return create_engine(url, pool_pre_ping=True)
+    except (ModuleNotFoundError, NoSuchModuleError) as exc:
+        driver = getattr(exc, "name", None) or str(exc).split(":")[-1].strip()
+        raise StoreError(f"the catalog URL {url.split('@')[-1]!r} needs the database driver "
+                         f"{driver!r}, which is not installed (for PostgreSQL: pip install "
+                         "'psycopg[binary]')") from None
+    except ArgumentError:
+        raise StoreError(f"the catalog URL {url!r} (ICL_CATALOG_URL) is not a database URL, "
+                         "e.g. postgresql+psycopg://user@host/db") from None
 
 
 def create_schema(engine: Engine) -> None:

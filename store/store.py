@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,7 +43,7 @@ from .errors import ConflictError, ExperimentNotFound, NotAWorkspace, StoreError
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import experiment_lock, is_locked_elsewhere
 from .results import ResultMethods
-from .tracking import NullTracker, Tracker
+from .tracking import NullTracker, Runs, Tracker
 from .workspace import (
     CATALOG_FILE,
     ICL_DIR,
@@ -264,7 +265,9 @@ class Store(ArtifactMethods, ResultMethods):
         wait: bool = False,
     ) -> Iterator[StepInfo]:
         """Run a step under the experiment lock and log it: a ``running`` row, then ok,
-        failed (an exception) or interrupted (Ctrl-C), with its duration. Re-raises."""
+        failed (an exception) or interrupted (Ctrl-C), with its duration. Re-raises.
+        The experiment's MLflow run, if this process tracks it, reads RUNNING meanwhile,
+        then FINISHED, FAILED or KILLED as the outermost step ends."""
         exp = self.experiment(experiment).name
         command = f"{name}{'' if round is None else f' --round {round}'} -e {exp}"
         with self.lock(exp, wait=wait, command=command):
@@ -298,7 +301,9 @@ class Store(ArtifactMethods, ResultMethods):
 
             with _ctrl_c_held() as pressed:  # the row and this code agree, even on Ctrl-C
                 info = run_write(self.engine, start)
+            run_status = "KILLED"  # what the MLflow run reads after this step
             try:
+                self._runs.step_started(exp)
                 if pressed:
                     raise _interrupt(pressed)
                 yield info
@@ -312,9 +317,14 @@ class Store(ArtifactMethods, ResultMethods):
                     ok = code in (0, None)  # typer.Exit(0) / sys.exit(0) is a success
                 else:
                     ok = False
+                run_status = "FINISHED" if ok else "FAILED"
                 self._finish(info.id, "ok" if ok else "failed", None if ok else _one_line(exc), t0)
                 raise
-            self._finish(info.id, "ok", None, t0)
+            else:
+                run_status = "FINISHED"
+                self._finish(info.id, "ok", None, t0)
+            finally:
+                self._runs.step_ended(exp, run_status)  # best effort, never raises
 
     def _finish(self, step_id: int, state: str, message: str | None, t0: float) -> None:
         def finish(s: Session) -> None:
@@ -392,11 +402,22 @@ class Store(ArtifactMethods, ResultMethods):
         writes the bytes to a temporary name that is then renamed into place."""
         return atomic_write(path, write_fn)
 
+    @cached_property
+    def _runs(self) -> Runs:
+        """The trackers this store made and its open steps (see ``store.tracking.Runs``)."""
+        return Runs()
+
     def tracker(self, experiment: str | None, enabled: bool = True) -> Tracker | NullTracker:
-        """The MLflow run of ``experiment`` (created on first use), or a NullTracker."""
+        """The MLflow run of ``experiment`` (created on first use, with the experiment's
+        config as params), or a NullTracker. One tracker per experiment and store; it
+        imports MLflow only when first used, and never raises (see ``store.tracking``)."""
         if not enabled:
             return NullTracker()
         exp = self.experiment(experiment)
+        uri = self.tracking_uri
+        known = self._runs.get(exp.name, uri)
+        if known is not None:
+            return known
 
         def save_run_id(new: str, old: str | None) -> str:
             def cas(s: Session) -> str:
@@ -409,7 +430,8 @@ class Store(ArtifactMethods, ResultMethods):
             return run_write(self.engine, cas)
 
         artifacts = (self.root / ICL_DIR / "mlartifacts").as_uri()
-        return Tracker(self.tracking_uri, artifacts, exp.name, exp.mlflow_run_id, save_run_id)
+        tracker = Tracker(uri, artifacts, exp.name, exp.mlflow_run_id, save_run_id)
+        return self._runs.add(exp.name, uri, tracker, exp.config)
 
     @property
     def tracking_uri(self) -> str:

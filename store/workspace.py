@@ -105,6 +105,9 @@ def atomic_write(path: Path, write_fn: Callable[[Path], object]) -> Path:
     exception re-raised; ``path`` is then untouched. Returns ``path``.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise StoreError(f"{path} is a folder where icl keeps a file: move it away, then run "
+                         "the command again")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -61,6 +62,10 @@ class Runtime:
     def apply(self) -> torch.device:
         if self.threads is not None and self.threads < 1:
             raise StepError(f"--threads must be >= 1, got {self.threads}")
+        cores = os.cpu_count() or 1
+        if self.threads is not None and self.threads > 4 * cores:
+            raise StepError(f"--threads {self.threads} is more than 4 per core of this "
+                            f"machine ({cores} cores)")
         device = self.torch_device()
         if self.threads:
             torch.set_num_threads(self.threads)

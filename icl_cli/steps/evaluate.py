@@ -33,10 +33,12 @@ class Evaluation:
 def load_model(store, name: str, round_: int, device: torch.device):
     """(config, model in eval mode) of an experiment's checkpoint at ``round_``."""
     exp = store.experiment(name)
+    if round_ < 0:
+        raise StepError(f"--round must be >= 0, got {round_}")
     info = store.checkpoint(exp.name, round_)
     if info is None:
         raise StepError(f"round {round_} of '{exp.name}' has no checkpoint: run "
-                        f"`icl reclassify --round {round_}`" if round_ > 0 else
+                        f"`icl reclassify --round {round_} -e {exp.name}`" if round_ > 0 else
                         f"experiment '{exp.name}' has no round-0 checkpoint: run `icl init`")
     cfg = ExperimentConfig.from_dict(exp.config)
     model = new_model(cfg, experiment_data(exp)).to(device)

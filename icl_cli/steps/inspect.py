@@ -91,7 +91,8 @@ def inspect_round(store, name: str, round_: int, version: int | None = None) -> 
     else:
         info = next((s for s in shards if s.version == version), None)
     if info is None:
-        which = f"version {version} of round {round_}" if version else f"round {round_}"
+        which = f"version {version} of round {round_}" if version is not None \
+            else f"round {round_}"
         raise StepError(f"'{exp.name}' has no shard for {which}: run "
                         f"`icl synthesize --round {round_}`")
     a = store.read_shard(info)

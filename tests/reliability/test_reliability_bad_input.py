@@ -204,6 +204,19 @@ def _cases(ws: Path, data: dict[str, Path], tmp: Path) -> list[tuple]:
          "valid integer"),
         ("missing --round", ["synthesize", *w, "-e", "icl"], 2, "--round"),
         ("unknown command", ["synthesise", *w], 2, "No such command"),
+        ("round beyond int64", ["synthesize", *w, "-e", "icl", "-r", "9" * 20, *COMMON], 3,
+         "--round must be below"),
+        ("--rounds beyond int64", ["run", *w, "-e", "icl", "--rounds", "9" * 20, *COMMON], 3,
+         "--rounds must be below"),
+        ("--threads 100000", ["evaluate", *w, "-e", "icl", "--threads", 100000,
+                              "--no-mlflow"], 3, "more than 4 per core"),
+        ("evaluate round -1", ["evaluate", *w, "-e", "icl", "-r", -1, *COMMON], 3,
+         "--round must be >= 0"),
+        ("inspect version 0", ["inspect", *w, "-e", "icl", "-r", 1, "--version", 0], 3,
+         "version 0 of round 1"),
+        ("attack a missing round", ["attack", *w, "-e", "icl", "-r", 1, "--against",
+                                    "base:999", *COMMON], 3,
+         "`icl reclassify --round 999 -e base`"),
     ]
 
 
@@ -227,6 +240,30 @@ def test_user_mistakes_get_one_line_and_change_nothing(ws, data, tmp_path):
         assert words in line, (what, line)
         assert_unchanged(before, snapshot(ws), what)
     assert beside() == outside  # nothing appeared beside the workspace either
+
+
+@pytest.mark.parametrize("url,words", [
+    ("garbage", "is not a database URL"),
+    ("postgresql+nosuchdriver://u@/db", "needs the database driver"),
+], ids=["malformed", "no driver"])
+def test_a_bad_catalog_url_is_one_line(ws, url, words):
+    before = snapshot(ws)
+    res = icl("status", "-w", ws, code=3, env={"ICL_CATALOG_URL": url})
+    assert words in one_line(res)
+    assert_unchanged(before, snapshot(ws), url)
+
+
+def test_a_folder_in_place_of_a_checkpoint_is_named(tmp_path):
+    from relkit import INIT
+
+    ws = tmp_path / "ws"
+    icl(*INIT, "-w", ws)
+    ckpt = ws / "experiments" / "icl" / "checkpoints" / "round-0000.pt"
+    ckpt.unlink()
+    ckpt.mkdir()
+    res = icl("reclassify", "-w", ws, "--round", "0", "--force", *COMMON, code=3)
+    assert "is a folder where icl keeps a file" in one_line(res)
+    assert ckpt.is_dir() and not list(ckpt.parent.glob("*.tmp-*"))
 
 
 def test_icl_workspace_variable_pointing_nowhere(tmp_path):
