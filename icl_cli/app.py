@@ -408,11 +408,12 @@ def status(workspace: Workspace = None, json: Json = False) -> None:
     if json:
         return ui.emit_json({"workspace": str(store.root), "experiments": rows,
                              "recent_steps": steps})
+    any_stale = any(r.stale for r in rows)  # the column only when there is something in it
     ui.table(f"workspace {store.root}", ["experiment", "method", "mode", "rounds", "shards",
-                                         "last test %", "running", "stale"],
+                                         "last test %", "running"] + ["stale"] * any_stale,
              [[r.experiment, r.method, r.mode, r.rounds if r.rounds >= 0 else "-", r.shards,
-               ui.pct(r.test_error_last), "; ".join(r.running) or "-",
-               ", ".join(map(str, r.stale)) or "-"] for r in rows])
+               ui.pct(r.test_error_last), "; ".join(r.running) or "-"]
+              + [", ".join(map(str, r.stale)) or "-"] * any_stale for r in rows])
     for r in rows:
         if r.stale:
             first = min(r.stale)

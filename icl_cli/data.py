@@ -286,6 +286,9 @@ def load(cfg: DataConfig) -> Dataset:
     rest = torch.ones(len(train_y), dtype=torch.bool)
     rest[val_idx] = False
     rest_idx = rest.nonzero().squeeze(1)
+    if len(rest_idx) == 0:
+        raise DataError(f"{name}: --val-size {cfg.val_size} leaves no training images (the "
+                        f"training set holds {len(train_y)})")
     if cfg.train_size is not None and cfg.train_size < len(rest_idx):
         rest_idx = rest_idx[balanced_subset(train_y[rest_idx], cfg.train_size, g)]
     train = Split(train_x[rest_idx], train_y[rest_idx])

@@ -19,7 +19,7 @@ from . import shards as shard_files
 from .catalog import Checkpoint, Experiment, Shard, read_session, run_write, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
 from .infos import CheckpointInfo, ShardInfo
-from .workspace import atomic_write, sha256_file
+from .workspace import EXPERIMENTS_DIR, atomic_write, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,6 +159,25 @@ class ArtifactMethods:
                     f"run `icl synthesize --round {r} -e {name}` first"
                 )
         return [by_round[r] for r in range(1, up_to + 1)]
+
+    def forget_experiment(self, experiment: str) -> None:
+        """Remove an experiment that has no shard and no checkpoint (an ``icl init`` that
+        failed before C_0 was saved): its catalog rows and its empty folders. Refuses
+        (StoreError) once it has any artefact."""
+        name = self.experiment(experiment).name
+        if self.shards(name) or self.checkpoints(name):
+            raise StoreError(f"experiment '{name}' has shards or checkpoints; not removed")
+
+        def drop(s: Session) -> None:
+            s.delete(self._exp_row(s, name))
+
+        run_write(self.engine, drop)
+        folder = self.root / EXPERIMENTS_DIR / name
+        for sub in sorted(folder.glob("*"), reverse=True) if folder.is_dir() else []:
+            if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+                sub.rmdir()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
     def stale_rounds(self, experiment: str) -> dict[int, str]:
         """Rounds whose shard or checkpoint no longer follows from the round before, with

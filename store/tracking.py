@@ -35,7 +35,7 @@ from typing import Any
 MLFLOW_EXPERIMENT = "icl"
 _PARAM_MAX = 6000  # MLflow's limit on a param value
 _HTTP_DEFAULTS = {  # MLflow's own: 120 s a request, 7 retries with backoff (minutes in all)
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
@@ -77,17 +77,32 @@ def _one_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+def _reason(exc: BaseException) -> str:
+    """The root cause of ``exc``, on one line: "ConnectionRefusedError: [Errno 111]...",
+    "DatabaseError: file is not a database" (MLflow's own message buries it)."""
+    root = exc
+    for _ in range(20):  # the chain of causes is short; never loop on a cycle
+        nxt = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if nxt is None:
+            break
+        root = nxt
+    return _one_line(exc) if root is exc else f"{type(root).__name__}: {_one_line(root)}"
+
+
 def _give_up(tracking_uri: str, exc: Exception) -> None:
     """Turn tracking off for this process; warn once, on one stderr line."""
     global _failure
     _log.debug("MLflow tracking failed", exc_info=exc)
     if _failure is not None:
         return
-    _failure = _one_line(exc)
+    _failure = _reason(exc)
+    if os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri:
+        fix = "check MLFLOW_TRACKING_URI, or pass --no-mlflow"
+    else:  # the workspace's own mlflow.db: damaged, locked, unwritable...
+        fix = "check or move away that file, or pass --no-mlflow"
     print(
         f"warning: MLflow tracking at {tracking_uri} failed ({_failure}); the work is recorded "
-        "in the catalog, MLflow tracking is off for the rest of this command (fix "
-        "MLFLOW_TRACKING_URI or pass --no-mlflow)",
+        f"in the catalog, MLflow tracking is off for the rest of this command ({fix})",
         file=sys.stderr,
         flush=True,
     )
@@ -226,8 +241,11 @@ class Tracker(NullTracker):
                 info = client.get_run(run_id).info
                 if info.lifecycle_stage == "active":
                     return run_id, info.status
-            except MlflowException:
-                pass  # deleted, or the user switched MLFLOW_TRACKING_URI: start a new run
+            except MlflowException as exc:
+                # Deleted, mlflow.db lost, or MLFLOW_TRACKING_URI switched: start a new run.
+                # Anything else (server down...) is a failure, not a reason for a new run.
+                if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    raise
         exp_id = self._experiment_id(artifact_location)
         run = client.create_run(exp_id, run_name=run_name, tags={"icl.experiment": run_name})
         winner = save_run_id(run.info.run_id, run_id)
@@ -255,10 +273,9 @@ class Tracker(NullTracker):
             self._terminate("FINISHED")
 
     def begin(self) -> None:
-        """A step of the experiment starts in this process: the run is RUNNING again
-        (once connected: a tracker never used costs no MLflow call)."""
+        """A step of the experiment starts in this process: the run is RUNNING again."""
         self.open_steps += 1
-        self._safely(self._set_running, connect=False)
+        self._safely(self._set_running)
 
     def end(self, status: str = "FINISHED") -> None:
         """A step ends; when it is the outermost, the run ends with ``status``."""

@@ -9,6 +9,7 @@ from typing import Any
 from icl_cli.config import ExperimentConfig
 from icl_cli.steps.common import Runtime, StepError, dataset, experiment_data
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
+from icl_cli.steps.report import errors_by_round
 from icl_cli.steps.train import train_round
 
 # What a paired experiment must share with the one it starts from (SPEC, "Fair comparisons").
@@ -115,11 +116,21 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         cfg = compose(overrides)
         data = dataset(cfg)  # a missing or broken data folder fails here, before any write
         store = open_store()
+    existed = any(e.name == name for e in store.experiments())
     exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
                                   parent_round=parent_round, data_fingerprint=data.fingerprint)
-    # C_0: trained from scratch, or copied from the parent (see train_round).
-    if train_round(store, exp.name, 0, runtime).reused:
+    # C_0: trained from scratch, or copied from the parent (see train_round). An init that
+    # fails before C_0 exists (diverged, interrupted) leaves no experiment behind, so the
+    # same name can be tried again with other settings.
+    try:
+        reused = train_round(store, exp.name, 0, runtime).reused
+    except BaseException:
+        if not existed and store.checkpoint(exp.name, 0) is None:
+            store.forget_experiment(exp.name)
+        raise
+    if reused and "test" in errors_by_round(store, exp.name).get(0, {}):
         return InitResult(exp.name, from_, True, [], exp.config)
+    # (a C_0 saved by an init cut short before its evaluation is evaluated now)
     evaluations = None
     if parent is not None:
         evaluations = copy_parent_evaluations(store, exp.name, parent.name, parent_round,

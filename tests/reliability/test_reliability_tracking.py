@@ -57,7 +57,8 @@ def test_unreachable_server_costs_seconds_and_one_warning(tmp_path, monkeypatch,
         assert st.experiment("icl").mlflow_run_id is None
     assert time.monotonic() - t0 < 15
     (line,) = warnings_in(capfd.readouterr().err)
-    assert "http://127.0.0.1:1" in line and "recorded in the catalog" in line
+    assert "http://127.0.0.1:1" in line and "Connection refused" in line
+    assert "recorded in the catalog" in line and "MLFLOW_TRACKING_URI" in line
 
 
 def test_corrupt_mlflow_db_warns_once(tmp_path, capfd):
@@ -68,7 +69,7 @@ def test_corrupt_mlflow_db_warns_once(tmp_path, capfd):
     with st:
         work(st)
     (line,) = warnings_in(capfd.readouterr().err)
-    assert "not a database" in line
+    assert "not a database" in line and "MLFLOW_TRACKING_URI" not in line  # not set here
     assert db.read_bytes() == garbage  # the user's file is left for them to look at
 
 

@@ -122,6 +122,20 @@ def test_interrupted_step_leaves_the_run_killed(tracked, interrupt):
     assert status(tracked) == "KILLED"
 
 
+def test_a_tracker_made_before_the_step_follows_it(tracked):
+    """A step that logs only after it ends (as synthesize does) still shows in the run
+    when its tracker was made first."""
+    tracker = tracked.tracker("icl")
+    with pytest.raises(Terminated), tracked.step("icl", "synthesize", 1, {}):
+        assert status(tracked) == "RUNNING"
+        raise Terminated
+    assert status(tracked) == "KILLED"
+    with tracked.step("icl", "synthesize", 1, {}):
+        assert status(tracked) == "RUNNING"
+    tracker.log_metrics({"pass_rate": 0.5}, step=1)
+    assert status(tracked) == "FINISHED"
+
+
 def test_failed_step_leaves_the_run_failed(tracked):
     with pytest.raises(ValueError), tracked.step("icl", "reclassify", 1, {}):
         tracked.tracker("icl").log_metrics({"train_loss": 0.5}, step=1)
