@@ -169,7 +169,9 @@ def init(
     from icl_cli.steps.init import init_experiment
 
     groups: dict[str, dict[str, Any]] = {
-        "data": dict(dataset=dataset, root=str(data_root) if data_root else None,
+        # The data folder as an absolute path: never resolved against a later command's
+        # current folder.
+        "data": dict(dataset=dataset, root=str(data_root.resolve()) if data_root else None,
                      download=download, train_size=train_size, val_size=val_size,
                      augment=augment, seed=data_seed if data_seed is not None else seed),
         "model": dict(mode=mode, arch=arch),

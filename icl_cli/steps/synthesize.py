@@ -109,11 +109,17 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
     if replay:
         if active is None:
             raise StepError(f"round {t} of '{exp.name}' has no shard to replay")
+        if active.source_checkpoint not in (None, source.sha256):
+            raise StepError(f"checkpoint {t - 1} of '{exp.name}' changed since round {t} was "
+                            "synthesized: it cannot be replayed")
         sc, seed = SamplerConfig.from_dict(active.sampler_config), active.seed
+        amp = bool(active.sampler_config.get("amp", False))  # as recorded, not as asked
     else:
         sc = sampler_config(cfg, **overrides)
+        amp = runtime.amp
         if active is not None and not force:
-            if active.sampler_config == sc.to_dict() and active.source_checkpoint == source.sha256:
+            if active.sampler_config == _recorded(sc, amp) and \
+                    active.source_checkpoint == source.sha256:
                 return _summary(store, active, reused=True)
             raise StepError(f"round {t} of '{exp.name}' already has shard v{active.version} "
                             f"from other settings or another checkpoint: pass --force to "
@@ -123,15 +129,15 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
 
     device = runtime.apply()
     data = experiment_data(exp)
-    step_cfg = {"round": t, "sampler": sc.to_dict(), "seed": seed, "source": source.sha256,
-                "device": str(device), "replay": replay}
+    step_cfg = {"round": t, "sampler": _recorded(sc, amp), "seed": seed,
+                "source": source.sha256, "device": str(device), "replay": replay}
     with store.step(exp.name, "replay-synthesize" if replay else "synthesize", t, step_cfg):
         model = new_model(cfg, data).to(device)
         load_weights(model, store, source, device)
         t0 = time.perf_counter()
         advance = runtime.progress.task(f"synthesize round {t}", sc.max_steps)
-        out = draw(model, sc, data.num_classes, data.shape, seed, device, runtime.amp_dtype,
-                   progress=lambda step, active: advance(1))
+        out = draw(model, sc, data.num_classes, data.shape, seed, device,
+                   torch.bfloat16 if amp else None, progress=lambda step, active: advance(1))
         runtime.progress.done()
         seconds = time.perf_counter() - t0
         arrays = _arrays(out)
@@ -140,7 +146,8 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
             same = all(np.array_equal(recorded[k], v) for k, v in arrays.items())
             return _summary(store, active, reused=False, seconds=seconds, replay_match=same)
         info = store.write_shard(exp.name, t, arrays, {
-            "seed": seed, "sampler_config": sc.to_dict(), "source_checkpoint": source.sha256})
+            "seed": seed, "sampler_config": _recorded(sc, amp),
+            "source_checkpoint": source.sha256})
     result = _summary(store, info, reused=False, seconds=seconds, arrays=arrays,
                       max_steps=sc.max_steps)
     health = sample_health(arrays)
@@ -149,6 +156,12 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
         {"pass_rate": result.pass_rate, "mean_steps": result.mean_steps,
          "synthesize_seconds": seconds, **health}, step=t)
     return result
+
+
+def _recorded(sc: SamplerConfig, amp: bool) -> dict:
+    """The sampler settings as a shard records them: with ``"amp": true`` when the samples
+    were drawn under bf16 autocast (it changes them), so a replay draws them the same way."""
+    return {**sc.to_dict(), **({"amp": True} if amp else {})}
 
 
 def sample_health(arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -40,13 +40,16 @@ def _transform(cfg: ExperimentConfig, gen: torch.Generator):
     return to_input
 
 
-def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = None
-                   ) -> dict[str, Any]:
+def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = None,
+                   amp: bool = False) -> dict[str, Any]:
     """What a checkpoint was trained from: compared to decide whether a rerun is a no-op.
-    ``changed``: the round's reclassify settings, when they differ from the experiment's."""
+    ``changed``: the round's reclassify settings, when they differ from the experiment's;
+    ``amp``: trained under bf16 autocast (recorded only then)."""
     out: dict[str, Any] = {"parent": parent_sha, "shards": [s.sha256 for s in shards]}
     if changed:
         out["train"] = changed
+    if amp:
+        out["amp"] = True
     return out
 
 
@@ -135,11 +138,13 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
     if replay:
         shards, inputs = _recorded_inputs(store, exp.name, t, existing, parent)
         tc = TrainConfig.from_dict(inputs["train"]) if "train" in inputs else cfg.train
+        amp = bool(inputs.get("amp", False))  # as recorded, not as asked
     else:
         active = t > 0 and cfg.method != "baseline"
         shards = store.active_shards(exp.name, t) if active else []
+        amp = runtime.amp
         inputs = _inputs_record(parent.sha256 if parent else None, shards,
-                                tc.to_dict() if tc != cfg.train else None)
+                                tc.to_dict() if tc != cfg.train else None, amp)
     if existing is not None and not force and not replay:
         state = store.load_checkpoint(existing)
         if state.get("inputs") == inputs:
@@ -174,7 +179,8 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
                 pn_weight=tc.pn_weight, pn_weighting=tc.pn_weighting, clip_grad=tc.clip_grad,
                 real_epochs=tc.real_epochs if t else 0,
                 real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
-                transform=_transform(cfg, real_gen), amp_dtype=runtime.amp_dtype,
+                transform=_transform(cfg, real_gen),
+                amp_dtype=torch.bfloat16 if amp else None,
                 progress=advance,
             )
         except Diverged as e:

@@ -63,3 +63,18 @@ def test_repair_removes_only_icls_own_temporaries_and_lists_them(tmp_path):
     assert f"removed leftover temporary {ours.relative_to(ws).as_posix()}" in out.stdout
     assert not ours.exists() and all(p.read_bytes() == b"mine" for p in theirs)
     assert all(p.name not in out.stdout for p in theirs)
+
+
+def test_replay_uses_what_was_recorded_and_refuses_a_changed_source(tmp_path):
+    ws = _ws(tmp_path)
+    w = ["-w", ws, "-e", "icl"]
+    amp = json.loads(icl("synthesize", *w, "--round", "2", "--force", "--amp", *COMMON,
+                         "--json").stdout)
+    # Replayed without --amp, it draws as recorded (bf16 autocast), and says so the same
+    # way with and without --json.
+    replay = icl("synthesize", *w, "--round", "2", "--replay", *COMMON, "--json")
+    assert json.loads(replay.stdout)["replay_match"] is True
+    assert json.loads(replay.stdout)["version"] == amp["version"]
+    icl("reclassify", *w, "--round", "1", "--force", "--epochs", "2", *COMMON)
+    refused = icl("synthesize", *w, "--round", "2", "--replay", *COMMON, code=3)
+    assert "checkpoint 1 of 'icl' changed since round 2 was synthesized" in refused.stderr

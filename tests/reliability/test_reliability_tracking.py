@@ -61,6 +61,18 @@ def test_unreachable_server_costs_seconds_and_one_warning(tmp_path, monkeypatch,
     assert "recorded in the catalog" in line and "MLFLOW_TRACKING_URI" in line
 
 
+def test_unreachable_server_keeps_the_recorded_run(tmp_path, monkeypatch, capfd):
+    """A server that is down is no reason to replace the experiment's run by a new one."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    with Store.init(tmp_path / "ws") as st:
+        st.create_experiment("icl", CONFIG)
+        execute(st.root, "UPDATE experiments SET mlflow_run_id = ?", "0" * 32)
+        with st.step("icl", "synthesize", 1, {}):
+            st.tracker("icl").log_metrics({"pass_rate": 0.5}, step=1)
+        assert st.experiment("icl").mlflow_run_id == "0" * 32
+    assert len(warnings_in(capfd.readouterr().err)) == 1
+
+
 def test_corrupt_mlflow_db_warns_once(tmp_path, capfd):
     st = Store.init(tmp_path / "ws")
     db = st.root / ".icl" / "mlflow.db"
