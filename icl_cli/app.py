@@ -486,8 +486,9 @@ def report(
 
 
 def _terminated(signum, frame) -> None:
-    from store import Terminated
+    from store.errors import Terminated
 
+    ui.TERMINATED_BY.append(signum)
     raise Terminated  # unwinds like Ctrl-C: the step is logged interrupted, temps removed
 
 

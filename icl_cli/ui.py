@@ -76,6 +76,7 @@ _reported: list[int] = []  # exit codes whose one-line message was printed (this
 INTERRUPTED = ("interrupted; the step was rolled back and nothing half-written was kept "
                "(run the command again to resume)")
 TERMINATED = "terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted")
+TERMINATED_BY: list[int] = []  # the SIGTERM handler (icl_cli.app) appends the signal
 
 
 _json_mode: list[bool] = [False]  # this command was given --json
@@ -122,8 +123,12 @@ class OneLineErrors(TyperGroup):
             fail(INTERRUPTED, 130)
             sys.exit(130)
         code = code if isinstance(code, int) else 0
-        if code == 130 and 130 not in _reported:  # Ctrl-C outside `user_errors`
-            fail(INTERRUPTED, 130)
+        # An interrupt outside `user_errors` (e.g. while torch imports): Typer turns it
+        # into exit 130; SIGTERM's handler left its mark in TERMINATED_BY.
+        if code == 130 and TERMINATED_BY:
+            code = 143
+        if code in (130, 143) and code not in _reported:
+            fail(TERMINATED if code == 143 else INTERRUPTED, code)
         sys.exit(code)
 
 

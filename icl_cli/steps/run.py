@@ -33,7 +33,9 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     runtime.apply()
     # One lock for the whole loop: a second `icl run` of this experiment gets BusyError
     # at once instead of interleaving its steps with ours.
-    with store.lock(exp.name):
+    # The MLflow run stays RUNNING for the whole loop and ends as the command does
+    # (FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED), also when cut between two steps.
+    with store.lock(exp.name), store.tracker(exp.name, enabled=runtime.mlflow):
         return _run_rounds(store, exp, rounds, runtime, count, changes)
 
 

@@ -131,6 +131,8 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
     data = experiment_data(exp)
     step_cfg = {"round": t, "sampler": _recorded(sc, amp), "seed": seed,
                 "source": source.sha256, "device": str(device), "replay": replay}
+    # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
+    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     with store.step(exp.name, "replay-synthesize" if replay else "synthesize", t, step_cfg):
         model = new_model(cfg, data).to(device)
         load_weights(model, store, source, device)
@@ -152,7 +154,7 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
                       max_steps=sc.max_steps)
     health = sample_health(arrays)
     store.record_metrics(exp.name, t, health)
-    store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(
+    tracker.log_metrics(
         {"pass_rate": result.pass_rate, "mean_steps": result.mean_steps,
          "synthesize_seconds": seconds, **health}, step=t)
     return result

@@ -157,6 +157,8 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
     data = experiment_data(exp)
     step_cfg = {"round": t, "train": tc.to_dict(), "inputs": inputs,
                 "device": str(device), "replay": replay}
+    # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
+    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     with store.step(exp.name, "replay-reclassify" if replay else "reclassify", t, step_cfg):
         model = new_model(cfg, data).to(device)
         lr = round_lr(tc.lr, t, tc.decay_round, tc.decay_factor)
@@ -199,7 +201,6 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
     seconds = sum(h.seconds for h in history)
     peaks = training_peaks(history)
     store.record_metrics(exp.name, t, peaks)
-    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     tracker.log_metrics({"train_loss": history[-1].loss, "real_loss": history[-1].real_loss,
                          "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
                          "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
