@@ -147,6 +147,9 @@ def init(
     = None,
     weight_decay: Annotated[float | None, typer.Option(
         help="SGD weight decay of the reclassify steps (default 0).")] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        help="Run a batch with more real + pseudo-negative rows than this in pieces, "
+        "gradients accumulated: the same step, bounded memory (no batch norm).")] = None,
     count: Annotated[int | None, typer.Option(help="Pseudo-negatives per class per round.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Sampler steps at most.")] = None,
     sampler_lr: Annotated[float | None, typer.Option(help="Sampler Adam step size.")] = None,
@@ -177,7 +180,7 @@ def init(
         "model": dict(mode=mode, arch=arch),
         "train": dict(epochs=epochs, real_epochs=real_epochs, batch_size=batch_size, lr=lr,
                       decay_round=decay_round, pn_weight=pn_weight, pn_weighting=pn_weighting,
-                      clip_grad=clip_grad, weight_decay=weight_decay),
+                      clip_grad=clip_grad, weight_decay=weight_decay, max_batch=max_batch),
         "sampler": dict(count=count, max_steps=max_steps, lr=sampler_lr,
                         reference_std=reference_std, stop_rule=stop_rule,
                         langevin_std=langevin_std, clamp=clamp),
@@ -257,6 +260,8 @@ RoundClipGrad = Annotated[float | None, typer.Option(
     "--clip-grad", help="Gradient-norm clip (0: off).")]
 RoundWeightDecay = Annotated[float | None, typer.Option(
     "--weight-decay", help="SGD weight decay.")]
+RoundMaxBatch = Annotated[int | None, typer.Option(
+    "--max-batch", help="Rows per forward pass at most (pieces, gradients accumulated).")]
 
 
 @app.command()
@@ -264,7 +269,7 @@ def reclassify(
     round_: Round, epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None,
     lr: RoundLr = None, pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
     clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
-    force: Force = False, replay: Replay = False,
+    max_batch: RoundMaxBatch = None, force: Force = False, replay: Replay = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -273,7 +278,8 @@ def reclassify(
     from icl_cli.steps.train import train_round
 
     changes = dict(epochs=epochs, real_epochs=real_epochs, lr=lr, pn_weight=pn_weight,
-                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay)
+                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay,
+                   max_batch=max_batch)
     with ui.user_errors():
         r = train_round(_store(workspace), experiment, round_,
                         _runtime(device, threads, amp, no_mlflow), force=force, replay=replay,
@@ -375,6 +381,7 @@ def run(
     epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None, lr: RoundLr = None,
     pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
     clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
+    max_batch: RoundMaxBatch = None,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -383,7 +390,8 @@ def run(
     from icl_cli.steps.run import run_rounds
 
     changes = dict(epochs=epochs, real_epochs=real_epochs, lr=lr, pn_weight=pn_weight,
-                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay)
+                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay,
+                   max_batch=max_batch)
     with ui.user_errors():
         store = _store(workspace)
         name = store.experiment(experiment).name

@@ -120,6 +120,8 @@ class TrainConfig(_Config):
     real image weighs) or ``batch-mean`` (the ablation: mean over the real rows + w * mean
     over the batch's pseudo-negatives, which makes one pseudo-negative weigh B / P images).
     clip_grad: clip the gradient's global L2 norm to this before each step (None or 0: off).
+    max_batch: run a mixed batch with more rows than this in pieces, gradients accumulated
+    (same step up to floating-point order, bounded memory; None: one pass).
     decay_round: from this round on the learning rate is ``lr * decay_factor``.
     """
 
@@ -134,6 +136,7 @@ class TrainConfig(_Config):
     pn_weight: float = 1.0
     pn_weighting: PnWeighting = "per-sample"
     clip_grad: float | None = None
+    max_batch: int | None = None
 
     def __post_init__(self) -> None:
         self._check_finite()

@@ -217,6 +217,7 @@ def reclassify(
     pn_weight: float = 1.0,
     pn_weighting: str = "per-sample",
     clip_grad: float | None = None,
+    max_batch: int | None = None,
     real_epochs: int = 0,
     real_gen: torch.Generator,
     pn_gen: torch.Generator,
@@ -233,6 +234,10 @@ def reclassify(
     for networks without batch norm), not through all K: 1/K of its cost.
     ``pn_weighting`` picks eq. 11's per-sample sum or the batch-mean ablation (see
     ``icl_cli.algo.losses``); ``clip_grad`` clips each step's global gradient norm.
+    ``max_batch`` bounds the rows one forward pass sees: a batch with more real plus
+    pseudo-negative rows is run as its real rows, then its pseudo-negatives in pieces of
+    ``max_batch``, with the gradients accumulated (the same step up to floating-point
+    order), so peak memory stays bounded whatever the pool (networks without batch norm).
 
     Shape: real_x (N, C, H, W), real_y (N,), pn_x (P, C, H, W), pn_class (P,).
     """
@@ -240,8 +245,11 @@ def reclassify(
     device = real_x.device
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
     heads = getattr(model, "heads", 1)
+    if max_batch is not None and (max_batch < 1 or has_batch_norm(model)):
+        raise ValueError("max_batch needs a positive size and a network without batch norm "
+                         "(batch statistics would change with the split)")
     per_head = (mode == "ova" and heads > 1 and hasattr(model, "forward_heads")
-                and not has_batch_norm(model))
+                and not has_batch_norm(model) and max_batch is None)
     pn_class_cpu = pn_class.cpu() if per_head else None  # one sync per call, not per batch
     model.train()
     history = []
@@ -261,6 +269,19 @@ def reclassify(
             if transform is not None:
                 xr = transform(xr)
             nr = len(real_idx)
+            if max_batch is not None and nr + len(pn_idx) > max_batch:
+                optimizer.zero_grad(set_to_none=True)
+                loss, real, pn, real_logits, pn_f = _accumulate(
+                    model, loss_fn, xr, real_y[real_idx], pn_x, pn_idx, pn_class, heads,
+                    pn_weight, pn_weighting, mode, max_batch, autocast)
+                norm = grad_norm(model, clip_grad)
+                optimizer.step()
+                sums += torch.stack([loss, real, pn])
+                peaks = torch.maximum(peaks, torch.stack([
+                    norm, _abs_max(real_logits), pn_f]))
+                if progress is not None:
+                    progress(nr + len(pn_idx))
+                continue
             with autocast:
                 if pn_counts is not None:  # ova: network k sees the real batch + its own pn
                     own = pn_x[pn_idx].split(pn_counts)
@@ -288,6 +309,41 @@ def reclassify(
         history.append(EpochStats(epoch, mean[0], mean[1], mean[2], len(real_y) + n_pn,
                                   time.perf_counter() - t0, *peaks.tolist()))
     return history
+
+
+def _accumulate(model, loss_fn, xr, yr, pn_x, pn_idx, pn_class, heads: int,
+                weight: float, weighting: str, mode: str, max_batch: int, autocast):
+    """One batch's gradient in pieces: the real rows' term, then each piece of at most
+    ``max_batch`` pseudo-negatives with its share of the pseudo-negative term, each
+    backpropagated at once (only one piece's activations live at a time). Every form of
+    the loss is a weighted sum over the pseudo-negatives: 1 / B each (per-sample), 1 / P
+    (batch-mean, softmax), 1 / (count of its class) (batch-mean, one-vs-all).
+
+    Returns (loss, real term, pn term, real logits, largest |f_k| of a pseudo-negative),
+    detached, as the one-pass step would give them."""
+    nr, k = len(yr), pn_class[pn_idx]
+    if weighting == "per-sample":
+        share = torch.full((len(k),), 1.0 / nr, device=xr.device)
+    elif mode == "softmax":
+        share = torch.full((len(k),), 1.0 / len(k), device=xr.device)
+    else:
+        counts = torch.zeros(heads, device=xr.device).index_add_(
+            0, k, torch.ones(len(k), device=xr.device))
+        share = 1.0 / counts[k]
+    empty = torch.empty(0, dtype=torch.long, device=xr.device)
+    with autocast:
+        real_logits = model(xr).float()
+    total, real, _ = loss_fn(real_logits, yr, real_logits[:0], empty, weight, weighting)
+    total.backward()
+    pn = torch.zeros((), device=xr.device)
+    peak = torch.zeros((), device=xr.device)
+    for rows, part in zip(pn_idx.split(max_batch), share.split(max_batch), strict=True):
+        with autocast:
+            f = _target_pn(model(pn_x[rows]).float(), pn_class[rows])
+        term = (torch.nn.functional.softplus(f) * part).sum()
+        (weight * term).backward()
+        pn, peak = pn + term.detach(), torch.maximum(peak, f.detach().abs().max())
+    return total.detach() + weight * pn, real, pn, real_logits.detach(), peak
 
 
 def grad_norm(model: nn.Module, clip: float | None = None) -> torch.Tensor:

@@ -74,6 +74,8 @@ def validate(cfg: ExperimentConfig) -> None:
                 "--weight-decay": t.weight_decay + 1e-12}
     if t.clip_grad is not None:
         positive["--clip-grad"] = t.clip_grad + 1e-12  # 0: off
+    if t.max_batch is not None:
+        positive["--max-batch"] = t.max_batch
     for flag, value in positive.items():
         if not value > 0:
             raise StepError(f"{flag} is out of range ({value})")

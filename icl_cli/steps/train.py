@@ -55,7 +55,8 @@ def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = 
 
 ROUND_OPTIONS = {"epochs": "--epochs", "real_epochs": "--real-epochs", "lr": "--lr",
                  "pn_weight": "--pn-weight", "pn_weighting": "--pn-weighting",
-                 "clip_grad": "--clip-grad", "weight_decay": "--weight-decay"}
+                 "clip_grad": "--clip-grad", "weight_decay": "--weight-decay",
+                 "max_batch": "--max-batch"}
 """Reclassify settings that one round may change (``icl reclassify --round t --epochs 1``)."""
 
 
@@ -71,7 +72,8 @@ def round_settings(tc: TrainConfig, changes: dict[str, Any] | None) -> TrainConf
             if value not in PN_WEIGHTINGS:
                 raise StepError(f"{flag} must be one of {', '.join(PN_WEIGHTINGS)}, got {value!r}")
             continue
-        if not (math.isfinite(value) and (value > 0 if key == "lr" else value >= 0)):
+        if not (math.isfinite(value) and (value > 0 if key in ("lr", "max_batch")
+                                          else value >= 0)):
             raise StepError(f"{flag} is out of range ({value})")
     out = tc.replace(**changes)
     if out.epochs + out.real_epochs < 1:
@@ -179,12 +181,15 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
                 model, optimizer, real_x, real_y, pn_x, pn_k,
                 epochs=epochs, batch_size=tc.batch_size, mode=cfg.model.mode,
                 pn_weight=tc.pn_weight, pn_weighting=tc.pn_weighting, clip_grad=tc.clip_grad,
+                max_batch=tc.max_batch,
                 real_epochs=tc.real_epochs if t else 0,
                 real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
                 transform=_transform(cfg, real_gen),
                 amp_dtype=torch.bfloat16 if amp else None,
                 progress=advance,
             )
+        except ValueError as e:  # --max-batch with a batch-norm network
+            raise StepError(f"--max-batch: {e}") from None
         except Diverged as e:
             raise StepError(f"training round {t} of '{exp.name}' diverged ({e}); nothing was "
                             "saved (a lower --lr or --pn-weight, or --clip-grad, avoids it)"

@@ -1,9 +1,11 @@
 """Reclassification's levers and warning signs: weighting, gradient clipping, peaks."""
 
+import pytest
 import torch
 from torch import nn
 
 from icl_cli.algo.train import SGD, grad_norm, reclassify
+from icl_cli.models import build_model
 
 
 def _setup(seed: int = 0):
@@ -50,3 +52,40 @@ def test_clip_grad_changes_training_and_peaks_are_recorded():
     assert h_clip[0].grad_norm_max > 0.01
     assert h_free[0].grad_norm_max > 0
     assert h_free[0].real_logit_max > 0 and h_free[0].pn_logit_max > 0
+
+
+@pytest.mark.parametrize("mode", ["softmax", "ova"])
+@pytest.mark.parametrize("weighting", ["per-sample", "batch-mean"])
+def test_max_batch_gives_the_same_step_in_pieces(mode, weighting):
+    """Issue 12, large pools: a batch of 8 real rows and 12 pseudo-negatives run in pieces
+    of 5 rows trains the same weights as one pass, up to floating-point order."""
+    def run(max_batch):
+        torch.manual_seed(0)
+        model = build_model("tiny", (1, 2, 2), 3, mode)
+        x = torch.randint(0, 256, (16, 1, 2, 2), dtype=torch.uint8)
+        y = torch.arange(16) % 3
+        pn_x, pn_k = torch.randn(24, 1, 2, 2) * 3, torch.arange(24) % 3
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = reclassify(model, opt, x, y, pn_x, pn_k, epochs=2, batch_size=8, mode=mode,
+                          pn_weighting=weighting, max_batch=max_batch,
+                          real_gen=torch.Generator().manual_seed(1),
+                          pn_gen=torch.Generator().manual_seed(2),
+                          transform=lambda b: b.float() / 127.5 - 1)
+        return model.state_dict(), hist
+
+    whole, h_whole = run(None)
+    parts, h_parts = run(5)
+    for key in whole:
+        assert torch.allclose(whole[key], parts[key], atol=1e-5), key
+    for a, b in zip(h_whole, h_parts, strict=True):
+        assert abs(a.loss - b.loss) < 1e-5 and abs(a.pn_loss - b.pn_loss) < 1e-5
+        assert abs(a.pn_logit_max - b.pn_logit_max) < 1e-4
+
+
+def test_max_batch_refuses_batch_norm():
+    model = build_model("resnet8", (3, 8, 8), 3, "softmax")
+    with pytest.raises(ValueError, match="without batch norm"):
+        reclassify(model, SGD(model.parameters(), lr=0.1), torch.zeros(4, 3, 8, 8),
+                   torch.zeros(4, dtype=torch.long), torch.zeros(0, 3, 8, 8),
+                   torch.zeros(0, dtype=torch.long), epochs=1, max_batch=2,
+                   real_gen=torch.Generator(), pn_gen=torch.Generator())
