@@ -1,9 +1,12 @@
-"""Per-experiment advisory locks (``fcntl.flock`` on ``.icl/locks/<name>.lock``).
+"""Per-experiment advisory locks (``fcntl.flock`` on ``.icl/locks/<name>.lock`` and on the
+experiment's own folder).
 
 The holder writes its pid, host and command into the lock file, so a second process can
 say who is busy. Locks are re-entrant within one process (``step()`` inside ``lock()``
-works), released when the holder exits however it exits (the kernel drops flocks), and
-the lock file is never deleted (deleting it would let two processes lock two inodes).
+works) and released when the holder exits however it exits (the kernel drops flocks).
+icl never deletes the lock file; if a user does, a second process would lock a new inode,
+so the holder also locks the experiment's folder (``anchor``), which nobody deletes
+without deleting the experiment: the second process then still finds it busy.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ def _busy(experiment: str, path: Path) -> BusyError:
 
 @contextmanager
 def experiment_lock(
-    path: Path, experiment: str, wait: bool = False, command: str | None = None
+    path: Path, experiment: str, wait: bool = False, command: str | None = None,
+    anchor: Path | None = None,
 ) -> Iterator[None]:
-    """Hold the exclusive lock at ``path`` for the ``with`` body.
+    """Hold the exclusive lock at ``path`` (and on the folder ``anchor``, when it exists)
+    for the ``with`` body.
 
     ``wait=False`` raises BusyError at once if another process holds it; ``wait=True``
     blocks until it is free (Ctrl-C still interrupts).
@@ -77,9 +82,14 @@ def experiment_lock(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     f: IO[str] = open(path, "a+")  # "a+" : create without truncating the holder's note
+    folder = None
     try:
+        mode = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(f.fileno(), mode)
+            if anchor is not None and anchor.is_dir() and not anchor.is_symlink():
+                folder = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY)
+                fcntl.flock(folder, mode)
         except BlockingIOError:
             raise _busy(experiment, path) from None
         note = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
@@ -101,6 +111,8 @@ def experiment_lock(
             f.flush()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
+        if folder is not None:
+            os.close(folder)  # closing drops its flock
         f.close()
 
 

@@ -252,7 +252,8 @@ class Store(ArtifactMethods, ResultMethods):
     def lock(self, experiment: str, wait: bool = False, command: str | None = None):
         """Exclusive per-experiment lock; BusyError at once if held elsewhere and not
         ``wait``. ``command`` is shown to whoever finds it busy (default: this argv)."""
-        with experiment_lock(self.lock_path(experiment), experiment, wait, command):
+        anchor = self.root / "experiments" / validate_name(experiment)
+        with experiment_lock(self.lock_path(experiment), experiment, wait, command, anchor):
             yield
 
     @contextmanager

@@ -84,3 +84,33 @@ def test_two_experiments_of_one_workspace_run_in_parallel(pair, templates, tmp_p
                                      "c.experiment_id = e.id WHERE e.name = ?", exp)} == {0, 1}
     # 'icl' started from the baseline's C_0, which is the C_0 the template trained itself.
     assert outcome(ws, "icl") == templates.reference
+
+
+def test_a_deleted_lock_file_does_not_let_a_second_writer_in(tmp_path):
+    """The holder also locks the experiment's folder: a user who deletes
+    `.icl/locks/icl.lock` while a step runs does not open the door to a second process."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from store import BusyError
+
+    store = Store.init(tmp_path / "ws")
+    store.create_experiment("icl", {"method": "icl"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from store import Store; "
+         "st = Store.open(sys.argv[1]); cm = st.lock('icl'); cm.__enter__(); "
+         "print('held', flush=True); time.sleep(30)", str(tmp_path / "ws")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        store.lock_path("icl").unlink()
+        with pytest.raises(BusyError, match="experiment 'icl' is busy"):
+            with store.lock("icl"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.lock("icl"):  # free again once the holder is gone
+        pass
