@@ -308,6 +308,15 @@ def _plt():
 
 
 COLORS = {"baseline": "tab:blue", "icl-noise": "tab:orange", "icl": "tab:green"}
+VARIANT_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def color(method: str, variants: list[str]) -> str:
+    """A method's own colour; a sweep's settings (``icl (pn_weight=2)``) each get one of
+    their own, never one a method already has."""
+    if method in COLORS:
+        return COLORS[method]
+    return VARIANT_COLORS[variants.index(method) % len(VARIANT_COLORS)]
 
 
 def plot_rounds(rows: list[dict], path: str) -> None:
@@ -324,21 +333,21 @@ def plot_rounds(rows: list[dict], path: str) -> None:
     sizes = sorted(curves)
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.3), dpi=120,
                              squeeze=False)
+    variants = sorted({m for c in curves.values() for m in c if m not in COLORS})
     for ax, size in zip(axes[0], sizes, strict=True):
         for method in sorted(curves[size], key=lambda m: (method_order(m), m)):
             pts = curves[size][method]
             ts = sorted(pts)
             n = max(len(pts[t]) for t in ts)
             ax.plot(ts, [statistics.mean(pts[t]) for t in ts], marker="o",
-                    color=COLORS.get(method), label=f"{method} ({seeds(n)})")
+                    color=color(method, variants), label=f"{method} ({seeds(n)})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{size or 'all'} training images", fontsize=9)
         ax.set_xlabel("round t")
         ax.set_ylabel("test error (%), mean over seeds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.savefig(path, bbox_inches="tight")
 
 
 def plot_sizes(rows: list[dict], path: str) -> None:
@@ -349,6 +358,7 @@ def plot_sizes(rows: list[dict], path: str) -> None:
         if selected(r) is not None:
             pts[label(r)][r["train_size"] or 60000].append(selected(r))
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    variants = sorted(m for m in pts if m not in COLORS)
     for i, method in enumerate(sorted(pts, key=lambda m: (method_order(m), m))):
         sizes = sorted(pts[method])
         means = [statistics.mean(pts[method][s]) for s in sizes]
@@ -356,7 +366,7 @@ def plot_sizes(rows: list[dict], path: str) -> None:
                 for s in sizes]
         shifted = [s * (1 + 0.04 * (i - 1)) for s in sizes]  # side by side on a log axis
         ax.errorbar(shifted, means, yerr=stds, marker="o", capsize=3, label=method,
-                    color=COLORS.get(method))
+                    color=color(method, variants))
     ax.set_xscale("log")
     ax.set_xlabel("training images")
     ax.set_ylabel("test error (%)")
