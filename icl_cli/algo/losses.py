@@ -20,7 +20,7 @@ import torch.nn.functional as F
 WEIGHTINGS = ("per-sample", "batch-mean")
 
 
-def _target_logit(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def target_logit(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """f_k(x) for each row: (B, K), (B,) -> (B,); rows given as f_k already (B,) pass."""
     return logits if logits.dim() == 1 else logits.gather(1, k[:, None])[:, 0]
 
@@ -39,7 +39,7 @@ def softmax_loss(
     """
     real = F.cross_entropy(real_logits, y)
     if len(pn_class):
-        per = F.softplus(_target_logit(pn_logits, pn_class))
+        per = F.softplus(target_logit(pn_logits, pn_class))
         pn = per.sum() / len(y) if weighting == "per-sample" else per.mean()
     else:
         pn = real * 0
@@ -69,9 +69,9 @@ def ova_loss(
     if not len(pn_class):
         pn = real * 0
     elif weighting == "per-sample":
-        pn = F.softplus(_target_logit(pn_logits, pn_class)).sum() / len(y)
+        pn = F.softplus(target_logit(pn_logits, pn_class)).sum() / len(y)
     else:
-        per = F.softplus(_target_logit(pn_logits, pn_class))
+        per = F.softplus(target_logit(pn_logits, pn_class))
         sums = torch.zeros(k, dtype=per.dtype, device=per.device).index_add_(0, pn_class, per)
         # index_add, not bincount: bincount's output size needs a host sync on a GPU.
         counts = torch.zeros_like(sums).index_add_(0, pn_class, torch.ones_like(per))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from icl_cli.algo.losses import LOSSES
+from icl_cli.algo.losses import LOSSES, target_logit
 from icl_cli.models import has_batch_norm
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -300,7 +300,7 @@ def reclassify(
             optimizer.step()
             sums += torch.stack([loss.detach(), real, pn])
             peaks = torch.maximum(peaks, torch.stack([
-                norm, _abs_max(real_logits), _abs_max(_target_pn(pn_logits, pn_class[pn_idx]))]))
+                norm, _abs_max(real_logits), _abs_max(target_logit(pn_logits, pn_class[pn_idx]))]))
             if progress is not None:
                 progress(nr + len(pn_idx))
         mean = (sums / len(plan)).tolist()
@@ -339,7 +339,7 @@ def _accumulate(model, loss_fn, xr, yr, pn_x, pn_idx, pn_class, heads: int,
     peak = torch.zeros((), device=xr.device)
     for rows, part in zip(pn_idx.split(max_batch), share.split(max_batch), strict=True):
         with autocast:
-            f = _target_pn(model(pn_x[rows]).float(), pn_class[rows])
+            f = target_logit(model(pn_x[rows]).float(), pn_class[rows])
         term = (torch.nn.functional.softplus(f) * part).sum()
         (weight * term).backward()
         pn, peak = pn + term.detach(), torch.maximum(peak, f.detach().abs().max())
@@ -360,11 +360,6 @@ def grad_norm(model: nn.Module, clip: float | None = None) -> torch.Tensor:
 
 def _abs_max(x: torch.Tensor) -> torch.Tensor:
     return x.detach().abs().max() if x.numel() else torch.zeros((), device=x.device)
-
-
-def _target_pn(pn_logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """f_k(x) of each pseudo-negative: (P, K) gathered, or (P,) as given."""
-    return pn_logits if pn_logits.dim() == 1 else pn_logits.gather(1, k[:, None])[:, 0]
 
 
 @torch.no_grad()
