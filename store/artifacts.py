@@ -18,6 +18,7 @@ from . import checkpoints as ckpt_files
 from . import shards as shard_files
 from .catalog import Checkpoint, Experiment, Shard, read_session, run_write, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
+from .hashing import config_hash
 from .infos import CheckpointInfo, ShardInfo
 from .workspace import EXPERIMENTS_DIR, atomic_write, sha256_file
 
@@ -276,8 +277,6 @@ class ArtifactMethods:
         """Save the state after round ``round`` (plain data only, see
         ``store.checkpoints``); ``experiment`` and ``round`` entries are filled in.
         An existing checkpoint of that round is replaced only with ``replace=True``."""
-        from .store import config_hash
-
         name = self.experiment(experiment).name
         for key, want in (("experiment", name), ("round", int(round))):
             if state.get(key, want) != want:

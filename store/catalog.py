@@ -42,9 +42,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
-table (``upgrade_schema`` adds both to a version-1 catalog)."""
+table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
+``attacks.params``. ``upgrade_schema`` brings a version-1 or -2 catalog to 3 in place."""
 BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
 
@@ -147,7 +148,9 @@ class Evaluation(Base):
 class Attack(Base):
     __tablename__ = "attacks"
     __table_args__ = (
-        UniqueConstraint("experiment_id", "round", "against_experiment", "against_round", "eps"),
+        UniqueConstraint(
+            "experiment_id", "round", "against_experiment", "against_round", "eps", "method"
+        ),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = _experiment_fk()
@@ -155,6 +158,9 @@ class Attack(Base):
     against_experiment: Mapped[str] = mapped_column(String(64))
     against_round: Mapped[int] = mapped_column(Integer)
     eps: Mapped[float] = mapped_column(Float)
+    # "fgsm", "pgd", ...; its settings (steps, step_size, restarts, random_start) in params.
+    method: Mapped[str] = mapped_column(String(16), default="fgsm", server_default="fgsm")
+    params: Mapped[dict | None] = mapped_column(JSON)
     counts: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -267,8 +273,25 @@ def upgrade_schema(engine: Engine) -> None:
             conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN data_fingerprint "
                                  "VARCHAR(64)")
         Base.metadata.create_all(conn, tables=[RoundMetric.__table__])
+        columns = {c["name"] for c in inspect(conn).get_columns(Attack.__tablename__)}
+        if "method" not in columns:
+            _rebuild_attacks(conn)
         conn.execute(SchemaVersion.__table__.delete())
         conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+
+
+def _rebuild_attacks(conn: Any) -> None:
+    """Version 3's ``attacks`` (``method`` joins the unique key, which no ALTER TABLE can
+    change on SQLite): copy the rows, re-create the table, put them back as ``fgsm``."""
+    table = Attack.__table__
+    old = ("id", "experiment_id", "round", "against_experiment", "against_round", "eps",
+           "counts", "created_at")
+    rows = [dict(r._mapping) for r in conn.execute(
+        select(*(table.c[c] for c in old)).select_from(table))]
+    table.drop(conn)
+    table.create(conn)
+    if rows:
+        conn.execute(table.insert(), [{**r, "method": "fgsm", "params": None} for r in rows])
 
 
 def check_schema(engine: Engine, missing_ok: bool = False) -> None:

@@ -77,8 +77,13 @@ class EvaluationInfo:
 
 @dataclass(frozen=True)
 class AttackInfo:
-    """FGSM counts for examples made on (experiment, round) and tried on the ``against``
-    model, e.g. ``{"made": 9000, "fool_self": 6876, "fool_other": 4661}``."""
+    """Attack counts for examples made on (experiment, round) and tried on the ``against``
+    model, e.g. ``{"made": 9000, "fool_self": 6876, "fool_other": 4661}``.
+
+    ``method``: "fgsm" (every record before schema 3), "pgd", ...; ``params``: its
+    settings, e.g. ``{"steps": 40, "step_size": 0.01, "restarts": 1, "random_start": True}``
+    (None for FGSM, which has none besides ``eps``).
+    """
 
     experiment: str
     round: int
@@ -87,6 +92,8 @@ class AttackInfo:
     eps: float
     counts: dict[str, Any]
     created_at: datetime
+    method: str = "fgsm"
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

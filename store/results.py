@@ -22,6 +22,8 @@ from .catalog import (
     run_write,
     utcnow,
 )
+from .errors import StoreError
+from .hashing import config_hash
 from .infos import AttackInfo, EvaluationInfo
 
 
@@ -71,19 +73,28 @@ class ResultMethods:
         against_round: int,
         eps: float,
         counts: dict[str, Any],
+        method: str = "fgsm",
+        params: dict[str, Any] | None = None,
     ) -> AttackInfo:
-        """Record FGSM counts (replacing an earlier record with the same key)."""
+        """Record an attack's counts (replacing an earlier record with the same key:
+        experiment, round, against experiment and round, eps, method). ``params``: the
+        method's settings (plain JSON data), e.g. PGD's steps and step size."""
         name = self.experiment(experiment).name
         other = self.experiment(against_experiment).name
+        if not isinstance(method, str) or not 0 < len(method) <= 16:
+            raise StoreError(f"attack method must be a name of 1 to 16 characters, got {method!r}")
+        config_hash(params or {})  # plain JSON data, or a one-line StoreError
 
         def record(s: Session) -> AttackInfo:
             exp_id = self._exp_row(s, name).id
-            key = dict(round=round, against_experiment=other, against_round=against_round)
-            row = s.scalar(select(Attack).filter_by(experiment_id=exp_id, eps=float(eps), **key))
+            key = dict(round=round, against_experiment=other, against_round=against_round,
+                       eps=float(eps), method=method)
+            row = s.scalar(select(Attack).filter_by(experiment_id=exp_id, **key))
             if row is None:
-                row = Attack(experiment_id=exp_id, eps=float(eps), **key)
+                row = Attack(experiment_id=exp_id, **key)
                 s.add(row)
             row.counts, row.created_at = dict(counts), utcnow()
+            row.params = None if params is None else dict(params)
             s.flush()
             return self._attack_info(row, name)
 
@@ -99,6 +110,8 @@ class ResultMethods:
             row.eps,
             dict(row.counts),
             row.created_at,
+            row.method or "fgsm",
+            None if row.params is None else dict(row.params),
         )
 
     def attacks(self, experiment: str | None = None) -> list[AttackInfo]:

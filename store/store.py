@@ -10,8 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import signal
@@ -40,6 +38,7 @@ from .catalog import (
     utcnow,
 )
 from .errors import ConflictError, ExperimentNotFound, NotAWorkspace, StoreError, Terminated
+from .hashing import config_hash
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import experiment_lock, is_locked_elsewhere
 from .results import ResultMethods
@@ -55,15 +54,6 @@ from .workspace import (
 )
 
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def config_hash(d: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``d``, first 16 hex digits (as ``icl_cli.config``)."""
-    try:
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
-    except TypeError as exc:
-        raise StoreError(f"config is not plain JSON data ({exc})") from None
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @contextmanager
