@@ -183,16 +183,20 @@ def _by_class(pn_idx: torch.Tensor, pn_class: torch.Tensor, heads: int):
     return pn_idx[torch.argsort(k, stable=True)], torch.bincount(k, minlength=heads).tolist()
 
 
-def _on_device(plan: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
-    """The epoch's index pairs on ``device`` in one copy, not two small copies per batch."""
-    if device.type == "cpu":
+def _on_device(plan: list[tuple[torch.Tensor, ...]], device: torch.device):
+    """The epoch's index tuples on ``device`` in one copy, not small copies per batch."""
+    if device.type == "cpu" or not plan:
         return plan
-    sizes = [len(t) for pair in plan for t in pair]
-    flat = torch.cat([t for pair in plan for t in pair])
+    n = len(plan[0])
+    flat = [t for pair in plan for t in pair]
+    sizes, dtypes = [len(t) for t in flat], [t.dtype for t in flat]
+    if len(set(dtypes)) > 1:  # indices and float shares: one copy per dtype
+        return [tuple(t.to(device, non_blocking=True) for t in pair) for pair in plan]
+    flat = torch.cat(flat)
     if device.type == "cuda":
         flat = flat.pin_memory()
     parts = flat.to(device, non_blocking=True).split(sizes)
-    return list(zip(parts[0::2], parts[1::2], strict=True))
+    return list(zip(*(parts[i::n] for i in range(n)), strict=True))
 
 
 class Diverged(FloatingPointError):
@@ -224,6 +228,7 @@ def reclassify(
     transform: Transform | None = None,
     amp_dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
+    distributed: bool = False,
 ) -> list[EpochStats]:
     """Train ``model`` in place on S plus the pseudo-negative pool (ICL eq. 7 / eq. 11).
 
@@ -239,6 +244,14 @@ def reclassify(
     ``max_batch``, with the gradients accumulated (the same step up to floating-point
     order), so peak memory stays bounded whatever the pool (networks without batch norm).
 
+    ``distributed``: this process is one rank of an open torch.distributed group (under
+    torchrun, see ``icl_cli.distributed``); every rank calls this with the same arguments
+    and generators, draws the same epoch plans, and trains on its slice of each batch
+    (real rows and pseudo-negatives alike) through DistributedDataParallel, so the ranks
+    together take the one-process steps up to floating-point order (``_ddp_step``), and the
+    returned stats are the global ones on every rank. A batch-norm network becomes
+    SyncBatchNorm in place (CUDA only).
+
     Shape: real_x (N, C, H, W), real_y (N,), pn_x (P, C, H, W), pn_class (P,).
     """
     loss_fn = LOSSES[mode]
@@ -250,7 +263,9 @@ def reclassify(
                          "(batch statistics would change with the split)")
     per_head = (mode == "ova" and heads > 1 and hasattr(model, "forward_heads")
                 and not has_batch_norm(model) and max_batch is None)
-    pn_class_cpu = pn_class.cpu() if per_head else None  # one sync per call, not per batch
+    # one sync per call, not per batch
+    pn_class_cpu = pn_class.cpu() if per_head or distributed else None
+    ddp = _wrap(model, device) if distributed else None
     model.train()
     history = []
     for epoch in range(epochs + real_epochs):
@@ -258,17 +273,34 @@ def reclassify(
         n_pn = len(pn_class) if epoch < epochs else 0
         plan = batch_plan(len(real_y), n_pn, batch_size, real_gen, pn_gen)
         counts: list[list[int] | None] = [None] * len(plan)
-        if per_head and n_pn:
+        sizes = [len(r) + len(p) for r, p in plan]  # rows of each global batch
+        if ddp is not None:
+            plan, counts = _rank_plan(plan, pn_class_cpu, heads, mode, pn_weighting,
+                                      per_head and n_pn > 0)
+        elif per_head and n_pn:
             for i, (real_idx, pn_idx) in enumerate(plan):
                 pn_idx, counts[i] = _by_class(pn_idx, pn_class_cpu, heads)
                 plan[i] = (real_idx, pn_idx)
         sums = torch.zeros(3, device=device)  # summed on device: no sync per step
         peaks = torch.zeros(3, device=device)  # grad norm, |real logit|, |pn logit|: max
-        for (real_idx, pn_idx), pn_counts in zip(_on_device(plan, device), counts, strict=True):
+        for batch, pn_counts, rows in zip(_on_device(plan, device), counts, sizes, strict=True):
+            real_idx, pn_idx = batch[0], batch[1]
             xr = real_x[real_idx]
             if transform is not None:
-                xr = transform(xr)
+                xr = transform(xr)  # the whole batch on every rank: the same random draws
             nr = len(real_idx)
+            if ddp is not None:
+                optimizer.zero_grad(set_to_none=True)
+                terms, real_peak, pn_peak = _ddp_step(
+                    ddp, mode, xr, real_y[real_idx], pn_x, pn_idx, pn_class, batch[2],
+                    pn_counts, pn_weight, max_batch, autocast)
+                norm = grad_norm(model, clip_grad)  # of the all-reduced gradients: global
+                optimizer.step()
+                sums += terms
+                peaks = torch.maximum(peaks, torch.stack([norm, real_peak, pn_peak]))
+                if progress is not None:
+                    progress(rows)
+                continue
             if max_batch is not None and nr + len(pn_idx) > max_batch:
                 optimizer.zero_grad(set_to_none=True)
                 loss, real, pn, real_logits, pn_f = _accumulate(
@@ -303,6 +335,11 @@ def reclassify(
                 norm, _abs_max(real_logits), _abs_max(target_logit(pn_logits, pn_class[pn_idx]))]))
             if progress is not None:
                 progress(nr + len(pn_idx))
+        if ddp is not None:  # each rank holds its rows' share: the global values
+            import torch.distributed as dist
+
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+            dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
         mean = (sums / len(plan)).tolist()
         if not math.isfinite(mean[0]):  # checked once per epoch: the .tolist() syncs anyway
             raise Diverged(epoch, mean[0])
@@ -322,14 +359,7 @@ def _accumulate(model, loss_fn, xr, yr, pn_x, pn_idx, pn_class, heads: int,
     Returns (loss, real term, pn term, real logits, largest |f_k| of a pseudo-negative),
     detached, as the one-pass step would give them."""
     nr, k = len(yr), pn_class[pn_idx]
-    if weighting == "per-sample":
-        share = torch.full((len(k),), 1.0 / nr, device=xr.device)
-    elif mode == "softmax":
-        share = torch.full((len(k),), 1.0 / len(k), device=xr.device)
-    else:
-        counts = torch.zeros(heads, device=xr.device).index_add_(
-            0, k, torch.ones(len(k), device=xr.device))
-        share = 1.0 / counts[k]
+    share = _pn_shares(k, nr, heads, mode, weighting)
     empty = torch.empty(0, dtype=torch.long, device=xr.device)
     with autocast:
         real_logits = model(xr).float()
@@ -342,8 +372,143 @@ def _accumulate(model, loss_fn, xr, yr, pn_x, pn_idx, pn_class, heads: int,
             f = target_logit(model(pn_x[rows]).float(), pn_class[rows])
         term = (torch.nn.functional.softplus(f) * part).sum()
         (weight * term).backward()
-        pn, peak = pn + term.detach(), torch.maximum(peak, f.detach().abs().max())
+        pn, peak = pn + term.detach(), torch.maximum(peak, _abs_max(f))
     return total.detach() + weight * pn, real, pn, real_logits.detach(), peak
+
+
+def _pn_shares(k: torch.Tensor, n_real: int, heads: int, mode: str,
+               weighting: str) -> torch.Tensor:
+    """What each pseudo-negative's softplus(f_k) counts for in its batch's loss, given the
+    batch's n_real real rows and the classes ``k`` of all its pseudo-negatives: 1 / B
+    (per-sample), 1 / P (batch-mean, softmax), 1 / (count of its class) (batch-mean, ova)."""
+    if weighting == "per-sample":
+        return torch.full((len(k),), 1.0 / n_real, device=k.device)
+    if mode == "softmax":
+        return torch.full((len(k),), 1.0 / max(len(k), 1), device=k.device)
+    counts = torch.zeros(heads, device=k.device).index_add_(
+        0, k, torch.ones(len(k), device=k.device))
+    return 1.0 / counts[k]
+
+
+class _Forward(nn.Module):
+    """What DistributedDataParallel wraps: the network's forward on a batch, or its
+    ``forward_heads`` on a list of per-network batches (one-vs-all), so that both go
+    through DDP's forward and have their gradients all-reduced."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.forward_heads(x) if isinstance(x, list) else self.net(x)
+
+
+def _wrap(model: nn.Module, device: torch.device):
+    """``model`` in DistributedDataParallel (the ranks' parameters checked equal and
+    broadcast from rank 0 on the way in)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if has_batch_norm(model):
+        if device.type != "cuda":
+            raise ValueError("a batch-norm network needs CUDA to train on several ranks "
+                             "(SyncBatchNorm); on CPU train it in one process")
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children replaced in place
+    # No buffer sync per forward: forward passes per step differ between ranks with
+    # --max-batch, and only batch norm has buffers (kept equal by SyncBatchNorm).
+    import inspect
+
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(
+        _Forward(model), device_ids=[device.index] if device.type == "cuda" else None,
+        **no_sync)
+
+
+def _rank_plan(plan, pn_class_cpu: torch.Tensor, heads: int, mode: str, weighting: str,
+               per_head: bool):
+    """This rank's part of an epoch plan: each batch's real rows whole (sliced after the
+    transform, which draws for the whole batch) and its slice of the pseudo-negatives,
+    with their loss shares computed over the whole batch; one-vs-all: sorted by class,
+    with the counts per class."""
+    import torch.distributed as dist
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    out, counts = [], []
+    for real_idx, pn_idx in plan:
+        share = _pn_shares(pn_class_cpu[pn_idx], len(real_idx), heads, mode, weighting)
+        mine, share = pn_idx.tensor_split(size)[rank], share.tensor_split(size)[rank]
+        count = None
+        if per_head:
+            order = torch.argsort(pn_class_cpu[mine], stable=True)
+            mine, share = mine[order], share[order]
+            count = torch.bincount(pn_class_cpu[mine], minlength=heads).tolist()
+        out.append((real_idx, mine, share))
+        counts.append(count)
+    return out, counts
+
+
+def _real_sum(mode: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The real rows' loss summed over the rows (their mean times B in ``LOSSES``)."""
+    if mode == "softmax":
+        return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+    onehot = torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot,
+                                                                reduction="sum")
+
+
+def _ddp_step(ddp, mode: str, xr_all, yr_all, pn_x, pn_idx, pn_class, share, counts,
+              weight: float, max_batch: int | None, autocast):
+    """This rank's gradient of one global batch (B real rows ``xr_all``, already inputs;
+    this rank's pseudo-negatives ``pn_idx`` with their ``share``), all-reduced by DDP.
+
+    Every form of the loss is a sum over rows: real row i adds l_i / B (cross-entropy, or
+    its K binary terms), pseudo-negative j adds w * share_j * softplus(f_k(x_j)). A rank
+    backpropagates the sum over its own rows times the world size N, and DDP averages
+    the N gradients: their mean is the gradient of the one-process loss. With
+    ``max_batch`` the rank's rows run in pieces (real rows, then pseudo-negatives), the
+    gradient accumulating locally (``no_sync``) until the last piece all-reduces it.
+
+    Returns the rank's part of (loss, real term, pn term) and its largest |real logit|
+    and |f_k| of a pseudo-negative, detached (summed / maxed over the ranks later)."""
+    import torch.distributed as dist
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    n_all = len(yr_all)
+    xr, yr = xr_all.tensor_split(size)[rank], yr_all.tensor_split(size)[rank]
+    nr = len(yr)
+    if counts is not None:  # one-vs-all: network k sees the rank's real rows + its own pn
+        passes = [([torch.cat([xr, p]) for p in pn_x[pn_idx].split(counts)], nr,
+                   pn_idx, share)]
+    elif max_batch is not None and nr + len(pn_idx) > max_batch:
+        passes = [(xr, nr, pn_idx[:0], share[:0])] if nr else []
+        passes += [(pn_x[rows], 0, rows, part) for rows, part in
+                   zip(pn_idx.split(max_batch), share.split(max_batch), strict=True)]
+    else:
+        xb = torch.cat([xr, pn_x[pn_idx]]) if len(pn_idx) else xr
+        passes = [(xb, nr, pn_idx, share)]
+    terms = torch.zeros(2, device=xr.device)
+    real_peak = torch.zeros((), device=xr.device)
+    pn_peak = torch.zeros((), device=xr.device)
+    for i, (inputs, n_real, rows, part) in enumerate(passes):
+        last = i == len(passes) - 1
+        with (nullcontext() if last else ddp.no_sync()):
+            with autocast:
+                out = ddp(inputs)
+            if isinstance(out, list):
+                real_logits = torch.cat([o[:n_real] for o in out], dim=1).float()
+                f = torch.cat([o[n_real:, 0] for o in out]).float()
+            else:
+                out = out.float()
+                real_logits = out[:n_real]
+                f = target_logit(out[n_real:], pn_class[rows])
+            real = _real_sum(mode, real_logits, yr[:n_real]) / n_all
+            pn = (torch.nn.functional.softplus(f) * part).sum()
+            ((real + weight * pn) * size).backward()
+        terms += torch.stack([real.detach(), pn.detach()])
+        real_peak = torch.maximum(real_peak, _abs_max(real_logits))
+        pn_peak = torch.maximum(pn_peak, _abs_max(f))
+    return torch.stack([terms[0] + weight * terms[1], terms[0], terms[1]]), real_peak, pn_peak
 
 
 def grad_norm(model: nn.Module, clip: float | None = None) -> torch.Tensor:

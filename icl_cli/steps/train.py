@@ -8,10 +8,13 @@ from typing import Any
 
 import torch
 
+from icl_cli import distributed
 from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_hyper
 from icl_cli.config import PN_WEIGHTINGS, ExperimentConfig, TrainConfig
 from icl_cli.data import augment, to_input
+from icl_cli.models import has_batch_norm
 from icl_cli.steps.common import (
+    Progress,
     Runtime,
     StepError,
     experiment_data,
@@ -32,6 +35,16 @@ class TrainResult:
     seconds: float
     pseudo_negatives: int
     replay_match: bool | None = None  # --replay: retrained weights equal the record
+    # --replay at another world size than the record's: weights compared within
+    # REPLAY_TOLERANCE (allclose), not bit for bit; the largest |difference| found.
+    replay_tolerance: dict[str, float] | None = None
+    replay_max_diff: float | None = None
+    world_size: int = 1  # ranks that trained it (torchrun), 1: one process
+
+
+REPLAY_TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
+"""How close a replay at another world size must come to the record: ranks sum the
+gradients in another order, so the weights agree to floating-point order, not bits."""
 
 
 def _transform(cfg: ExperimentConfig, gen: torch.Generator):
@@ -93,6 +106,10 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
 
     Runs under the experiment's lock from the first check to the last write, so two
     processes never both decide that the round is still to do (the second gets BusyError).
+
+    Under torchrun every rank calls this: rank 0 holds the lock and makes every write
+    (step record, checkpoint, metrics, MLflow) after the others finished training; all
+    ranks return the same result or fail with one line (``icl_cli.distributed``).
     """
     exp = store.experiment(name)
     if round_ < 0:
@@ -102,10 +119,13 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
     if round_ == 0 and tc != cfg.train:
         raise StepError("round 0 (C_0) trains with the experiment's settings; change them "
                         "with a new `icl init`, or for rounds >= 1 only")
-    with store.lock(exp.name):
+    world, device = distributed.from_env(), None
+    if world.active:  # the process group opens before the lock: the ranks wait for it
+        world, device = distributed.join(runtime.apply())
+    with distributed.main_only(store.lock, exp.name):
         if round_ == 0 and exp.parent is not None and not replay:
-            return _copy_round_zero(store, exp, force)
-        return _train_round(store, exp, round_, runtime, force, replay, tc)
+            return distributed.from_main(lambda: _copy_round_zero(store, exp, force))
+        return _train_round(store, exp, round_, runtime, force, replay, tc, world, device)
 
 
 def _copy_round_zero(store, exp, force: bool) -> TrainResult:
@@ -129,8 +149,9 @@ def _copy_round_zero(store, exp, force: bool) -> TrainResult:
     return TrainResult(exp.name, 0, info.sha256, False, [], 0.0, 0)
 
 
-def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
-                 replay: bool, tc: TrainConfig) -> TrainResult:
+def _train_round(store, exp, t: int, runtime: Runtime, force: bool, replay: bool,
+                 tc: TrainConfig, world: distributed.World, device: torch.device | None
+                 ) -> TrainResult:
     cfg = ExperimentConfig.from_dict(exp.config)
     parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
     if t > 0 and parent is None:
@@ -155,13 +176,19 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
         raise StepError(f"round {t} of '{exp.name}' was trained from other inputs (a shard, "
                         f"checkpoint or setting changed since): pass --force to retrain it")
 
-    device = runtime.apply()
+    device = runtime.apply() if device is None else device
     data = experiment_data(exp)
     step_cfg = {"round": t, "train": tc.to_dict(), "inputs": inputs,
-                "device": str(device), "replay": replay}
+                "device": str(device), "replay": replay, "world_size": world.size}
+    if world.active and device.type != "cuda" and has_batch_norm(new_model(cfg, data)):
+        raise StepError(f"'{exp.name}' has a batch-norm network ({cfg.model.arch}): on "
+                        f"several ranks it needs CUDA (SyncBatchNorm); on CPU run it without "
+                        f"torchrun")
     # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
-    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
-    with store.step(exp.name, "replay-reclassify" if replay else "reclassify", t, step_cfg):
+    tracker = store.tracker(exp.name, enabled=runtime.mlflow and world.main)
+    progress = runtime.progress if world.main else Progress()
+    with distributed.main_only(store.step, exp.name,
+                               "replay-reclassify" if replay else "reclassify", t, step_cfg):
         model = new_model(cfg, data).to(device)
         lr = round_lr(tc.lr, t, tc.decay_round, tc.decay_factor)
         optimizer = make_optimizer(model, lr, tc.momentum, tc.weight_decay)
@@ -175,7 +202,7 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
         real_gen = generator("real", cfg.seed, t)
         epochs = cfg.init_epochs if t == 0 else tc.epochs
         total = (len(real_y) + len(pn_k)) * epochs + len(real_y) * (tc.real_epochs if t else 0)
-        advance = runtime.progress.task(f"reclassify round {t}", total)
+        advance = progress.task(f"reclassify round {t}", total)
         try:
             history = reclassify(
                 model, optimizer, real_x, real_y, pn_x, pn_k,
@@ -186,30 +213,41 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool,
                 real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
                 transform=_transform(cfg, real_gen),
                 amp_dtype=torch.bfloat16 if amp else None,
-                progress=advance,
+                progress=advance, distributed=world.active,
             )
         except ValueError as e:  # --max-batch with a batch-norm network
             raise StepError(f"--max-batch: {e}") from None
+        except RuntimeError as e:
+            if world.active and distributed.is_collective_error(e):
+                raise distributed.lost_peer(e) from None
+            raise
         except Diverged as e:
             raise StepError(f"training round {t} of '{exp.name}' diverged ({e}); nothing was "
                             "saved (a lower --lr or --pn-weight, or --clip-grad, avoids it)"
                             ) from None
-        runtime.progress.done()
+        progress.done()
         epochs_log = [asdict(h) for h in history]
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "config": exp.config, "experiment": exp.name, "round": t,
                  "inputs": inputs, "history": epochs_log}
+        if world.active:  # not part of ``inputs``: a rerun at another size is a no-op
+            state["world_size"] = world.size
         if replay:
-            return _compare_replay(store, existing, state, exp.name, t, epochs_log)
-        info = store.save_checkpoint(exp.name, t, state, parent=parent,
-                                     replace=existing is not None)
+            return distributed.from_main(lambda: _compare_replay(
+                store, existing, state, exp.name, t, epochs_log, world.size))
+        # Rank 0 writes once every rank is done (from_main's barrier).
+        sha = distributed.from_main(lambda: store.save_checkpoint(
+            exp.name, t, state, parent=parent, replace=existing is not None).sha256)
     seconds = sum(h.seconds for h in history)
     peaks = training_peaks(history)
-    store.record_metrics(exp.name, t, peaks)
-    tracker.log_metrics({"train_loss": history[-1].loss, "real_loss": history[-1].real_loss,
-                         "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
-                         "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
-    return TrainResult(exp.name, t, info.sha256, False, epochs_log, seconds, len(pn_k))
+    if world.main:
+        store.record_metrics(exp.name, t, peaks)
+        tracker.log_metrics({"train_loss": history[-1].loss,
+                             "real_loss": history[-1].real_loss,
+                             "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
+                             "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
+    return TrainResult(exp.name, t, sha, False, epochs_log, seconds, len(pn_k),
+                       world_size=world.size)
 
 
 def training_peaks(history) -> dict[str, float]:
@@ -260,9 +298,23 @@ def _pool(store, shards: list, shape, num_classes: int, device: torch.device):
     return torch.cat(xs).to(device), torch.cat(ks).to(device)
 
 
-def _compare_replay(store, existing, state, name: str, t: int, epochs_log) -> TrainResult:
-    """Re-trained weights against the recorded checkpoint, bit for bit."""
-    recorded = store.load_checkpoint(existing)["model"]
-    same = all(torch.equal(recorded[k].cpu(), v.cpu()) for k, v in state["model"].items())
-    return TrainResult(name, t, existing.sha256, False, epochs_log,
-                       sum(e["seconds"] for e in epochs_log), 0, replay_match=same)
+def _compare_replay(store, existing, state, name: str, t: int, epochs_log,
+                    world_size: int = 1) -> TrainResult:
+    """Re-trained weights against the recorded checkpoint: bit for bit when trained at the
+    recorded world size, within ``REPLAY_TOLERANCE`` at another (then ``replay_tolerance``
+    says so)."""
+    record = store.load_checkpoint(existing)
+    recorded, ranks = record["model"], int(record.get("world_size", 1))
+    pairs = [(recorded[k].cpu(), v.cpu()) for k, v in state["model"].items()]
+    seconds = sum(e["seconds"] for e in epochs_log)
+    if ranks == world_size:
+        same = all(torch.equal(a, b) for a, b in pairs)
+        return TrainResult(name, t, existing.sha256, False, epochs_log, seconds, 0,
+                           replay_match=same, world_size=world_size)
+    close = all(a.shape == b.shape and torch.allclose(a.float(), b.float(), **REPLAY_TOLERANCE)
+                for a, b in pairs)
+    diff = max((float((a.float() - b.float()).abs().max()) for a, b in pairs
+                if a.shape == b.shape and a.numel()), default=0.0)
+    return TrainResult(name, t, existing.sha256, False, epochs_log, seconds, 0,
+                       replay_match=close, replay_tolerance=dict(REPLAY_TOLERANCE),
+                       replay_max_diff=diff, world_size=world_size)
