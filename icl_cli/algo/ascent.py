@@ -1,9 +1,10 @@
-"""Gradient steps on the input of a frozen network: synthesis (paper 3.2.2) and FGSM.
+"""Gradient steps on the input of a frozen network: synthesis (paper 3.2.2), FGSM and PGD.
 
-Both are the same mechanism: hold the weights fixed, differentiate an objective of the
-logits with respect to the input, move the input. ``input_gradient`` is that one step and
-``fgsm`` takes it once, signed; ``synthesize`` loops the same step on f_k(x) with Adam and
-a per-sample early stop.
+All three are one mechanism: hold the weights fixed, differentiate an objective of the
+logits with respect to the input, move the input. ``input_gradient`` is that one step;
+``fgsm`` takes it once, signed; ``pgd`` repeats the signed step inside an L-inf ball;
+``synthesize`` loops it on f_k(x) with Adam and a per-sample early stop, keeping the rows
+still moving in an ``Active`` batch that compacts as samples finish.
 
 Pure tensor code: no I/O, no paths; randomness only from an explicit ``torch.Generator``.
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # inputs (B, C, H, W) -> logits (B, K)
 Objective = Callable[[torch.Tensor], torch.Tensor]  # logits (B, K) -> per-sample value (B,)
 
 
@@ -37,16 +39,55 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def input_gradient(
-    model: nn.Module, x: torch.Tensor, objective: Objective
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at ``x`` and d sum(objective(logits)) / dx. Call inside ``frozen(model)``.
+    forward: Forward, x: torch.Tensor, objective: Objective
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one input-gradient step: logits at ``x``, objective(logits) and
+    d sum(objective(logits)) / dx, all detached. Call inside ``frozen(model)``.
 
-    Shape: x (B, C, H, W) -> logits (B, K), grad (B, C, H, W).
+    Shape: x (B, C, H, W) -> logits (B, K), value (B,), grad (B, C, H, W).
     """
     x = x.detach().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(objective(logits).sum(), x)
-    return logits.detach(), grad
+    logits = forward(x)
+    value = objective(logits)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    return logits.detach(), value.detach(), grad
+
+
+def cross_entropy_of(y: torch.Tensor) -> Objective:
+    """The attacks' objective: per-sample cross-entropy against labels ``y`` (B,)."""
+    return lambda logits: F.cross_entropy(logits, y, reduction="none")
+
+
+class Active:
+    """The rows of a batch still being stepped: ``idx`` (B,), their positions in the full
+    batch, and named per-row tensors aligned with it (attributes, dim 0 = B).
+
+    ``keep(mask)`` drops finished rows from every tensor at once; ``flush(full, mask)``
+    writes rows back into full-size tensors at their positions.
+
+    Example:
+        >>> a = Active(torch.arange(4), x=torch.zeros(4, 2))
+        >>> a.keep(torch.tensor([True, False, True, False])); a.idx.tolist()
+        [0, 2]
+    """
+
+    def __init__(self, idx: torch.Tensor, **rows: torch.Tensor) -> None:
+        self.idx = idx
+        self._names = ("idx", *rows)
+        for name, t in rows.items():
+            setattr(self, name, t)
+
+    def __len__(self) -> int:
+        return int(self.idx.numel())
+
+    def keep(self, mask: torch.Tensor) -> None:
+        for name in self._names:
+            setattr(self, name, getattr(self, name)[mask])
+
+    def flush(self, full: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        at = self.idx[mask]
+        for name, t in full.items():
+            t[at] = getattr(self, name)[mask]
 
 
 def passes(logits: torch.Tensor, target: torch.Tensor, rule: str) -> torch.Tensor:
@@ -89,11 +130,6 @@ class Synthesis:
     logit: torch.Tensor
     passed: torch.Tensor
 
-    @property
-    def sampler_steps(self) -> int:
-        """Sum of per-sample gradient steps actually computed (for steps-saved reports)."""
-        return int(self.steps.sum())
-
 
 def reference_noise(
     n: int, shape: tuple[int, ...], std: float, generator: torch.Generator
@@ -133,7 +169,8 @@ def synthesize(
     Langevin noise is on (its draws follow the batch size). ``generator`` (on x0's
     device) drives the Langevin noise only. A one-vs-all model (``heads`` > 1, with
     ``forward_heads``) under the ``logit`` or ``none`` rule evaluates network k_i alone on
-    sample i: the cost of one network per sample, not K.
+    sample i: the cost of one network per sample, not K. ``max_steps=0`` is ICL-noise:
+    the draws themselves, scored.
 
     Shape: x0 (N, C, H, W), target (N,) -> Synthesis with N samples in the input order.
     Example:
@@ -148,92 +185,70 @@ def synthesize(
     heads = getattr(model, "heads", 1)
     per_head = heads > 1 and stop_rule != "argmax" and hasattr(model, "forward_heads")
     # Full-size results, filled as samples leave the batch.
-    x = x0.detach().clone()
-    logit = torch.empty(n, device=device)
-    steps = torch.zeros(n, dtype=torch.int32, device=device)
-    passed = torch.zeros(n, dtype=torch.bool, device=device)
-    # The active batch: rows ``idx`` of the full arrays, with their Adam moments.
-    if per_head:
-        idx = torch.argsort(target, stable=True)
-        xa, ta = x[idx], target[idx]
-        counts = torch.bincount(ta, minlength=heads).tolist()
-    else:
-        idx = torch.arange(n, device=device)
-        xa, ta = x.clone(), target
-    m, v = torch.zeros_like(xa), torch.zeros_like(xa)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    steps_a, logit_a, passed_a = steps.clone(), logit.clone(), passed.clone()
+    full = {"x": x0.detach().clone(), "logit": torch.empty(n, device=device),
+            "steps": torch.zeros(n, dtype=torch.int32, device=device),
+            "passed": torch.zeros(n, dtype=torch.bool, device=device)}
+    idx = (torch.argsort(target, stable=True) if per_head
+           else torch.arange(n, device=device))
+    xa = full["x"][idx]  # the active batch, with its Adam moments and last gradient
+    a = Active(idx, x=xa, target=target[idx], logit=full["logit"][idx],
+               steps=full["steps"][idx], passed=full["passed"][idx],
+               done=torch.zeros(n, dtype=torch.bool, device=device), m=torch.zeros_like(xa),
+               v=torch.zeros_like(xa), grad=torch.zeros_like(xa))
+    counts = torch.bincount(a.target, minlength=heads).tolist() if per_head else None
     b1, b2 = betas
 
-    def score(xin: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(logits (B, K) or None where not computed, f_k(x) (B,))."""
+    def forward(xin: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K), or f_k(x) alone (B, 1) on the per-head path."""
         if per_head:
-            outs = model.forward_heads(list(xin.split(counts)))
-            return None, torch.cat([o[:, 0] for o in outs])
-        logits = model(xin)
-        return logits, logits.gather(1, ta[:, None])[:, 0]
+            return torch.cat(model.forward_heads(list(xin.split(counts))))
+        return model(xin)
 
-    def flush(rows: torch.Tensor) -> None:
-        at = idx[rows]
-        x[at], logit[at] = xa[rows], logit_a[rows]
-        steps[at], passed[at] = steps_a[rows], passed_a[rows]
+    def logit_k(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0] if per_head else logits.gather(1, a.target[:, None])[:, 0]
 
     with frozen(model):
         for step in range(max_steps + 1):
             last = step == max_steps
             if last:  # only the stop test is left: no gradient needed
                 with torch.no_grad():
-                    logits, logit_k = score(xa)
-                grad = None
+                    logits = forward(a.x)
+                    f_k = logit_k(logits)
             else:  # d f_k(x) / dx, weights frozen
-                xg = xa.detach().requires_grad_(True)
-                logits, logit_k = score(xg)
-                (grad,) = torch.autograd.grad(logit_k.sum(), xg)
-                logit_k = logit_k.detach()
-                logits = None if logits is None else logits.detach()
-            now = _passes(logits, logit_k, ta, stop_rule) & ~done
-            stop = ~done if last else now
-            steps_a = torch.where(stop, step, steps_a)
-            logit_a = torch.where(stop, logit_k, logit_a)
-            passed_a, done = passed_a | now, done | stop
+                logits, f_k, a.grad = input_gradient(forward, a.x, logit_k)
+            now = _passes(None if per_head else logits, f_k, a.target, stop_rule) & ~a.done
+            stop = ~a.done if last else now
+            a.steps = torch.where(stop, step, a.steps)
+            a.logit = torch.where(stop, f_k, a.logit)
+            a.passed, a.done = a.passed | now, a.done | stop
             if last:
                 break
             if (step + 1) % check_every == 0:  # the only host sync of the loop
-                keep = ~done
+                keep = ~a.done
                 n_keep = int(keep.sum())
                 if n_keep < keep.numel():
-                    flush(done)
-                    idx, xa, ta, m, v, grad, done, steps_a, logit_a, passed_a = (
-                        t[keep] for t in (idx, xa, ta, m, v, grad, done, steps_a, logit_a,
-                                          passed_a)
-                    )
+                    a.flush(full, a.done)
+                    a.keep(keep)
                     if per_head:
-                        counts = torch.bincount(ta, minlength=heads).tolist()
+                        counts = torch.bincount(a.target, minlength=heads).tolist()
                 if n_keep == 0:
                     break
             # Adam ascent on the input, bias-corrected; all active rows share the count t.
             t = step + 1
-            m = b1 * m + (1 - b1) * grad
-            v = b2 * v + (1 - b2) * grad * grad
-            new = xa + lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + 1e-8)
+            a.m = b1 * a.m + (1 - b1) * a.grad
+            a.v = b2 * a.v + (1 - b2) * a.grad * a.grad
+            new = a.x + lr * (a.m / (1 - b1**t)) / ((a.v / (1 - b2**t)).sqrt() + 1e-8)
             if langevin_std > 0:  # SGLD (Welling & Teh 2011)
-                new = new + langevin_std * torch.randn(xa.shape, generator=generator,
+                new = new + langevin_std * torch.randn(a.x.shape, generator=generator,
                                                        device=device)
             if clamp is not None:
                 new = new.clamp(*clamp)
-            live = (~done).view(-1, *([1] * (xa.dim() - 1)))
-            xa = torch.where(live, new, xa)  # stopped samples stay where they stopped
+            live = (~a.done).view(-1, *([1] * (a.x.dim() - 1)))
+            a.x = torch.where(live, new, a.x)  # stopped samples stay where they stopped
             if progress is not None:
-                progress(step + 1, int(idx.numel()))
-        flush(torch.ones_like(done))
-    return Synthesis(x, target, steps, logit, passed)
-
-
-def noise_samples(
-    model: nn.Module, x0: torch.Tensor, target: torch.Tensor, stop_rule: str = "logit"
-) -> Synthesis:
-    """ICL-noise ablation: pseudo-negatives are raw reference draws, no gradient steps."""
-    return synthesize(model, x0, target, max_steps=0, stop_rule=stop_rule)
+                progress(step + 1, len(a))
+        a.flush(full, torch.ones_like(a.done))
+    return Synthesis(full["x"], target, full["steps"], full["logit"], full["passed"])
 
 
 def fgsm(
@@ -246,7 +261,49 @@ def fgsm(
     Shape: x (B, C, H, W), y (B,) -> (B, C, H, W).
     """
     with frozen(model):
-        _, grad = input_gradient(
-            model, x, lambda logits: F.cross_entropy(logits, y, reduction="none")
-        )
+        _, _, grad = input_gradient(model, x, cross_entropy_of(y))
     return (x + eps * grad.sign()).clamp(*clamp).detach()
+
+
+def pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+    steps: int = 40, step_size: float | None = None, restarts: int = 1,
+    random_start: bool = True, clamp: tuple[float, float] = (-1.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L-inf projected gradient descent on the cross-entropy (Madry et al. 2018).
+
+    Each restart starts at x (plus U(-eps, eps) per value with ``random_start``, clipped to
+    ``clamp``) and takes ``steps`` steps x <- P(x + step_size * sign(grad_x CE)), P the
+    projection on the eps ball around x and on ``clamp`` (foolbox 3's LinfPGD step).
+    ``step_size`` defaults to 2.5 * eps / steps. Restarts after the first run only on
+    samples the model still gets right; a sample keeps the first restart that fools the
+    model, else the last. ``eps`` and ``step_size`` are in input units; ``generator`` (on
+    CPU) draws the random starts, so a seed gives the same starts on any device.
+
+    Shape: x (B, C, H, W), y (B,) -> (B, C, H, W).
+    Example:
+        >>> adv = pgd(net, x, y, eps=0.6, steps=40, restarts=5)
+    """
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"pgd needs steps >= 1 and restarts >= 1, got {steps}, {restarts}")
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    best = x.detach().clone()
+    todo = torch.arange(len(x), device=x.device)  # rows not fooled yet
+    with frozen(model):
+        for _ in range(restarts if random_start else 1):  # a fixed start repeats itself
+            x0, yr = x[todo].detach(), y[todo]
+            adv = x0
+            if random_start:
+                noise = torch.rand(x0.shape, generator=generator) * 2 - 1
+                adv = (x0 + eps * noise.to(x0.device)).clamp(*clamp)
+            for _ in range(steps):
+                _, _, grad = input_gradient(model, adv, cross_entropy_of(yr))
+                adv = adv + alpha * grad.sign()
+                adv = (x0 + (adv - x0).clamp(-eps, eps)).clamp(*clamp)
+            best[todo] = adv
+            with torch.no_grad():
+                todo = todo[model(adv).argmax(1) == yr]
+            if len(todo) == 0:
+                break
+    return best.detach()
