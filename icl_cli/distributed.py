@@ -201,8 +201,14 @@ def lost_peer(exc: BaseException) -> StepError:
     """The one line for a collective that failed because another rank is gone (it raised,
     was killed, or its machine dropped out)."""
     world = current()
+    text = str(exc)
+    why = next((s for s in _PEER_GONE if s.lower() in text.lower()), type(exc).__name__)
     return StepError(f"rank {world.rank} of {world.size}: another rank stopped during the "
-                     f"step ({_first_line(exc)[:160]}); nothing was saved")
+                     f"step ({why.lower()}); nothing was saved")
+
+
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Timed out", "NCCL communicator was aborted")
 
 
 def is_collective_error(exc: BaseException) -> bool:
@@ -210,5 +216,4 @@ def is_collective_error(exc: BaseException) -> bool:
     dist_error = getattr(torch.distributed, "DistError", None)
     return bool(dist_error and isinstance(exc, dist_error)) or (
         isinstance(exc, RuntimeError) and any(
-            s in str(exc) for s in ("Connection closed by peer", "Connection reset",
-                                    "gloo", "NCCL", "Broken pipe", "timed out")))
+            s.lower() in str(exc).lower() for s in (*_PEER_GONE, "gloo", "NCCL")))

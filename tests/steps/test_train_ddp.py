@@ -1,0 +1,118 @@
+"""Issue 12: ``torchrun --nproc-per-node 2 -m icl_cli reclassify --round t`` (gloo, CPU).
+
+From the same checkpoint and shard, 2 ranks train the one-process weights (up to
+floating-point order) and rank 0 alone records them, with the world size; a replay in one
+process compares within the stated tolerance; a rank killed mid-training fails the step
+on every rank in one line and leaves nothing recorded.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from icl_cli.app import app
+from store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = Path(__file__).with_name("ddp_entry.py")
+TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "2",
+        "--epochs", "2", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05",
+        "--lr", "0.05"]
+COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
+pytestmark = pytest.mark.ddp
+
+
+def icl(*args, code=0):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
+    return result
+
+
+def icl_json(*args):
+    return json.loads(icl(*args, "--json").stdout)
+
+
+def torchrun_icl(*args, env=None):
+    """``torchrun --standalone --nproc-per-node 2`` of the icl command line, 1 thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", str(ENTRY), *map(str, args)], env=env, capture_output=True, text=True,
+        timeout=300)
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory):
+    """A workspace at C_0 with round 1's shard drawn: reclassify round 1 is next."""
+    ws = tmp_path_factory.mktemp("ws")
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", *TINY, *COMMON)
+    icl("synthesize", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
+    return ws
+
+
+def _copy(ws, tmp_path, name):
+    return Path(shutil.copytree(ws, tmp_path / name))
+
+
+def _weights(ws):
+    with Store.open(ws) as st:
+        return st.load_checkpoint(st.checkpoint("icl", 1))
+
+
+def _test_error(ws):
+    rows = icl_json("evaluate", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
+    return next(r["error"] for r in rows if r["split"] == "test")
+
+
+def test_two_ranks_record_the_one_process_round(synthesized, tmp_path):
+    one, two = _copy(synthesized, tmp_path, "one"), _copy(synthesized, tmp_path, "two")
+    icl("reclassify", "-w", one, "-e", "icl", "--round", "1", *COMMON)
+    ran = torchrun_icl("reclassify", "-w", two, "-e", "icl", "--round", "1", *COMMON)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    a, b = _weights(one), _weights(two)
+    diff = max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"])
+    assert diff < 1e-4
+    assert abs(_test_error(one) - _test_error(two)) <= 0.001  # 0.1 point
+    # The world size is recorded (checkpoint and step), not part of the inputs: a rerun in
+    # one process finds the round done.
+    assert b["world_size"] == 2 and "world_size" not in a and a["inputs"] == b["inputs"]
+    with Store.open(two) as st:
+        steps = [s for s in st.steps("icl", name="reclassify") if s.round == 1]
+    assert [(s.state, s.config["world_size"]) for s in steps] == [("ok", 2)]  # rank 0 only
+    assert icl_json("reclassify", "-w", two, "-e", "icl", "--round", "1", *COMMON)["reused"]
+    # Replayed in one process: compared within the tolerance, and said so.
+    replay = icl_json("reclassify", "-w", two, "-e", "icl", "--round", "1", "--replay",
+                      *COMMON)
+    assert replay["replay_match"] is True and replay["world_size"] == 1
+    assert replay["replay_tolerance"] == {"atol": 1e-4, "rtol": 1e-3}
+    assert replay["replay_max_diff"] == pytest.approx(diff, abs=1e-6)
+    same = icl_json("reclassify", "-w", one, "-e", "icl", "--round", "1", "--replay", *COMMON)
+    assert same["replay_match"] is True and same["replay_tolerance"] is None  # bit for bit
+    icl("verify", "-w", two)
+
+
+def test_a_rank_killed_mid_training_fails_the_step_and_records_nothing(synthesized,
+                                                                        tmp_path):
+    ws = _copy(synthesized, tmp_path, "killed")
+    ran = torchrun_icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON,
+                       env={"ICL_TEST_KILL_RANK": "1", "ICL_TEST_KILL_STEP": "3"})
+    assert ran.returncode != 0
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "another rank stopped during the step" in errors[0], \
+        ran.stderr[-3000:]
+    assert "nothing was saved" in errors[0]
+    with Store.open(ws) as st:
+        assert st.checkpoint("icl", 1) is None
+        assert [s.state for s in st.steps("icl", name="reclassify") if s.round == 1] \
+            in (["failed"], ["interrupted"])
+    assert "consistent" in icl("verify", "-w", ws).stdout
+    # The lock went with the step: the round trains in one process afterwards.
+    icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
