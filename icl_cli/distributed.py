@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -72,8 +73,12 @@ def from_env(env: dict[str, str] | None = None) -> World:
 
 
 def current() -> World:
-    """The world of the open process group, or one process when there is none."""
+    """The world of the open process group, or one process when there is none (refused
+    under torchrun before ``join``: every rank would act as rank 0)."""
     if not _initialized():
+        if from_env().active:
+            raise RuntimeError("icl_cli.distributed: call join() before the other helpers "
+                               "under torchrun")
         return World()
     import torch.distributed as dist
 
@@ -93,7 +98,8 @@ def backend(device: torch.device) -> str:
 def join(device: torch.device) -> tuple[World, torch.device]:
     """Open torchrun's process group once per process (nothing to do outside torchrun)
     and return the world with this rank's device: ``cuda:LOCAL_RANK`` when ``device`` is a
-    CUDA device, ``device`` otherwise."""
+    CUDA device, ``device`` otherwise. The standard output of ranks other than 0 is
+    discarded from then on (one table, one JSON document); errors still reach stderr."""
     world = from_env()
     if not world.active:
         return world, device
@@ -112,6 +118,8 @@ def join(device: torch.device) -> tuple[World, torch.device]:
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend(device), **kwargs)
         atexit.register(_leave)
+        if not world.main:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     elif current().size != world.size:
         raise StepError("the open process group does not match torchrun's WORLD_SIZE")
     return current(), device

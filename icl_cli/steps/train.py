@@ -39,6 +39,7 @@ class TrainResult:
     # REPLAY_TOLERANCE (allclose), not bit for bit; the largest |difference| found.
     replay_tolerance: dict[str, float] | None = None
     replay_max_diff: float | None = None
+    replay_note: str | None = None  # the verdict in words when not bit for bit
     world_size: int = 1  # ranks that trained it (torchrun), 1: one process
 
 
@@ -315,6 +316,10 @@ def _compare_replay(store, existing, state, name: str, t: int, epochs_log,
                 for a, b in pairs)
     diff = max((float((a.float() - b.float()).abs().max()) for a, b in pairs
                 if a.shape == b.shape and a.numel()), default=0.0)
+    tol = ", ".join(f"{k} {v:g}" for k, v in REPLAY_TOLERANCE.items())
+    note = (f"{'matches' if close else 'DIFFERS from'} the record within {tol} (trained on "
+            f"{ranks} rank{'s' * (ranks > 1)}, replayed on {world_size}: not bit for bit; "
+            f"largest weight difference {diff:.1e})")
     return TrainResult(name, t, existing.sha256, False, epochs_log, seconds, 0,
                        replay_match=close, replay_tolerance=dict(REPLAY_TOLERANCE),
-                       replay_max_diff=diff, world_size=world_size)
+                       replay_max_diff=diff, replay_note=note, world_size=world_size)

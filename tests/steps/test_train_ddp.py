@@ -94,11 +94,14 @@ def test_two_ranks_record_the_one_process_round(synthesized, tmp_path):
     assert replay["replay_match"] is True and replay["world_size"] == 1
     assert replay["replay_tolerance"] == {"atol": 1e-4, "rtol": 1e-3}
     assert replay["replay_max_diff"] == pytest.approx(diff, abs=1e-6)
+    assert "within atol 0.0001, rtol 0.001" in replay["replay_note"]
+    assert "trained on 2 ranks, replayed on 1: not bit for bit" in replay["replay_note"]
     same = icl_json("reclassify", "-w", one, "-e", "icl", "--round", "1", "--replay", *COMMON)
     assert same["replay_match"] is True and same["replay_tolerance"] is None  # bit for bit
     icl("verify", "-w", two)
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_training_fails_the_step_and_records_nothing(synthesized,
                                                                         tmp_path):
     ws = _copy(synthesized, tmp_path, "killed")
@@ -116,3 +119,17 @@ def test_a_rank_killed_mid_training_fails_the_step_and_records_nothing(synthesiz
     assert "consistent" in icl("verify", "-w", ws).stdout
     # The lock went with the step: the round trains in one process afterwards.
     icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
+
+
+@pytest.mark.slow
+def test_a_busy_lock_fails_every_rank_in_one_line(synthesized, tmp_path):
+    ws = _copy(synthesized, tmp_path, "busy")
+    with Store.open(ws) as st, st.lock("icl", command="icl run (test)"):
+        ran = torchrun_icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
+    assert ran.returncode != 0 and len(errors) == 2, ran.stderr[-3000:]
+    assert sum("rank 0 of 2 failed:" in e for e in errors) == 1  # rank 1's line
+    assert all("icl run (test)" in e for e in errors)  # who holds it, on both ranks
+    with Store.open(ws) as st:
+        assert st.checkpoint("icl", 1) is None
+        assert not [s for s in st.steps("icl", name="reclassify") if s.round == 1]
