@@ -1,10 +1,12 @@
-"""``icl evaluate`` and ``icl attack``: the commands that measure a trained model.
+"""``icl evaluate``, ``icl attack`` and ``icl ood``: the commands that measure a trained
+model.
 
 Registered on :data:`icl_cli.app.app`; they share its options and helpers.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,10 +31,15 @@ from icl_cli.app import (
 def evaluate(
     round_: Annotated[int | None, typer.Option(
         "--round", "-r", help="Round t (default: the latest checkpoint).")] = None,
+    bins: Annotated[int, typer.Option(
+        help="Equal-width confidence bins of the expected calibration error.")] = 15,
+    plot: Annotated[bool, typer.Option(
+        help="Also write the reliability diagram (a PNG among the figures).")] = True,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
-    """Test error (and validation error, when a split is held out), with per-class error."""
+    """Test error (and validation error, when a split is held out), with per-class error,
+    negative log-likelihood and expected calibration error of softmax(logits)."""
     from icl_cli.steps.evaluate import evaluate_round
 
     with ui.user_errors():
@@ -40,14 +47,16 @@ def evaluate(
         exp = store.experiment(experiment)
         if round_ is None:
             round_ = max((c.round for c in store.checkpoints(exp.name)), default=0)
-        rows = evaluate_round(store, exp.name, round_, _runtime(device, threads,
-                                                                 no_mlflow=no_mlflow))
+        rows = evaluate_round(store, exp.name, round_,
+                              _runtime(device, threads, no_mlflow=no_mlflow), bins, plot)
     if json:
         return ui.emit_json(rows)
     _errors(rows, None)
     k = len(rows[0].per_class)
     ui.table("per-class error %", ["split", *map(str, range(k))],
              [[e.split, *(f"{100 * p:.1f}" for p in e.per_class)] for e in rows])
+    ui.table(f"calibration ({bins} bins)", ["split", "NLL", "ECE %"],
+             [[e.split, f"{e.nll:.4f}", f"{100 * e.ece:.2f}"] for e in rows])
 
 
 @app.command()
@@ -55,20 +64,64 @@ def attack(
     round_: Round,
     against: Annotated[str, typer.Option(
         help="EXPERIMENT[:ROUND] to compare with (default round: the same).")],
-    eps: Annotated[float, typer.Option(help="FGSM step in [0, 1] pixel units.")] = 0.125,
+    eps: Annotated[float, typer.Option(
+        help="L-inf budget in [0, 1] pixel units (FGSM: its one step).")] = 0.125,
+    method: Annotated[str, typer.Option(help="fgsm, or pgd (L-inf, Madry et al.).")] = "fgsm",
+    steps: Annotated[int, typer.Option(help="PGD: gradient steps per restart.")] = 40,
+    step_size: Annotated[float | None, typer.Option(
+        help="PGD: step in pixel units (default 2.5 * eps / steps).")] = None,
+    restarts: Annotated[int, typer.Option(
+        help="PGD: random restarts; each retries only the images still classified right.")
+    ] = 1,
+    random_start: Annotated[bool, typer.Option(
+        help="PGD: start each restart at a uniform draw in the eps ball.")] = True,
+    seed: Annotated[int, typer.Option(help="PGD: seed of the random starts.")] = 0,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
-    """Two-way FGSM (paper 4.1): made on A from test images A gets right, how many fool A,
-    how many of those also fool B; then the same from B."""
+    """Two-way attack (paper 4.1): made on A from test images A gets right, how many fool
+    A, how many of those also fool B; then the same from B; and each maker's robust
+    accuracy (its test accuracy under the attack)."""
+    from icl_cli.steps.evaluate import AttackSettings
     from icl_cli.steps.evaluate import attack as run_attack
     from icl_cli.steps.init import parse_from
 
+    settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed)
     with ui.user_errors():
         other, other_round = parse_from(against) if ":" in against else (against, None)
-        rows = run_attack(_store(workspace), experiment, round_, other, other_round, eps,
+        rows = run_attack(_store(workspace), experiment, round_, other, other_round, settings,
                           _runtime(device, threads, no_mlflow=no_mlflow))
     if json:
         return ui.emit_json(rows)
-    ui.table(f"FGSM eps {eps}", ["made on", "correct", "fool it", "also fool", "other"],
-             [[r.source, r.correct, r.fool_source, r.fool_both, r.other] for r in rows])
+    ui.table(f"{method.upper()} eps {eps}",
+             ["made on", "correct", "fool it", "also fool", "other", "robust acc %"],
+             [[r.source, r.correct, r.fool_source, r.fool_both, r.other,
+               f"{100 * r.robust_accuracy:.2f}"] for r in rows])
+
+
+@app.command()
+def ood(
+    round_: Round,
+    ood_root: Annotated[list[Path] | None, typer.Option(
+        help="A folder in MNIST's IDX layout whose test images are out-of-distribution "
+             "(repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated sets.")] = 0,
+    plot: Annotated[bool, typer.Option(help="Also write the score histograms (PNG).")] = True,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Out-of-distribution detection: AUROC, AUPR and FPR at 95 % TPR of max softmax, max
+    logit (for ICL: max_k f_k, the paper's "is it class k") and logsumexp, test images
+    against uniform, Gaussian (sigma_r), constant, rotated, flipped, inverted and blended
+    images, and each --ood-root folder."""
+    from icl_cli.steps.ood import ood as run_ood
+
+    with ui.user_errors():
+        store = _store(workspace)
+        rows = run_ood(store, store.experiment(experiment).name, round_,
+                       _runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed, plot)
+    if json:
+        return ui.emit_json(rows)
+    ui.table(f"OOD detection, round {round_} (%)", ["set", "score", "AUROC", "AUPR", "FPR95"],
+             [[r.set, r.score, f"{100 * r.auroc:.2f}", f"{100 * r.aupr:.2f}",
+               f"{100 * r.fpr95:.2f}"] for r in rows])

@@ -46,6 +46,60 @@ def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -
     return path
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(store, fig, name: str, filename: str) -> Path:
+    path = store.figure_path(name, filename)
+    store.write_figure(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
+    return path
+
+
+def plot_reliability(store, name: str, round_: int, curves: dict) -> Path:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per split
+    (``curves``: {split: metrics.Calibration}), the diagonal being perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=120)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    for split, cal in curves.items():
+        used = [i for i, c in enumerate(cal.count) if c > 0]
+        ax.plot([cal.confidence[i] for i in used], [cal.accuracy[i] for i in used],
+                marker="o", ms=3, label=f"{split}: ECE {100 * cal.ece:.2f} %")
+    ax.set_xlabel("confidence (max softmax)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{name}, round {round_}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    path = _save(store, fig, name, f"reliability-round-{round_:04d}.png")
+    plt.close(fig)
+    return path
+
+
+def plot_histograms(store, name: str, round_: int, scores_in: dict, scores_out: dict,
+                    filename: str) -> Path:
+    """Histograms of in- vs out-of-distribution scores: one panel per score, the test
+    set against each out-of-distribution set (``scores_out``: {set: {score: values}})."""
+    plt = _pyplot()
+    names = list(scores_in)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), dpi=110,
+                             squeeze=False)
+    for ax, score in zip(axes[0], names, strict=True):
+        ax.hist(scores_in[score], bins=40, density=True, alpha=0.6, label="test (in)")
+        for set_name, values in scores_out.items():
+            ax.hist(values[score], bins=40, density=True, histtype="step", label=set_name)
+        ax.set_title(score, fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"{name}, round {round_}", fontsize=9)
+    path = _save(store, fig, name, filename)
+    plt.close(fig)
+    return path
+
+
 @dataclass(frozen=True)
 class ExperimentRow:
     experiment: str
@@ -63,14 +117,16 @@ class ExperimentRow:
     test_error_best_val: float | None
     running: list[str]
     errors: dict[int, dict[str, float]]  # {round: {"test": e, "val": e}}
-    # Two-way FGSM records made with `icl attack -e this`: round, against, against_round,
-    # eps, and [correct, fool the maker, of those fool the other] for examples made on
-    # this model ("made_here") and on the other one ("made_there").
+    # Two-way attack records made with `icl attack -e this`: round, against,
+    # against_round, eps, method (fgsm, pgd), params, n (test images), and [correct, fool
+    # the maker, of those fool the other] for examples made on this model ("made_here")
+    # and on the other one ("made_there").
     attacks: list[dict]
     config: dict  # the experiment's recorded settings (what a sweep varies)
     data_fingerprint: str | None  # which images it trains and validates on (None: old)
     # Per round: what its steps measured besides the error (grad_norm_max, real_logit_max,
-    # pool_logit_max from reclassify; outside_range, never_passed from synthesize).
+    # pool_logit_max from reclassify; outside_range, never_passed from synthesize;
+    # test_nll, test_ece, val_... from evaluate; ood_<set>_<score>_<auroc|aupr|fpr95>).
     diagnostics: dict[int, dict[str, float | None]]
     stale: dict[int, str]  # rounds that no longer follow from the round before, and why
 
@@ -96,7 +152,8 @@ def experiment_rows(store) -> list[ExperimentRow]:
             errs[best]["test"] if best is not None else None, running.get(exp.name, []),
             errs, [dict(round=a.round, against=a.against_experiment,
                         against_round=a.against_round, eps=a.eps,
-                        made_here=a.counts["a_made"], made_there=a.counts["b_made"])
+                        made_here=a.counts["a_made"], made_there=a.counts["b_made"],
+                        method=a.method, params=a.params, n=a.counts.get("n"))
                    for a in store.attacks(exp.name)], cfg, exp.data_fingerprint,
             store.metrics(exp.name), store.stale_rounds(exp.name)))
     return sorted(rows, key=_paired_order(rows))
@@ -136,4 +193,63 @@ def markdown(rows: list[ExperimentRow]) -> str:
                      f"{r.rounds} | {_pct(r.test_error_0)} | {_pct(r.test_error_last)} | "
                      f"{'-' if r.best_val_round is None else r.best_val_round} | "
                      f"{_pct(r.test_error_best_val)} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _calibration_table(rows) + _ood_table(rows) + _attack_table(rows))
+
+
+def _latest(r: ExperimentRow, key: str) -> int | None:
+    """The last round whose recorded metrics hold ``key``."""
+    have = [int(t) for t, m in r.diagnostics.items() if m.get(key) is not None]
+    return max(have, default=None)
+
+
+def _calibration_table(rows: list[ExperimentRow]) -> list[str]:
+    """NLL and ECE (``icl evaluate``) at each experiment's last evaluated round."""
+    out = []
+    for r in rows:
+        t = _latest(r, "test_ece")
+        if t is None:
+            continue
+        m = r.diagnostics[t]
+        out.append(f"| {r.experiment} | {t} | {m['test_nll']:.4f} | {_pct(m['test_ece'])} | "
+                   f"{'-' if m.get('val_nll') is None else format(m['val_nll'], '.4f')} | "
+                   f"{_pct(m.get('val_ece'))} |")
+    head = ["", "| experiment | round | test NLL | test ECE % | val NLL | val ECE % |",
+            "|" + " --- |" * 6]
+    return head + out if out else []
+
+
+OOD_SCORES = ("max_softmax", "max_logit", "logsumexp")  # metrics.SCORES, without torch
+
+
+def _ood_table(rows: list[ExperimentRow]) -> list[str]:
+    """AUROC (%) per out-of-distribution set and score (``icl ood``), last round run."""
+    out = []
+    for r in rows:
+        t = max((int(k) for k, m in r.diagnostics.items()
+                 if any(n.startswith("ood_") for n in m)), default=None)
+        if t is None:
+            continue
+        m = r.diagnostics[t]
+        sets = sorted({n[4:-len("_max_softmax_auroc")] for n in m
+                       if n.startswith("ood_") and n.endswith("_max_softmax_auroc")})
+        for name in sets:
+            cells = [_pct(m.get(f"ood_{name}_{score}_auroc")) for score in OOD_SCORES]
+            out.append(f"| {r.experiment} | {t} | {name} | " + " | ".join(cells) + " |")
+    head = ["", "| experiment | round | OOD set | AUROC % max softmax | AUROC % max logit | "
+            "AUROC % logsumexp |", "|" + " --- |" * 6]
+    return head + out if out else []
+
+
+def _attack_table(rows: list[ExperimentRow]) -> list[str]:
+    """Each recorded attack: robust accuracy of the model it was made on."""
+    out = []
+    for r in rows:
+        for a in r.attacks:
+            made, n = a["made_here"], a.get("n")
+            robust = "-" if not n else f"{100 * (made[0] - made[1]) / n:.2f}"
+            out.append(f"| {r.experiment} | {a['round']} | {a['method']} | {a['eps']:g} | "
+                       f"{a['against']}:{a['against_round']} | {made[1]} / {made[0]} | "
+                       f"{a['made_there'][2]} / {a['made_there'][1]} | {robust} |")
+    head = ["", "| experiment | round | attack | eps | against | fool it / correct | "
+            "other's that fool it / fool other | robust acc % |", "|" + " --- |" * 8]
+    return head + out if out else []

@@ -1,0 +1,105 @@
+"""Measures beyond test error: calibration (NLL, ECE) and out-of-distribution detection
+(AUROC, AUPR, FPR at 95 % TPR) from logits. Pure tensor code, no I/O; the metrics
+themselves come from torchmetrics, not written by hand.
+
+Probabilities are softmax(logits) in both modes: in one-vs-all mode the K networks' logits
+are not normalised, and softmax over them is the usual way to read them as one
+distribution (prediction is argmax_k f_k either way, paper 3.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """nll: mean -log p_y(x); ece: expected calibration error (L1, ``bins`` equal-width
+    confidence bins, Guo et al. 2017); per bin: mean confidence, accuracy and count (for
+    the reliability diagram)."""
+
+    nll: float
+    ece: float
+    bins: int
+    confidence: list[float]
+    accuracy: list[float]
+    count: list[int]
+
+
+def calibration(logits: torch.Tensor, y: torch.Tensor, bins: int = 15) -> Calibration:
+    """NLL and ECE of softmax(logits) against labels y.
+
+    Shape: logits (N, K), y (N,).
+    Example:
+        >>> calibration(torch.tensor([[2.0, 0.0]]), torch.tensor([0]), bins=10).nll
+        0.1269...
+    """
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    logits, y = logits.float().cpu(), y.cpu()
+    probs = logits.softmax(1)
+    ece = multiclass_calibration_error(probs, y, num_classes=logits.shape[1], n_bins=bins,
+                                       norm="l1")
+    conf, pred = probs.max(1)
+    # The diagram's bins, as torchmetrics bins them: (i/bins, (i+1)/bins].
+    which = (torch.bucketize(conf, torch.linspace(0, 1, bins + 1)[1:-1], right=False))
+    count = torch.bincount(which, minlength=bins)
+    c_sum = torch.zeros(bins).index_add_(0, which, conf)
+    a_sum = torch.zeros(bins).index_add_(0, which, (pred == y).float())
+    den = count.clamp(min=1)
+    return Calibration(float(F.cross_entropy(logits, y)), float(ece), bins,
+                       (c_sum / den).tolist(), (a_sum / den).tolist(), count.tolist())
+
+
+SCORES = ("max_softmax", "max_logit", "logsumexp")
+
+
+def ood_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image "in-distribution" scores, higher = more like the training data: max
+    softmax probability (Hendrycks & Gimpel 2017), max logit, logsumexp of the logits (the
+    negative free energy, Liu et al. 2020). For ICL the max logit is also the paper's own
+    score, max_k f_k(x) > 0 being "this is class k" (eq. 7 / eq. 11).
+
+    Shape: logits (N, K) -> {name: (N,)}.
+    """
+    logits = logits.float()
+    return {"max_softmax": logits.softmax(1).amax(1), "max_logit": logits.amax(1),
+            "logsumexp": logits.logsumexp(1)}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """In-distribution as the positive class: auroc, aupr (average precision, in as
+    positive) and fpr95, the share of out-of-distribution images scored above the
+    threshold that keeps 95 % of in-distribution images."""
+
+    auroc: float
+    aupr: float
+    fpr95: float
+
+
+def detection(score_in: torch.Tensor, score_out: torch.Tensor) -> Detection:
+    """AUROC, AUPR and FPR at 95 % TPR of a score separating in (positive) from out.
+
+    Shape: score_in (N,), score_out (M,).
+    Example:
+        >>> detection(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])).auroc
+        1.0
+    """
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        binary_average_precision,
+        binary_roc,
+    )
+
+    scores = torch.cat([score_in, score_out]).double().cpu()
+    labels = torch.cat([torch.ones(len(score_in)), torch.zeros(len(score_out))]).long()
+    fpr, tpr, _ = binary_roc(scores, labels)
+    fpr95 = float(fpr[tpr >= 0.95].min())
+    return Detection(float(binary_auroc(scores, labels)),
+                     float(binary_average_precision(scores, labels)), fpr95)

@@ -1,0 +1,144 @@
+"""``icl evaluate`` (calibration), ``icl attack --method pgd`` and ``icl ood`` end to end on
+a tiny net and the embedded MNIST subset."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from icl_cli.app import app
+from store import Store
+
+TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
+        "--epochs", "1", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05"]
+COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
+
+
+def icl(*args, code=0):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
+    return result
+
+
+def icl_json(*args):
+    return json.loads(icl(*args, "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A baseline at round 0 and an ICL experiment started from it."""
+    ws = tmp_path_factory.mktemp("ws")
+    icl("init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON)
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
+    return ws
+
+
+def test_evaluate_reports_nll_and_ece_everywhere(ws):
+    rows = icl_json("evaluate", "-w", ws, "-e", "base", "--round", "0", *COMMON)
+    by = {r["split"]: r for r in rows}
+    assert set(by) == {"test", "val"}
+    for r in rows:
+        assert r["nll"] > 0 and 0 <= r["ece"] <= 1 and r["ece_bins"] == 15
+    recorded = Store.open(ws).metrics("base")[0]
+    assert recorded["test_nll"] == pytest.approx(by["test"]["nll"])
+    assert recorded["val_ece"] == pytest.approx(by["val"]["ece"])
+    png = ws / "experiments" / "base" / "figures" / "reliability-round-0000.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --bins changes the ECE (the tiny net's confidences sit in one of 15 bins; NLL does
+    # not depend on the bins) and is recorded.
+    two = icl_json("evaluate", "-w", ws, "-e", "base", "--round", "0", "--bins", "200",
+                   "--no-plot", *COMMON)
+    assert two[0]["ece_bins"] == 200 and two[0]["nll"] == by["test"]["nll"]
+    assert two[0]["ece"] != by["test"]["ece"]
+    assert Store.open(ws).metrics("base")[0]["ece_bins"] == 200
+    text = icl("report", "-w", ws, "--no-plot").stdout
+    assert "test ECE %" in text and f"{100 * two[0]['ece']:.2f}" in text
+    bad = icl("evaluate", "-w", ws, "-e", "base", "--round", "0", "--bins", "0", *COMMON,
+              code=3)
+    assert "--bins must be >= 1" in bad.stderr
+
+
+def test_pgd_two_way_with_robust_accuracy_recorded(ws):
+    common = ["-w", ws, "-e", "icl", "--round", "0", "--against", "base:0", *COMMON]
+    fgsm = icl_json("attack", *common, "--eps", "0.3")
+    # One PGD step of size eps from x itself is FGSM: the same counts both ways.
+    one = icl_json("attack", *common, "--eps", "0.3", "--method", "pgd", "--steps", "1",
+                   "--step-size", "0.3", "--no-random-start")
+    for f, p in zip(fgsm, one, strict=True):
+        assert (p["correct"], p["fool_source"], p["fool_both"]) == (
+            f["correct"], f["fool_source"], f["fool_both"])
+        assert p["method"] == "pgd" and f["method"] == "fgsm"
+    pgd = icl_json("attack", *common, "--eps", "0.3", "--method", "pgd", "--steps", "5",
+                   "--restarts", "2")
+    for r in pgd:
+        assert r["n"] == 2000
+        assert r["robust_accuracy"] == pytest.approx((r["correct"] - r["fool_source"]) / 2000)
+    # More steps find at least as many adversarial examples as the single signed step.
+    assert pgd[0]["fool_source"] >= fgsm[0]["fool_source"]
+    store = Store.open(ws)
+    by = {(a.method, a.params and a.params["steps"]): a for a in store.attacks("icl")}
+    rec = by[("pgd", 5)]
+    assert rec.params == {"steps": 5, "step_size": pytest.approx(2.5 * 0.3 / 5),
+                          "restarts": 2, "random_start": True, "seed": 0}
+    assert rec.counts["a_made"] == [pgd[0]["correct"], pgd[0]["fool_source"],
+                                    pgd[0]["fool_both"]]
+    rows = {r["experiment"]: r for r in icl_json("report", "-w", ws, "--no-plot")}
+    assert {a["method"] for a in rows["icl"]["attacks"]} == {"fgsm", "pgd"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "cw"], "--method must be fgsm or pgd"),
+    (["--method", "pgd", "--steps", "0"], "--steps and --restarts must be >= 1"),
+    (["--method", "pgd", "--step-size", "2"], "--step-size is in pixel units"),
+])
+def test_pgd_bad_settings_are_one_line(ws, args, message):
+    out = icl("attack", "-w", ws, "-e", "icl", "--round", "0", "--against", "base:0",
+              *args, *COMMON, code=3)
+    assert message in out.stderr and "Traceback" not in out.output
+
+
+def write_idx(folder, images):
+    """A minimal MNIST-layout folder whose test images are ``images`` (N, 28, 28)."""
+    folder.mkdir()
+    n = len(images)
+    for prefix in ("train", "t10k"):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3]) + np.array([n, 28, 28], ">i4").tobytes()
+            + images.astype(np.uint8).tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + np.array([n], ">i4").tobytes() + bytes(n))
+
+
+def test_ood_scores_every_set_and_records_them(ws, tmp_path):
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "noise", rng.integers(0, 256, (50, 28, 28)))
+    rows = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root",
+                    tmp_path / "noise", *COMMON)
+    sets = {r["set"] for r in rows}
+    assert sets == {"uniform", "gaussian", "constant", "rotate90", "flip", "invert", "blend",
+                    "idx_noise"}
+    assert {r["score"] for r in rows} == {"max_softmax", "max_logit", "logsumexp"}
+    for r in rows:
+        assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["fpr95"] <= 1
+    assert next(r for r in rows if r["set"] == "idx_noise")["n"] == 50
+    m = Store.open(ws).metrics("icl")[0]
+    one = next(r for r in rows if r["set"] == "uniform" and r["score"] == "logsumexp")
+    assert m["ood_uniform_logsumexp_auroc"] == pytest.approx(one["auroc"])
+    png = ws / "experiments" / "icl" / "figures" / "ood-round-0000.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| icl | 0 | uniform |" in icl("report", "-w", ws, "--no-plot").stdout
+    # Another seed draws other noise: the generated sets follow --seed.
+    other = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--seed", "1",
+                     "--no-plot", *COMMON)
+    auroc = {(r["set"], r["score"]): r["auroc"] for r in rows}
+    assert any(auroc[("uniform", r["score"])] != r["auroc"]
+               for r in other if r["set"] == "uniform")
+    assert all(auroc[("flip", r["score"])] == r["auroc"] for r in other if r["set"] == "flip")
+
+
+def test_ood_root_of_another_shape_is_refused(ws, tmp_path):
+    (tmp_path / "missing").mkdir()
+    out = icl("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root",
+              tmp_path / "missing", *COMMON, code=3)
+    assert "is missing" in out.stderr and "Traceback" not in out.output
