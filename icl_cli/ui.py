@@ -134,9 +134,10 @@ class OneLineErrors(TyperGroup):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn every expected failure into one stderr line and a documented exit code."""
-    from sqlalchemy.exc import DatabaseError, OperationalError
+    """Turn every expected failure into one stderr line and a documented exit code.
 
+    The store's errors arrive typed (``store.errors``: a catalog that cannot be used is a
+    StoreError, exit 3; a damaged one an IntegrityError, exit 4), never as SQLAlchemy's."""
     from icl_cli.errors import DataError, StepError
     from store import BusyError, IntegrityError, NotAWorkspace, StoreError, Terminated
 
@@ -156,12 +157,6 @@ def user_errors() -> Iterator[None]:
         raise fail(TERMINATED, 143) from None
     except KeyboardInterrupt:
         raise fail(INTERRUPTED, 130) from None
-    except OperationalError as exc:  # unreadable, read-only or full disk (busy is retried)
-        raise fail(f"cannot use the workspace catalog: {_first_line(exc.orig or exc)} "
-                   "(check the workspace's permissions and free space)", 3) from None
-    except DatabaseError as exc:
-        raise fail(f"the workspace catalog is damaged: {_first_line(exc.orig or exc)}", 4) \
-            from None
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 3) from None
     except Exception as exc:
@@ -170,11 +165,6 @@ def user_errors() -> Iterator[None]:
         line = str(exc).splitlines()[0] if str(exc) else ""
         raise fail(f"internal error: {type(exc).__name__}: {line} "
                    "(set ICL_DEBUG=1 for the traceback)", 1) from None
-
-
-def _first_line(exc: object) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def to_plain(obj: Any) -> Any:

@@ -9,7 +9,9 @@ A workspace is a folder::
     <ws>/experiments/<name>/checkpoints/round-0007.pt
     <ws>/experiments/<name>/figures/...
 
-Steps use one :class:`Store` and get frozen dataclasses back. torch, h5py and MLflow are
+Steps use one :class:`Store` and get frozen dataclasses back. The Store is made of
+explicit parts (``store.store`` lists them): the catalog, the artefact files, the results,
+the step log, the locks and the MLflow runs. torch, h5py and MLflow are
 imported only when a shard, checkpoint or tracker is used, so ``icl --help`` stays fast.
 
 Example:
@@ -19,6 +21,9 @@ Example:
 
 from .errors import (
     BusyError,
+    CatalogDamaged,
+    CatalogMissing,
+    CatalogUnusable,
     ConflictError,
     ExperimentNotFound,
     IntegrityError,
@@ -26,6 +31,7 @@ from .errors import (
     StoreError,
     Terminated,
 )
+from .hashing import config_hash
 from .infos import (
     AttackInfo,
     CheckpointInfo,
@@ -35,13 +41,16 @@ from .infos import (
     StepInfo,
     VerifyReport,
 )
-from .store import Store, config_hash
+from .store import Store
 from .tracking import NullTracker, Tracker
 from .workspace import atomic_write, find_workspace, sha256_file, validate_name
 
 __all__ = [
     "AttackInfo",
     "BusyError",
+    "CatalogDamaged",
+    "CatalogMissing",
+    "CatalogUnusable",
     "CheckpointInfo",
     "ConflictError",
     "EvaluationInfo",

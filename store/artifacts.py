@@ -1,8 +1,14 @@
-"""Shard and checkpoint methods of :class:`store.Store` (split out to keep files short).
+"""The artefact files of a store: shards and checkpoints, checked against the catalog.
 
 Order for every artefact (STYLE habit 4): write a temporary file, fsync, rename, hash,
 then record the row in one transaction. Reads check the sha256 against the catalog
-before any parser (h5py, torch) sees the bytes.
+before any parser (h5py, torch) sees the bytes. A file already on disk is never
+overwritten by one the catalog does not know of (a lost catalog loses nothing).
+
+Example:
+    >>> files = ArtifactFiles(root, catalog)                      # doctest: +SKIP
+    >>> info = files.write_shard("icl", 1, arrays, {"seed": 0, "sampler_config": {}})
+    >>> files.read_shard(info)["samples"].shape                   # (N, C, H, W)
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from . import checkpoints as ckpt_files
 from . import shards as shard_files
-from .catalog import Checkpoint, Experiment, Shard, read_session, run_write, utcnow
+from .catalog import Catalog, Checkpoint, Experiment, Shard, to_info, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
 from .hashing import config_hash
-from .infos import CheckpointInfo, ShardInfo
+from .infos import CheckpointInfo, ExperimentInfo, ShardInfo
 from .workspace import EXPERIMENTS_DIR, atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -37,26 +43,50 @@ def checkpoint_fix(experiment: str, round: int) -> str:
     return f"re-create it{what} with `icl reclassify --round {round} --force -e {experiment}`"
 
 
-class ArtifactMethods:
-    """Mixin; needs ``root``, ``engine``, ``experiment()``, ``_exp_row()``, ``rel()``."""
+def unrecorded(path: Path) -> ConflictError:
+    """The refusal to write over a file that is on disk but not in the catalog."""
+    return ConflictError(
+        f"{path.parent.parent.parent.name}/{path.parent.parent.name}/{path.parent.name}/"
+        f"{path.name} is on disk but not in the catalog (a lost or replaced catalog?); it "
+        "is never overwritten: run `icl verify --rebuild` to record it again"
+    )
 
-    root: Path
+
+STORE_KEY = "catalog"
+"""The checkpoint payload entry where the store keeps what ``rebuild`` needs to record the
+file again: the experiment's row and the parent checkpoint (see :func:`catalog_record`)."""
+
+
+def catalog_record(exp: ExperimentInfo, parent: CheckpointInfo | None) -> dict[str, Any]:
+    """What a checkpoint carries of its catalog rows (plain data; no timestamps, so two
+    identical trainings still write identical bytes)."""
+    return {
+        "experiment": {"name": exp.name, "config": exp.config, "config_hash": exp.config_hash,
+                       "parent": exp.parent, "parent_round": exp.parent_round,
+                       "data_fingerprint": exp.data_fingerprint},
+        "parent": None if parent is None else {
+            "experiment": parent.experiment, "round": parent.round, "sha256": parent.sha256},
+    }
+
+
+class ArtifactFiles:
+    """Shards and checkpoints under ``root/experiments``, recorded in ``catalog``."""
+
+    def __init__(self, root: Path, catalog: Catalog) -> None:
+        self.root, self.catalog = root, catalog
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the workspace root, POSIX style (as stored in the catalog)."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
+
+    def _name(self, experiment: str | None) -> str:
+        return self.catalog.experiment(experiment).name
 
     # ----------------------------------------------------------------- shards
     def _shard_info(self, row: Shard, name: str) -> ShardInfo:
-        return ShardInfo(
-            experiment=name,
-            round=row.round,
-            version=row.version,
-            active=row.active,
-            path=self.root / row.path,
-            sha256=row.sha256,
-            count=row.count,
-            sampler_config=dict(row.sampler_config or {}),
-            seed=row.seed,
-            source_checkpoint=row.source_checkpoint_sha256,
-            created_at=row.created_at,
-        )
+        return to_info(ShardInfo, row, experiment=name, path=self.root / row.path,
+                       sampler_config=dict(row.sampler_config or {}),
+                       source_checkpoint=row.source_checkpoint_sha256)
 
     def write_shard(
         self, experiment: str, round: int, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
@@ -67,12 +97,12 @@ class ArtifactMethods:
         logit (N,) float32, passed (N,) bool (other dtypes are cast).
         attrs: seed, sampler_config (dict), source_checkpoint (sha256 hex).
         """
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         if int(round) < 1:
             raise StoreError(f"shards belong to rounds >= 1, got round {round}")
         data = shard_files.prepare_arrays(arrays)
         folder = self.root / "experiments" / name / "shards"
-        with read_session(self.engine) as s:
+        with self.catalog.read() as s:
             known = s.scalars(
                 select(Shard.version)
                 .join(Experiment)
@@ -95,7 +125,7 @@ class ArtifactMethods:
         atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
 
         def record(s: Session) -> ShardInfo:
-            exp = self._exp_row(s, name)
+            exp = self.catalog.row(s, name)
             s.execute(
                 update(Shard)
                 .where(Shard.experiment_id == exp.id, Shard.round == round)
@@ -118,7 +148,7 @@ class ArtifactMethods:
             return self._shard_info(row, name)
 
         try:
-            return run_write(self.engine, record)
+            return self.catalog.write(record)
         except BaseException:
             # Not recorded: remove the file so nothing unreferenced is left behind.
             if not self._path_recorded(Shard, path):
@@ -126,20 +156,20 @@ class ArtifactMethods:
             raise
 
     def _path_recorded(self, table: type, path: Path) -> bool:
-        with read_session(self.engine) as s:
+        with self.catalog.read() as s:
             return s.scalar(select(table.id).where(table.path == self.rel(path))) is not None
 
     def shards(
         self, experiment: str, round: int | None = None, active_only: bool = False
     ) -> list[ShardInfo]:
         """Shards of an experiment, by round then version."""
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         q = select(Shard).join(Experiment).where(Experiment.name == name)
         if round is not None:
             q = q.where(Shard.round == round)
         if active_only:
             q = q.where(Shard.active.is_(True))
-        with read_session(self.engine) as s:
+        with self.catalog.read() as s:
             rows = s.scalars(q.order_by(Shard.round, Shard.version)).all()
             return [self._shard_info(r, name) for r in rows]
 
@@ -151,7 +181,7 @@ class ArtifactMethods:
     def active_shards(self, experiment: str, up_to: int) -> list[ShardInfo]:
         """Active shards of rounds 1..up_to, one per round (reclassify of round t uses
         ``up_to=t``); a missing round raises StoreError naming the command to run."""
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         by_round = {i.round: i for i in self.shards(name, active_only=True) if i.round <= up_to}
         for r in range(1, up_to + 1):
             if r not in by_round:
@@ -165,14 +195,14 @@ class ArtifactMethods:
         """Remove an experiment that has no shard and no checkpoint (an ``icl init`` that
         failed before C_0 was saved): its catalog rows and its empty folders. Refuses
         (StoreError) once it has any artefact."""
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         if self.shards(name) or self.checkpoints(name):
             raise StoreError(f"experiment '{name}' has shards or checkpoints; not removed")
 
         def drop(s: Session) -> None:
-            s.delete(self._exp_row(s, name))
+            s.delete(self.catalog.row(s, name))
 
-        run_write(self.engine, drop)
+        self.catalog.write(drop)
         folder = self.root / EXPERIMENTS_DIR / name
         for sub in sorted(folder.glob("*"), reverse=True) if folder.is_dir() else []:
             if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
@@ -186,7 +216,7 @@ class ArtifactMethods:
         trained from another parent, or on a shard replaced (``--force``) after it was
         trained; and every round after a stale one. From the catalog alone (no file read).
         """
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         ckpts = {c.round: c for c in self.checkpoints(name)}
         shards = {s.round: s for s in self.shards(name, active_only=True)}
         out: dict[int, str] = {}
@@ -209,33 +239,11 @@ class ArtifactMethods:
                 out[t] = f"the shard of round {newer} was replaced after it was trained"
         return out
 
-    def set_active(self, experiment: str, round: int, version: int) -> ShardInfo:
-        """Make ``version`` the active shard of ``round`` (e.g. back to v1 after a replay)."""
-        name = self.experiment(experiment).name
-
-        def flip(s: Session) -> ShardInfo:
-            exp = self._exp_row(s, name)
-            rows = s.scalars(
-                select(Shard).where(Shard.experiment_id == exp.id, Shard.round == round)
-            ).all()
-            target = next((r for r in rows if r.version == version), None)
-            if target is None:
-                have = ", ".join(f"v{r.version}" for r in rows) or "none"
-                raise StoreError(
-                    f"experiment '{name}' round {round} has no shard v{version} (have: {have})"
-                )
-            for r in rows:
-                r.active = r is target
-            s.flush()
-            return self._shard_info(target, name)
-
-        return run_write(self.engine, flip)
-
     def read_shard(self, info: ShardInfo) -> dict[str, np.ndarray]:
         """Check a shard against the catalog (exists, sha256, format, round/version,
         count) and return its arrays (see ``store.shards`` for names and shapes)."""
         rel, fix = self.rel(info.path), shard_fix(info.experiment, info.round)
-        self._check_file(info.path, info.sha256, f"shard {rel}", fix)
+        self.check_file(info.path, info.sha256, f"shard {rel}", fix)
         arrays = shard_files.read_file(info.path, info.round, info.version, rel, fix)
         if arrays["samples"].shape[0] != info.count:
             raise IntegrityError(
@@ -244,7 +252,9 @@ class ArtifactMethods:
             )
         return arrays
 
-    def _check_file(self, path: Path, expected: str, what: str, fix: str) -> None:
+    def check_file(self, path: Path, expected: str, what: str, fix: str) -> None:
+        """IntegrityError unless ``path`` is a file whose sha256 is ``expected``; the message
+        names it as ``what`` and ends with ``fix`` (the command that re-creates it)."""
         if not path.is_file():
             raise IntegrityError(f"{what} is missing: {fix}")
         got = sha256_file(path)
@@ -256,15 +266,7 @@ class ArtifactMethods:
 
     # ------------------------------------------------------------ checkpoints
     def _ckpt_info(self, row: Checkpoint, name: str) -> CheckpointInfo:
-        return CheckpointInfo(
-            experiment=name,
-            round=row.round,
-            path=self.root / row.path,
-            sha256=row.sha256,
-            parent_sha256=row.parent_sha256,
-            config_hash=row.config_hash,
-            created_at=row.created_at,
-        )
+        return to_info(CheckpointInfo, row, experiment=name, path=self.root / row.path)
 
     def save_checkpoint(
         self,
@@ -277,11 +279,13 @@ class ArtifactMethods:
         """Save the state after round ``round`` (plain data only, see
         ``store.checkpoints``); ``experiment`` and ``round`` entries are filled in.
         An existing checkpoint of that round is replaced only with ``replace=True``."""
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         for key, want in (("experiment", name), ("round", int(round))):
             if state.get(key, want) != want:
                 raise StoreError(f"checkpoint state says {key}={state[key]!r}, expected {want!r}")
-        payload = {**state, "experiment": name, "round": int(round)}
+        exp = self.catalog.experiment(name)
+        payload = {**state, "experiment": name, "round": int(round),
+                   STORE_KEY: catalog_record(exp, parent)}
         cfg = payload.get("config")
         cfg_hash = config_hash(cfg) if isinstance(cfg, dict) else None
         path = self.root / "experiments" / name / "checkpoints" / ckpt_files.checkpoint_name(round)
@@ -291,6 +295,11 @@ class ArtifactMethods:
                 f"checkpoint {self.rel(path)} (experiment '{name}' round {round}) already "
                 "exists; pass --force to replace it"
             )
+        # A file of this name that no row names and that is older than the experiment's row
+        # was not left by a crash of this catalog's writes: it is evidence, never replaced.
+        if existing is None and path.is_file() \
+                and path.stat().st_mtime < exp.created_at.timestamp():
+            raise unrecorded(path)
         bad = ckpt_files.non_finite(payload.get("model") or {})
         if bad:
             raise StoreError(f"checkpoint weights {', '.join(bad[:3])} hold NaN or infinite "
@@ -299,7 +308,7 @@ class ArtifactMethods:
         sha = sha256_file(path)
 
         def record(s: Session) -> CheckpointInfo:
-            exp = self._exp_row(s, name)
+            exp = self.catalog.row(s, name)
             parent_id = None
             if parent is not None:
                 parent_id = s.scalar(
@@ -329,7 +338,7 @@ class ArtifactMethods:
             return self._ckpt_info(row, name)
 
         try:
-            return run_write(self.engine, record)
+            return self.catalog.write(record)
         except BaseException:
             if existing is None and not self._path_recorded(Checkpoint, path):
                 path.unlink(missing_ok=True)
@@ -342,9 +351,9 @@ class ArtifactMethods:
 
     def checkpoints(self, experiment: str) -> list[CheckpointInfo]:
         """All checkpoints of an experiment, by round."""
-        name = self.experiment(experiment).name
+        name = self._name(experiment)
         q = select(Checkpoint).join(Experiment).where(Experiment.name == name)
-        with read_session(self.engine) as s:
+        with self.catalog.read() as s:
             rows = s.scalars(q.order_by(Checkpoint.round)).all()
             return [self._ckpt_info(r, name) for r in rows]
 
@@ -352,7 +361,7 @@ class ArtifactMethods:
         """Check (exists, sha256) and load a checkpoint with ``weights_only=True``; the
         payload must name the same experiment and round as the catalog row."""
         rel, fix = self.rel(info.path), checkpoint_fix(info.experiment, info.round)
-        self._check_file(info.path, info.sha256, f"checkpoint {rel}", fix)
+        self.check_file(info.path, info.sha256, f"checkpoint {rel}", fix)
         state = ckpt_files.read_file(info.path, rel, fix, map_location=map_location)
         if (state.get("experiment"), state.get("round")) != (info.experiment, info.round):
             raise IntegrityError(

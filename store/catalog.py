@@ -3,7 +3,12 @@
 One row per artefact: experiments (with their full config and data fingerprint), shards
 (one per round and version), checkpoints (one per round), evaluations, attacks, per-round
 metrics (training and sampler diagnostics), and the step log. Only the store reads these
-rows; callers get frozen dataclasses (``store.infos``).
+rows; callers get frozen dataclasses (``store.infos``, made by :func:`to_info`).
+
+:class:`Catalog` is the part of the store that owns the database: its engine, read and
+write sessions, the schema, and the experiment rows every other part looks names up in.
+SQLAlchemy errors stop here: a database that cannot be used is :class:`CatalogUnusable`,
+one that is damaged is :class:`CatalogDamaged` (``store.errors``), with the file named.
 
 SQLite (the default, ``<ws>/.icl/catalog.db``) runs in WAL mode with foreign keys on, a
 30 s busy timeout and ``BEGIN IMMEDIATE`` for writes, plus a retry loop, so concurrent icl
@@ -17,7 +22,9 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -37,10 +44,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import StoreError
+from .errors import CatalogDamaged, CatalogUnusable, ExperimentNotFound, StoreError
+from .infos import ExperimentInfo
+from .workspace import validate_name
 
 SCHEMA_VERSION = 3
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
@@ -48,6 +57,7 @@ table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``)
 ``attacks.params``. ``upgrade_schema`` brings a version-1 or -2 catalog to 3 in place."""
 BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
+InfoT = TypeVar("InfoT")
 
 
 def utcnow() -> datetime:
@@ -95,16 +105,20 @@ class Experiment(Base):
     data_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
-def _experiment_fk() -> Mapped[int]:
-    return mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+class _RoundRow:
+    """What every per-round row has: its id, experiment, round and when it was written."""
+
+    # sort_order: id, experiment_id, round first and created_at last, as in schema 1.
+    id: Mapped[int] = mapped_column(primary_key=True, sort_order=-3)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True, sort_order=-2)
+    round: Mapped[int] = mapped_column(Integer, sort_order=-1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, sort_order=99)
 
 
-class Shard(Base):
+class Shard(_RoundRow, Base):
     __tablename__ = "shards"
     __table_args__ = (UniqueConstraint("experiment_id", "round", "version"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = _experiment_fk()
-    round: Mapped[int] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     path: Mapped[str] = mapped_column(Text)  # relative to the workspace root
@@ -113,15 +127,11 @@ class Shard(Base):
     sampler_config: Mapped[dict] = mapped_column(JSON)
     seed: Mapped[int | None] = mapped_column(Integer)
     source_checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Checkpoint(Base):
+class Checkpoint(_RoundRow, Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("experiment_id", "round"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = _experiment_fk()
-    round: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     # The parent may belong to another experiment (``--from``); it is kept by hash too so
@@ -129,32 +139,24 @@ class Checkpoint(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
     parent_sha256: Mapped[str | None] = mapped_column(String(64))
     config_hash: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Evaluation(Base):
+class Evaluation(_RoundRow, Base):
     __tablename__ = "evaluations"
     __table_args__ = (UniqueConstraint("experiment_id", "round", "split"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = _experiment_fk()
-    round: Mapped[int] = mapped_column(Integer)
     split: Mapped[str] = mapped_column(String(32))
     error: Mapped[float] = mapped_column(Float)
     per_class: Mapped[list] = mapped_column(JSON)
     n: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Attack(Base):
+class Attack(_RoundRow, Base):
     __tablename__ = "attacks"
     __table_args__ = (
         UniqueConstraint(
             "experiment_id", "round", "against_experiment", "against_round", "eps", "method"
         ),
     )
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = _experiment_fk()
-    round: Mapped[int] = mapped_column(Integer)
     against_experiment: Mapped[str] = mapped_column(String(64))
     against_round: Mapped[int] = mapped_column(Integer)
     eps: Mapped[float] = mapped_column(Float)
@@ -162,27 +164,23 @@ class Attack(Base):
     method: Mapped[str] = mapped_column(String(16), default="fgsm", server_default="fgsm")
     params: Mapped[dict | None] = mapped_column(JSON)
     counts: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class RoundMetric(Base):
+class RoundMetric(_RoundRow, Base):
     """One named number per (experiment, round): what a step measured besides the error
     (largest gradient norm, largest |logit|, share of pixels outside the data range...)."""
 
     __tablename__ = "round_metrics"
     __table_args__ = (UniqueConstraint("experiment_id", "round", "name"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = _experiment_fk()
-    round: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Step(Base):
     __tablename__ = "steps"
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = _experiment_fk()
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(32))
     round: Mapped[int | None] = mapped_column(Integer)
     config: Mapped[dict] = mapped_column(JSON)
@@ -194,9 +192,6 @@ class Step(Base):
     message: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None] = mapped_column(String(255))
-
-
-STEP_STATES = ("running", "ok", "failed", "interrupted")
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -313,6 +308,25 @@ def _is_locked(exc: OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+@contextmanager
+def catalog_errors() -> Iterator[None]:
+    """SQLAlchemy's errors as the store's own: CatalogUnusable (unreadable, read-only or
+    full disk; busy is retried by ``run_write``) or CatalogDamaged. Nothing above the store
+    sees an SQLAlchemy exception."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise CatalogUnusable(f"cannot use the workspace catalog: {_first_line(exc)} "
+                              "(check the workspace's permissions and free space)") from exc
+    except DatabaseError as exc:
+        raise CatalogDamaged(f"the workspace catalog is damaged: {_first_line(exc)}") from exc
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session whose transaction holds the write lock from its first statement and
@@ -326,22 +340,126 @@ def run_write(engine: Engine, fn: Callable[[Session], T], attempts: int = 8) -> 
     """Run ``fn(session)`` in one write transaction, retrying the whole transaction when
     the database stays locked past the busy timeout (a long writer elsewhere), so that
     "database is locked" never reaches the user while progress is possible."""
-    for attempt in range(attempts):
-        try:
-            with write_session(engine) as s:
-                return fn(s)
-        except OperationalError as exc:
-            if not _is_locked(exc) or attempt == attempts - 1:
-                if _is_locked(exc):
-                    raise StoreError(
-                        f"catalog {engine.url} stayed locked by another process; "
-                        "retry when it finishes (see `icl status`)"
-                    ) from exc
-                raise
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (1 + random.random()))
+    with catalog_errors():
+        for attempt in range(attempts):
+            try:
+                with write_session(engine) as s:
+                    return fn(s)
+            except OperationalError as exc:
+                if not _is_locked(exc) or attempt == attempts - 1:
+                    if _is_locked(exc):
+                        raise StoreError(
+                            f"catalog {engine.url} stayed locked by another process; "
+                            "retry when it finishes (see `icl status`)"
+                        ) from exc
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (1 + random.random()))
     raise AssertionError("unreachable")
 
 
-def read_session(engine: Engine) -> Session:
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
     """A plain session for reads (WAL readers never block writers)."""
-    return Session(engine, expire_on_commit=False)
+    with catalog_errors(), Session(engine, expire_on_commit=False) as s:
+        yield s
+
+
+def to_info(cls: type[InfoT], row: Any, **given: Any) -> InfoT:
+    """The frozen dataclass ``cls`` from an ORM ``row``: each field from ``given``, else the
+    row's column of the same name (JSON dicts and lists copied, so no caller shares them)."""
+    values = {}
+    for f in fields(cls):
+        if f.name in given:
+            values[f.name] = given[f.name]
+        elif hasattr(row, f.name):
+            v = getattr(row, f.name)
+            values[f.name] = dict(v) if isinstance(v, dict) else list(v) if isinstance(
+                v, list) else v
+    return cls(**values)
+
+
+def experiment_info(row: Experiment) -> ExperimentInfo:
+    return to_info(ExperimentInfo, row, parent=row.parent_name, config=dict(row.config or {}))
+
+
+class Catalog:
+    """The catalog part of a store: one database (``url``) for the workspace at ``root``.
+
+    Owns the engine, sessions and schema, and resolves experiment names for the other
+    parts (``row``: the ORM row inside a session; ``experiment``: the info, or the most
+    recent one for None).
+
+    Example:
+        >>> cat = Catalog(f"sqlite:///{tmp_path}/catalog.db", tmp_path)   # doctest: +SKIP
+        >>> cat.create(); cat.experiments()
+        []
+    """
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.url, self.root = url, root
+        self.engine = make_engine(url)
+
+    def create(self) -> None:
+        """Create the schema (idempotent) and bring an older one up to date."""
+        with catalog_errors():
+            create_schema(self.engine)
+
+    def open(self) -> None:
+        """Check the schema (refuse a newer one or none) and upgrade an older one."""
+        with catalog_errors():
+            check_schema(self.engine)
+            upgrade_schema(self.engine)
+
+    def has_schema(self) -> bool:
+        """True if the database holds icl's tables (an emptied or new file does not)."""
+        with catalog_errors():
+            return inspect(self.engine).has_table(SchemaVersion.__tablename__)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def read(self):
+        """A read session (context manager)."""
+        return read_session(self.engine)
+
+    def write(self, fn: Callable[[Session], T]) -> T:
+        """``fn(session)`` in one write transaction (retried while the database is busy)."""
+        return run_write(self.engine, fn)
+
+    def row(self, s: Session, name: str) -> Experiment:
+        """The experiment row named ``name``; ExperimentNotFound lists the known names."""
+        row = s.scalar(select(Experiment).where(Experiment.name == name))
+        if row is None:
+            known = s.scalars(select(Experiment.name).order_by(Experiment.name)).all()
+            raise ExperimentNotFound(
+                f"no experiment '{name}' in {self.root}; known: {', '.join(known) or 'none'} "
+                "(create one with `icl init`)"
+            )
+        return row
+
+    def experiment(self, name: str | None = None) -> ExperimentInfo:
+        """The named experiment; None: the only one, or the most recently created."""
+        with self.read() as s:
+            if name is not None:
+                return experiment_info(self.row(s, validate_name(name)))
+            row = s.scalar(
+                select(Experiment).order_by(Experiment.created_at.desc(), Experiment.id.desc())
+            )
+            if row is None:
+                raise ExperimentNotFound(
+                    f"no experiments in {self.root} yet; create one with `icl init`"
+                )
+            return experiment_info(row)
+
+    def experiments(self) -> list[ExperimentInfo]:
+        """All experiments, oldest first."""
+        with self.read() as s:
+            rows = s.scalars(select(Experiment).order_by(Experiment.created_at, Experiment.id))
+            return [experiment_info(r) for r in rows]
+
+    def names(self) -> set[str]:
+        """The names of all experiments (empty when there is no schema yet)."""
+        if not self.has_schema():
+            return set()
+        with self.read() as s:
+            return set(s.scalars(select(Experiment.name)))

@@ -39,6 +39,20 @@ class ConflictError(StoreError):
     """A row already exists with different content (experiment config, checkpoint...)."""
 
 
+class CatalogUnusable(StoreError):
+    """The catalog database cannot be used: unreadable, read-only, on a full disk, or its
+    server unreachable (the message names the catalog and what to check)."""
+
+
+class CatalogDamaged(IntegrityError):
+    """The catalog database is damaged (not a database, corrupt pages)."""
+
+
+class CatalogMissing(StoreError):
+    """The catalog is missing or empty while ``experiments/`` holds shards or checkpoints:
+    ``icl verify --rebuild`` re-creates it from the files; nothing else may write."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what ``timeout``, Slurm and ``kill`` send), raised where Ctrl-C's
     KeyboardInterrupt would be, so a step stops the same clean way."""

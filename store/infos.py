@@ -133,3 +133,4 @@ class VerifyReport:
     ok: bool
     repaired: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # rounds downstream of a replaced file
+    rebuilt: list[str] = field(default_factory=list)  # what ``Store.rebuild`` recorded

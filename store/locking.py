@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import BusyError
+from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, validate_name
 
 _HELD: dict[str, list] = {}  # lock path -> [open file, depth]
 _GUARD = threading.Lock()
@@ -129,3 +130,30 @@ def is_locked_elsewhere(path: Path) -> bool:
             return True
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False
+
+
+class Locks:
+    """The lock part of a store: one lock per experiment of the workspace at ``root``.
+
+    Example:
+        >>> with Locks(root).lock("icl"):          # doctest: +SKIP
+        ...     ...                                 # no other process writes 'icl' meanwhile
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, experiment: str) -> Path:
+        return self.root / ICL_DIR / LOCKS_DIR / f"{validate_name(experiment)}.lock"
+
+    @contextmanager
+    def lock(self, experiment: str, wait: bool = False, command: str | None = None):
+        """Exclusive per-experiment lock; BusyError at once if held elsewhere and not
+        ``wait``. ``command`` is shown to whoever finds it busy (default: this argv)."""
+        anchor = self.root / EXPERIMENTS_DIR / validate_name(experiment)
+        with experiment_lock(self.path(experiment), experiment, wait, command, anchor):
+            yield
+
+    def held_elsewhere(self, experiment: str) -> bool:
+        """True if another process holds ``experiment``'s lock right now."""
+        return is_locked_elsewhere(self.path(experiment))

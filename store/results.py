@@ -1,8 +1,8 @@
-"""Evaluation and attack records of :class:`store.Store` (split out to keep files short).
+"""The results part of a store: evaluations, attacks and per-round metrics in the catalog.
 
-Both are keyed so that re-running a step replaces its record instead of adding a second
-one: evaluations by (experiment, round, split), attacks by (experiment, round, against
-experiment, against round, eps).
+Evaluations and attacks are keyed so that re-running a step replaces its record instead
+of adding a second one: evaluations by (experiment, round, split), attacks by
+(experiment, round, against experiment, against round, eps, method).
 """
 
 from __future__ import annotations
@@ -13,31 +13,26 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .catalog import (
-    Attack,
-    Evaluation,
-    Experiment,
-    RoundMetric,
-    read_session,
-    run_write,
-    utcnow,
-)
+from .catalog import Attack, Catalog, Evaluation, Experiment, RoundMetric, to_info, utcnow
 from .errors import StoreError
 from .hashing import config_hash
 from .infos import AttackInfo, EvaluationInfo
 
 
-class ResultMethods:
-    """Mixin; needs ``engine``, ``experiment()`` and ``_exp_row()``."""
+class Results:
+    """What the measuring steps found, recorded in ``catalog``."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
     def record_evaluation(
         self, experiment: str, round: int, split: str, error: float, per_class: list, n: int
     ) -> EvaluationInfo:
         """Record (replacing any earlier one) the error of round ``round`` on ``split``."""
-        name = self.experiment(experiment).name
+        name = self.catalog.experiment(experiment).name
 
         def record(s: Session) -> EvaluationInfo:
-            exp_id = self._exp_row(s, name).id
+            exp_id = self.catalog.row(s, name).id
             row = s.scalar(
                 select(Evaluation).where(
                     Evaluation.experiment_id == exp_id,
@@ -53,13 +48,11 @@ class ResultMethods:
             s.flush()
             return self._eval_info(row, name)
 
-        return run_write(self.engine, record)
+        return self.catalog.write(record)
 
     @staticmethod
     def _eval_info(row: Evaluation, exp: str) -> EvaluationInfo:
-        return EvaluationInfo(
-            exp, row.round, row.split, row.error, list(row.per_class), row.n, row.created_at
-        )
+        return to_info(EvaluationInfo, row, experiment=exp)
 
     def evaluations(self, experiment: str | None = None) -> list[EvaluationInfo]:
         """Evaluations by experiment, round, split."""
@@ -79,14 +72,14 @@ class ResultMethods:
         """Record an attack's counts (replacing an earlier record with the same key:
         experiment, round, against experiment and round, eps, method). ``params``: the
         method's settings (plain JSON data), e.g. PGD's steps and step size."""
-        name = self.experiment(experiment).name
-        other = self.experiment(against_experiment).name
+        name = self.catalog.experiment(experiment).name
+        other = self.catalog.experiment(against_experiment).name
         if not isinstance(method, str) or not 0 < len(method) <= 16:
             raise StoreError(f"attack method must be a name of 1 to 16 characters, got {method!r}")
         config_hash(params or {})  # plain JSON data, or a one-line StoreError
 
         def record(s: Session) -> AttackInfo:
-            exp_id = self._exp_row(s, name).id
+            exp_id = self.catalog.row(s, name).id
             key = dict(round=round, against_experiment=other, against_round=against_round,
                        eps=float(eps), method=method)
             row = s.scalar(select(Attack).filter_by(experiment_id=exp_id, **key))
@@ -98,21 +91,11 @@ class ResultMethods:
             s.flush()
             return self._attack_info(row, name)
 
-        return run_write(self.engine, record)
+        return self.catalog.write(record)
 
     @staticmethod
     def _attack_info(row: Attack, exp: str) -> AttackInfo:
-        return AttackInfo(
-            exp,
-            row.round,
-            row.against_experiment,
-            row.against_round,
-            row.eps,
-            dict(row.counts),
-            row.created_at,
-            row.method or "fgsm",
-            None if row.params is None else dict(row.params),
-        )
+        return to_info(AttackInfo, row, experiment=exp, method=row.method or "fgsm")
 
     def attacks(self, experiment: str | None = None) -> list[AttackInfo]:
         """Attack records by experiment, round."""
@@ -121,10 +104,10 @@ class ResultMethods:
     def record_metrics(self, experiment: str, round: int, metrics: dict[str, float]) -> None:
         """Record (replacing earlier values of the same names) round ``round``'s metrics;
         a value that is not finite is kept as NULL (JSON null), never as NaN text."""
-        name = self.experiment(experiment).name
+        name = self.catalog.experiment(experiment).name
 
         def record(s: Session) -> None:
-            exp_id = self._exp_row(s, name).id
+            exp_id = self.catalog.row(s, name).id
             for key, value in metrics.items():
                 row = s.scalar(select(RoundMetric).filter_by(
                     experiment_id=exp_id, round=round, name=key))
@@ -134,15 +117,15 @@ class ResultMethods:
                 v = float(value)
                 row.value, row.created_at = (v if math.isfinite(v) else None), utcnow()
 
-        run_write(self.engine, record)
+        self.catalog.write(record)
 
     def metrics(self, experiment: str) -> dict[int, dict[str, float | None]]:
         """{round: {name: value}} of one experiment's recorded round metrics."""
-        name = self.experiment(experiment).name
+        name = self.catalog.experiment(experiment).name
         q = (select(RoundMetric).join(Experiment).where(Experiment.name == name)
              .order_by(RoundMetric.round, RoundMetric.name))
         out: dict[int, dict[str, float | None]] = {}
-        with read_session(self.engine) as s:
+        with self.catalog.read() as s:
             for row in s.scalars(q):
                 out.setdefault(row.round, {})[row.name] = row.value
         return out
@@ -150,7 +133,7 @@ class ResultMethods:
     def _results(self, table: type, experiment: str | None, conv, last) -> list:
         q = select(table, Experiment.name).join(Experiment)
         if experiment is not None:
-            q = q.where(Experiment.name == self.experiment(experiment).name)
-        with read_session(self.engine) as s:
+            q = q.where(Experiment.name == self.catalog.experiment(experiment).name)
+        with self.catalog.read() as s:
             rows = s.execute(q.order_by(Experiment.name, table.round, last)).all()
             return [conv(r, e) for r, e in rows]

@@ -187,3 +187,28 @@ def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[
     if n and int(out["target"].min()) < 0:
         raise bad("holds negative target classes")
     return out
+
+
+def read_meta(path: Path, rel: str) -> dict[str, Any]:
+    """A shard's own record of itself, without reading its arrays: round, version, seed
+    (None if unset), sampler_config (dict), source_checkpoint (None if unset), count,
+    created_at (ISO text), experiment. IntegrityError for a file that is not a shard."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+            if missing or "samples" not in f:
+                raise IntegrityError(f"shard {rel} lacks attributes {missing or ['samples']}")
+            a = f.attrs
+            seed = int(a["seed"])
+            return {
+                "round": int(a["round"]), "version": int(a["version"]),
+                "seed": None if seed == -1 else seed,
+                "sampler_config": json.loads(a["sampler_config"]),
+                "source_checkpoint": str(a["source_checkpoint"]) or None,
+                "count": int(f["samples"].shape[0]),
+                "created_at": str(a["created_at"]), "experiment": str(a.get("experiment", "")),
+            }
+    except (OSError, ValueError, KeyError) as exc:
+        raise IntegrityError(f"shard {rel} is not a readable icl shard ({exc})") from None

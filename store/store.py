@@ -1,5 +1,14 @@
 """The one store object: every file, catalog row and MLflow call of icl goes through it.
 
+A Store is made of explicit parts, each with its own constructor: ``catalog``
+(:class:`~store.catalog.Catalog`: the database and experiment rows), ``files``
+(:class:`~store.artifacts.ArtifactFiles`: shards and checkpoints), ``results``
+(:class:`~store.results.Results`: evaluations, attacks, metrics), ``locks``
+(:class:`~store.locking.Locks`), ``log`` (:class:`~store.steplog.StepLog`) and the MLflow
+runs (:class:`~store.tracking.Runs`). Its methods are those parts' methods (listed below,
+one line each) plus what ties them together: :meth:`Store.step` (lock + log + run status),
+experiments with their folders, figures, verification and :meth:`Store.rebuild`.
+
 Example:
     >>> st = Store.init(tmp_path)                                   # doctest: +SKIP
     >>> exp = st.create_experiment("icl", {"method": "icl"})
@@ -13,46 +22,38 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
+from dataclasses import replace
+from functools import cached_property, wraps
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .artifacts import ArtifactMethods
-from .catalog import (
-    Experiment,
-    Step,
-    check_schema,
-    create_schema,
-    make_engine,
-    read_session,
-    run_write,
-    upgrade_schema,
-    utcnow,
-)
-from .errors import ConflictError, ExperimentNotFound, NotAWorkspace, StoreError, Terminated
+from .artifacts import ArtifactFiles
+from .catalog import Catalog
+from .errors import CatalogMissing, ConflictError, NotAWorkspace, StoreError, Terminated
 from .hashing import config_hash
 from .infos import ExperimentInfo, StepInfo, VerifyReport
-from .locking import experiment_lock, is_locked_elsewhere
-from .results import ResultMethods
+from .locking import Locks
+from .results import Results
+from .steplog import StepLog
 from .tracking import NullTracker, Runs, Tracker
 from .workspace import (
     CATALOG_FILE,
+    EXPERIMENTS_DIR,
     ICL_DIR,
     LOCKS_DIR,
     atomic_write,
     is_workspace,
-    pid_alive,
     validate_name,
 )
 
+__all__ = ["Store", "config_hash"]
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -89,13 +90,61 @@ def _one_line(exc: BaseException) -> str:
     return (text or type(exc).__name__)[:500]
 
 
-class Store(ArtifactMethods, ResultMethods):
-    """A workspace: ``root`` folder plus its catalog. Open with :meth:`init`/:meth:`open`."""
+def _via(part: str, method: Callable) -> Callable:
+    """``Store.<name>`` as ``self.<part>.<name>``, with that method's signature and docs."""
+
+    @wraps(method)
+    def call(self: Store, *args: Any, **kwargs: Any) -> Any:
+        return method(getattr(self, part), *args, **kwargs)
+
+    return call
+
+
+class Store:
+    """A workspace: ``root`` folder plus its catalog. Open with :meth:`init`/:meth:`open`
+    (or :meth:`rebuild` after the catalog was lost)."""
 
     def __init__(self, root: Path, catalog_url: str) -> None:
         self.root = Path(root).resolve()
         self.catalog_url = catalog_url
-        self.engine = make_engine(catalog_url)
+        self.catalog = Catalog(catalog_url, self.root)
+        self.files = ArtifactFiles(self.root, self.catalog)
+        self.results = Results(self.catalog)
+        self.locks = Locks(self.root)
+        self.log = StepLog(self.catalog, self.locks)
+        self.rebuilt: list[str] = []  # what :meth:`rebuild` recorded (shown by ``verify``)
+
+    # ------------------------------------------------------- the parts' methods
+    experiment = _via("catalog", Catalog.experiment)
+    experiments = _via("catalog", Catalog.experiments)
+    rel = _via("files", ArtifactFiles.rel)
+    write_shard = _via("files", ArtifactFiles.write_shard)
+    shards = _via("files", ArtifactFiles.shards)
+    active_shard = _via("files", ArtifactFiles.active_shard)
+    active_shards = _via("files", ArtifactFiles.active_shards)
+    read_shard = _via("files", ArtifactFiles.read_shard)
+    save_checkpoint = _via("files", ArtifactFiles.save_checkpoint)
+    checkpoint = _via("files", ArtifactFiles.checkpoint)
+    checkpoints = _via("files", ArtifactFiles.checkpoints)
+    load_checkpoint = _via("files", ArtifactFiles.load_checkpoint)
+    check_file = _via("files", ArtifactFiles.check_file)
+    stale_rounds = _via("files", ArtifactFiles.stale_rounds)
+    forget_experiment = _via("files", ArtifactFiles.forget_experiment)
+    record_evaluation = _via("results", Results.record_evaluation)
+    evaluations = _via("results", Results.evaluations)
+    record_attack = _via("results", Results.record_attack)
+    attacks = _via("results", Results.attacks)
+    record_metrics = _via("results", Results.record_metrics)
+    metrics = _via("results", Results.metrics)
+    steps = _via("log", StepLog.steps)
+    mark_interrupted = _via("log", StepLog.mark_interrupted)
+    lock_path = _via("locks", Locks.path)
+    lock = _via("locks", Locks.lock)
+
+    @property
+    def engine(self):
+        """The catalog's SQLAlchemy engine (for tests and tools; steps never need it)."""
+        return self.catalog.engine
 
     # ---------------------------------------------------------------- opening
     @staticmethod
@@ -105,33 +154,65 @@ class Store(ArtifactMethods, ResultMethods):
 
     @classmethod
     def init(cls, root: Path, catalog_url: str | None = None) -> Store:
-        """Make ``root`` a workspace (``.icl/``, catalog, locks); idempotent."""
+        """Make ``root`` a workspace (``.icl/``, catalog, locks); idempotent. Refuses
+        (CatalogMissing, nothing written) where ``experiments/`` holds files of experiments
+        the catalog does not know: a new catalog never replaces a lost one."""
         root = Path(root).expanduser().resolve()
+        url = cls._url(root, catalog_url)
+        _refuse_unrecorded(root, url)
         (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
-        (root / "experiments").mkdir(exist_ok=True)
-        store = cls(root, cls._url(root, catalog_url))
-        create_schema(store.engine)
+        (root / EXPERIMENTS_DIR).mkdir(exist_ok=True)
+        store = cls(root, url)
+        store.catalog.create()
         return store
 
     @classmethod
     def open(cls, root: Path | None = None, catalog_url: str | None = None) -> Store:
-        """Open the workspace at ``root`` (None: ``find_workspace()``)."""
+        """Open the workspace at ``root`` (None: ``find_workspace()``). A missing or emptied
+        catalog beside experiments' files is CatalogMissing (run ``icl verify --rebuild``)."""
         from .workspace import find_workspace
 
         root = find_workspace() if root is None else Path(root).expanduser().resolve()
         default_db = root / ICL_DIR / CATALOG_FILE
         url = cls._url(root, catalog_url)
+        _refuse_unrecorded(root, url)
         if not is_workspace(root) or (url.endswith(str(default_db)) and not default_db.is_file()):
             raise NotAWorkspace(
                 f"not an icl workspace: {root}; run `icl init` there or pass --workspace"
             )
         store = cls(root, url)
-        check_schema(store.engine)
-        upgrade_schema(store.engine)
+        store.catalog.open()
+        return store
+
+    @classmethod
+    def rebuild(cls, root: Path | None = None, catalog_url: str | None = None) -> Store:
+        """Open the workspace at ``root``, first re-creating the catalog rows of every
+        experiment whose files are on disk but not in the catalog, from the files' own
+        metadata (see ``store.rebuild``). ``store.rebuilt`` says what was recorded.
+        None: the workspace around the current folder (or the current folder itself,
+        if it holds ``experiments/`` but no ``.icl/`` any more)."""
+        from .rebuild import record_from_files
+        from .workspace import find_workspace
+
+        if root is None:
+            try:
+                root = find_workspace()
+            except NotAWorkspace:
+                if not (Path.cwd() / EXPERIMENTS_DIR).is_dir():
+                    raise
+                root = Path.cwd()
+        root = Path(root).expanduser().resolve()
+        if not (root / EXPERIMENTS_DIR).is_dir() and not is_workspace(root):
+            raise NotAWorkspace(f"not an icl workspace: {root} (no experiments/ folder to "
+                                "rebuild from); pass the workspace with --workspace")
+        (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+        store = cls(root, cls._url(root, catalog_url))
+        store.catalog.create()
+        store.rebuilt = record_from_files(store.files)
         return store
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.catalog.close()
 
     def __enter__(self) -> Store:
         return self
@@ -139,36 +220,7 @@ class Store(ArtifactMethods, ResultMethods):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def rel(self, path: Path) -> str:
-        """``path`` relative to the workspace root, POSIX style (as stored in the catalog)."""
-        return Path(path).resolve().relative_to(self.root).as_posix()
-
     # ------------------------------------------------------------ experiments
-    def _exp_row(self, s: Session, name: str) -> Experiment:
-        row = s.scalar(select(Experiment).where(Experiment.name == name))
-        if row is None:
-            known = s.scalars(select(Experiment.name).order_by(Experiment.name)).all()
-            raise ExperimentNotFound(
-                f"no experiment '{name}' in {self.root}; known: {', '.join(known) or 'none'} "
-                "(create one with `icl init`)"
-            )
-        return row
-
-    @staticmethod
-    def _exp_info(row: Experiment) -> ExperimentInfo:
-        return ExperimentInfo(
-            id=row.id,
-            name=row.name,
-            config=dict(row.config or {}),
-            config_hash=row.config_hash,
-            method=row.method,
-            parent=row.parent_name,
-            created_at=row.created_at,
-            mlflow_run_id=row.mlflow_run_id,
-            parent_round=row.parent_round,
-            data_fingerprint=row.data_fingerprint,
-        )
-
     def create_experiment(
         self,
         name: str,
@@ -177,9 +229,12 @@ class Store(ArtifactMethods, ResultMethods):
         parent_round: int | None = None,
         data_fingerprint: str | None = None,
     ) -> ExperimentInfo:
-        """Record a new experiment; the existing one if ``config`` is the same; else
-        ConflictError. ``parent``/``parent_round``: where ``--from`` started it;
-        ``data_fingerprint``: which images it uses (recorded on an older row that has none)."""
+        """Record a new experiment and make its folders; the existing one if ``config`` is
+        the same; else ConflictError. ``parent``/``parent_round``: where ``--from`` started
+        it; ``data_fingerprint``: which images it uses (recorded on an older row that has
+        none)."""
+        from .catalog import Experiment, experiment_info
+
         validate_name(name)
         digest = config_hash(config)
 
@@ -193,59 +248,22 @@ class Store(ArtifactMethods, ResultMethods):
                     )
                 if row.data_fingerprint is None:
                     row.data_fingerprint = data_fingerprint
-                return self._exp_info(row)
+                return experiment_info(row)
             if parent is not None:
-                self._exp_row(s, parent)
-            row = Experiment(
-                name=name,
-                config=config,
-                config_hash=digest,
-                method=config.get("method"),
-                parent_name=parent,
-                parent_round=parent_round,
-                data_fingerprint=data_fingerprint,
-            )
+                self.catalog.row(s, parent)
+            row = Experiment(name=name, config=config, config_hash=digest,
+                             method=config.get("method"), parent_name=parent,
+                             parent_round=parent_round, data_fingerprint=data_fingerprint)
             s.add(row)
             s.flush()
-            return self._exp_info(row)
+            return experiment_info(row)
 
-        info = run_write(self.engine, create)
+        info = self.catalog.write(create)
         for sub in ("shards", "checkpoints", "figures"):
-            (self.root / "experiments" / name / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / EXPERIMENTS_DIR / name / sub).mkdir(parents=True, exist_ok=True)
         return info
 
-    def experiment(self, name: str | None = None) -> ExperimentInfo:
-        """The named experiment; None: the only one, or the most recently created."""
-        with read_session(self.engine) as s:
-            if name is not None:
-                return self._exp_info(self._exp_row(s, validate_name(name)))
-            row = s.scalar(
-                select(Experiment).order_by(Experiment.created_at.desc(), Experiment.id.desc())
-            )
-            if row is None:
-                raise ExperimentNotFound(
-                    f"no experiments in {self.root} yet; create one with `icl init`"
-                )
-            return self._exp_info(row)
-
-    def experiments(self) -> list[ExperimentInfo]:
-        """All experiments, oldest first."""
-        with read_session(self.engine) as s:
-            rows = s.scalars(select(Experiment).order_by(Experiment.created_at, Experiment.id))
-            return [self._exp_info(r) for r in rows]
-
-    # ---------------------------------------------------------- locks, steps
-    def lock_path(self, experiment: str) -> Path:
-        return self.root / ICL_DIR / LOCKS_DIR / f"{validate_name(experiment)}.lock"
-
-    @contextmanager
-    def lock(self, experiment: str, wait: bool = False, command: str | None = None):
-        """Exclusive per-experiment lock; BusyError at once if held elsewhere and not
-        ``wait``. ``command`` is shown to whoever finds it busy (default: this argv)."""
-        anchor = self.root / "experiments" / validate_name(experiment)
-        with experiment_lock(self.lock_path(experiment), experiment, wait, command, anchor):
-            yield
-
+    # ------------------------------------------------------------------ steps
     @contextmanager
     def step(
         self,
@@ -263,35 +281,8 @@ class Store(ArtifactMethods, ResultMethods):
         command = f"{name}{'' if round is None else f' --round {round}'} -e {exp}"
         with self.lock(exp, wait=wait, command=command):
             t0 = time.monotonic()
-
-            def start(s: Session) -> StepInfo:
-                exp_id = self._exp_row(s, exp).id
-                # We hold the lock, and a live step always does: any other ``running`` row
-                # of this experiment is a process that died (SIGKILL, power cut).
-                here = socket.gethostname()
-                for dead in s.scalars(
-                    select(Step).where(Step.experiment_id == exp_id, Step.state == "running")
-                ):
-                    if dead.pid == os.getpid() and dead.host in (None, here):
-                        continue  # a step of this very process further up the stack
-                    dead.state, dead.finished_at = "interrupted", utcnow()
-                    dead.message = "process ended without finishing (found by the next step)"
-                row = Step(
-                    experiment_id=exp_id,
-                    name=name,
-                    round=round,
-                    config=config,
-                    config_hash=config_hash(config),
-                    state="running",
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                )
-                s.add(row)
-                s.flush()
-                return self._step_info(row, exp, "running")
-
             with _ctrl_c_held() as pressed:  # the row and this code agree, even on Ctrl-C
-                info = run_write(self.engine, start)
+                info = self.log.start(exp, name, round, config)
             run_status = "KILLED"  # what the MLflow run reads after this step
             try:
                 self._runs.step_started(exp)
@@ -318,63 +309,10 @@ class Store(ArtifactMethods, ResultMethods):
                 self._runs.step_ended(exp, run_status)  # best effort, never raises
 
     def _finish(self, step_id: int, state: str, message: str | None, t0: float) -> None:
-        def finish(s: Session) -> None:
-            row = s.get(Step, step_id)
-            row.state, row.message = state, message
-            row.finished_at, row.seconds = utcnow(), time.monotonic() - t0
-
         with _ctrl_c_held() as pressed:
-            run_write(self.engine, finish)
+            self.log.finish(step_id, state, message, time.monotonic() - t0)
         if pressed and state == "ok":
             raise _interrupt(pressed)  # the step is recorded as done; stop after it
-
-    @staticmethod
-    def _step_info(row: Step, exp: str, state: str) -> StepInfo:
-        return StepInfo(
-            experiment=exp,
-            name=row.name,
-            round=row.round,
-            state=state,
-            seconds=row.seconds,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            message=row.message,
-            config_hash=row.config_hash,
-            config=dict(row.config or {}),
-            pid=row.pid,
-            id=row.id,
-        )
-
-    def _stale(self, row: Step, exp: str) -> bool:
-        """A ``running`` row whose process is gone. A live step always holds the lock, so
-        a free lock means stale even if the pid was reused."""
-        if row.state != "running":
-            return False
-        here = row.host in (None, socket.gethostname())
-        if here and row.pid == os.getpid():
-            return False
-        if here and not pid_alive(row.pid):
-            return True
-        return not is_locked_elsewhere(self.lock_path(exp))
-
-    def steps(
-        self, experiment: str | None = None, name: str | None = None, round: int | None = None
-    ) -> list[StepInfo]:
-        """Step log, oldest first, optionally filtered; stale ``running`` rows read as
-        ``interrupted``."""
-        q = select(Step, Experiment.name).join(Experiment)
-        if experiment is not None:
-            q = q.where(Experiment.name == self.experiment(experiment).name)
-        if name is not None:
-            q = q.where(Step.name == name)
-        if round is not None:
-            q = q.where(Step.round == round)
-        with read_session(self.engine) as s:
-            rows = s.execute(q.order_by(Step.started_at, Step.id)).all()
-            return [
-                self._step_info(r, e, "interrupted" if self._stale(r, e) else r.state)
-                for r, e in rows
-            ]
 
     # --------------------------------------------------------- files, MLflow
     def figure_path(self, experiment: str, name: str) -> Path:
@@ -384,7 +322,7 @@ class Store(ArtifactMethods, ResultMethods):
         parts = PurePosixPath(name).parts
         if not parts or any(not _PART_RE.fullmatch(p) for p in parts):
             raise StoreError(f"invalid figure name {name!r}: use relative names like 'grid.png'")
-        path = self.root / "experiments" / exp / "figures" / Path(*parts)
+        path = self.root / EXPERIMENTS_DIR / exp / "figures" / Path(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -412,13 +350,13 @@ class Store(ArtifactMethods, ResultMethods):
 
         def save_run_id(new: str, old: str | None) -> str:
             def cas(s: Session) -> str:
-                row = self._exp_row(s, exp.name)
+                row = self.catalog.row(s, exp.name)
                 if row.mlflow_run_id not in (None, old):
                     return row.mlflow_run_id  # another process won the race
                 row.mlflow_run_id = new
                 return new
 
-            return run_write(self.engine, cas)
+            return self.catalog.write(cas)
 
         artifacts = (self.root / ICL_DIR / "mlartifacts").as_uri()
         tracker = Tracker(uri, artifacts, exp.name, exp.mlflow_run_id, save_run_id)
@@ -433,4 +371,35 @@ class Store(ArtifactMethods, ResultMethods):
         """Check every recorded file and the step log; see ``store.verify``."""
         from .verify import verify
 
-        return verify(self, repair)
+        report = verify(self.files, self.log, repair)
+        return replace(report, rebuilt=list(self.rebuilt)) if self.rebuilt else report
+
+
+def _refuse_unrecorded(root: Path, url: str) -> None:
+    """CatalogMissing if ``experiments/`` holds shards or checkpoints of experiments that
+    the catalog at ``url`` does not know (it was deleted, emptied or replaced)."""
+    from .rebuild import experiments_on_disk
+
+    on_disk = experiments_on_disk(root)
+    if not on_disk:
+        return
+    db = root / ICL_DIR / CATALOG_FILE
+    if url == f"sqlite:///{db}" and not db.is_file():
+        known: set[str] = set()
+    else:
+        catalog = Catalog(url, root)
+        try:
+            known = catalog.names()
+        finally:
+            catalog.close()
+    lost = sorted(set(on_disk) - known)
+    if lost:
+        state = "is missing" if not db.is_file() and url.endswith(str(db)) else (
+            "is empty" if not known else "does not know them")
+        shown = ", ".join(f"'{n}'" for n in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        name = ".icl/catalog.db" if url.endswith(str(db)) else url.split("@")[-1]
+        raise CatalogMissing(
+            f"the catalog {name} {state}, "
+            f"but experiments/ holds the shards and checkpoints of {shown}; nothing was "
+            f"written: run `icl verify --rebuild -w {root}` to record them again from the files"
+        )

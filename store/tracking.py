@@ -134,9 +134,6 @@ class NullTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         pass
 
-    def close(self, status: str = "FINISHED") -> None:
-        pass
-
     def begin(self) -> None:
         pass
 
@@ -282,10 +279,6 @@ class Tracker(NullTracker):
         self.open_steps = max(0, self.open_steps - 1)
         if not self.open_steps:
             self._safely(lambda: self._terminate(status), connect=False)
-
-    def close(self, status: str = "FINISHED") -> None:
-        """Mark the run ended; a later process may still log into it."""
-        self._safely(lambda: self._terminate(status))
 
     # -------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any]) -> None:

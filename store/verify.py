@@ -8,6 +8,9 @@ figures/ folder: exactly what icl writes, from a write that was killed), orphans
 interrupted; it never deletes orphans, anything the catalog references, or any file not
 named as icl names its temporaries. Rounds downstream of a replaced shard or checkpoint are
 listed as stale (``icl run`` redoes them).
+
+It reads through the store's public parts only: :class:`~store.artifacts.ArtifactFiles`
+(rows, ``check_file``, stale rounds) and :class:`~store.steplog.StepLog`.
 """
 
 from __future__ import annotations
@@ -15,19 +18,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sqlalchemy import update
-
-from .artifacts import checkpoint_fix, shard_fix
-from .catalog import Step, run_write, utcnow
+from .artifacts import ArtifactFiles, checkpoint_fix, shard_fix
 from .errors import IntegrityError
 from .infos import VerifyReport
+from .steplog import StepLog
 from .workspace import EXPERIMENTS_DIR, TMP_MARK, pid_alive
-
-if TYPE_CHECKING:
-    from .store import Store
-
 
 # Exactly what ``workspace.tmp_path_for`` writes: <name>.tmp-<pid>-<8 hex digits>.
 _TMP_NAME = re.compile(rf"^.+{re.escape(TMP_MARK)}(\d+)-[0-9a-f]{{8}}$")
@@ -51,39 +47,43 @@ def _writer_alive(tmp: Path) -> bool:
     return pid != os.getpid() and pid_alive(pid)
 
 
-def verify(store: Store, repair: bool = False) -> VerifyReport:
-    """Return a :class:`VerifyReport` for ``store`` (see the module docstring)."""
+def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyReport:
+    """Return a :class:`VerifyReport` for the workspace of ``files`` and ``log`` (see the
+    module docstring)."""
+    experiments = files.catalog.experiments()
     problems: list[str] = []
     repaired: list[str] = []
     referenced: set[str] = set()
-    for exp in store.experiments():
-        for sh in store.shards(exp.name):
-            referenced.add(store.rel(sh.path))
-            _check(store, sh.path, sh.sha256, "shard", shard_fix(exp.name, sh.round), problems)
-        for ck in store.checkpoints(exp.name):
-            referenced.add(store.rel(ck.path))
+    for exp in experiments:
+        for sh in files.shards(exp.name):
+            referenced.add(files.rel(sh.path))
+            _check(files, sh.path, sh.sha256, "shard", shard_fix(exp.name, sh.round), problems)
+        for ck in files.checkpoints(exp.name):
+            referenced.add(files.rel(ck.path))
             fix = checkpoint_fix(exp.name, ck.round)
-            _check(store, ck.path, ck.sha256, "checkpoint", fix, problems)
+            _check(files, ck.path, ck.sha256, "checkpoint", fix, problems)
 
-    base = store.root / EXPERIMENTS_DIR
+    base = files.root / EXPERIMENTS_DIR
     temporary: list[Path] = []
     for tmp in sorted(base.rglob(f"*{TMP_MARK}*")) if base.is_dir() else []:
         if not _is_icl_temporary(tmp, base):
             continue
         if repair and not _writer_alive(tmp):
             tmp.unlink(missing_ok=True)
-            repaired.append(f"removed leftover temporary {store.rel(tmp)}")
+            repaired.append(f"removed leftover temporary {files.rel(tmp)}")
         else:
             temporary.append(tmp)
 
-    files = [*base.glob("*/shards/*.h5"), *base.glob("*/checkpoints/*.pt")] if base.is_dir() else []
-    orphans = sorted(p for p in files if store.rel(p) not in referenced)
+    on_disk = ([*base.glob("*/shards/*.h5"), *base.glob("*/checkpoints/*.pt")]
+               if base.is_dir() else [])
+    orphans = sorted(p for p in on_disk if files.rel(p) not in referenced)
 
-    dead = [s for s in store.steps() if s.state == "interrupted" and s.finished_at is None]
+    dead = [s for s in log.steps() if s.state == "interrupted" and s.finished_at is None]
     for s in dead:
         what = f"`{s.name}{'' if s.round is None else f' --round {s.round}'}`"
         if repair:
-            _mark_interrupted(store, s.id)
+            log.mark_interrupted(s.id, "process ended without finishing (marked by "
+                                       "`icl verify --repair`)")
             repaired.append(f"marked step {what} of '{s.experiment}' (pid {s.pid}) interrupted")
         else:
             problems.append(
@@ -93,8 +93,8 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
     # A temporary file that a live icl process is writing right now is work in progress,
     # not an inconsistency: it is listed, but only a dead writer's leftover fails the check.
     leftovers = [t for t in temporary if not _writer_alive(t)]
-    stale = [f"round {t} of '{exp.name}': {why}" for exp in store.experiments()
-             for t, why in sorted(store.stale_rounds(exp.name).items())]
+    stale = [f"round {t} of '{exp.name}': {why}" for exp in experiments
+             for t, why in sorted(files.stale_rounds(exp.name).items())]
     return VerifyReport(
         problems=problems,
         temporary=temporary,
@@ -105,23 +105,9 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
     )
 
 
-def _check(store: Store, path: Path, sha: str, what: str, fix: str, problems: list[str]) -> None:
+def _check(files: ArtifactFiles, path: Path, sha: str, what: str, fix: str,
+           problems: list[str]) -> None:
     try:
-        store._check_file(path, sha, f"{what} {store.rel(path)}", fix)
+        files.check_file(path, sha, f"{what} {files.rel(path)}", fix)
     except IntegrityError as exc:
         problems.append(str(exc))
-
-
-def _mark_interrupted(store: Store, step_id: int | None) -> None:
-    def mark(s) -> None:
-        s.execute(
-            update(Step)
-            .where(Step.id == step_id, Step.state == "running")
-            .values(
-                state="interrupted",
-                finished_at=utcnow(),
-                message="process ended without finishing (marked by `icl verify --repair`)",
-            )
-        )
-
-    run_write(store.engine, mark)

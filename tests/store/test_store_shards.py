@@ -113,10 +113,6 @@ def test_versions_keep_the_old_one_readable(store, make_arrays, attrs):
     assert [(s.version, s.active) for s in store.shards("icl", round=1)] == [(1, False), (2, True)]
     old = store.shards("icl", round=1)[0]
     assert np.array_equal(store.read_shard(old)["samples"], make_arrays(seed=1)["samples"])
-    store.set_active("icl", 1, 1)
-    assert store.active_shard("icl", 1).version == 1
-    with pytest.raises(StoreError, match="no shard v9"):
-        store.set_active("icl", 1, 9)
 
 
 def test_active_shards_names_the_missing_round(store, make_arrays, attrs):

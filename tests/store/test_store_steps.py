@@ -136,12 +136,10 @@ def test_verify_reports_altered_and_missing_files(store, make_arrays, attrs):
 
 
 def test_write_failure_after_rename_leaves_no_file(store, make_arrays, attrs, monkeypatch):
-    import store.artifacts as artifacts
-
     def fail(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(artifacts, "run_write", fail)
+    monkeypatch.setattr(store.catalog, "write", fail)  # the row's transaction
     with pytest.raises(KeyboardInterrupt):
         store.write_shard("icl", 1, make_arrays(), attrs)
     assert list((store.root / "experiments/icl/shards").iterdir()) == []
