@@ -1,0 +1,42 @@
+"""Calibration and OOD-detection measures against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from icl_cli.metrics import calibration, detection, ood_scores
+
+
+def test_calibration_by_hand():
+    # Two images, confidences softmax([ln 3, 0]) = 0.75 (right) and 0.75 (wrong).
+    logits = torch.tensor([[math.log(3), 0.0], [math.log(3), 0.0]])
+    y = torch.tensor([0, 1])
+    cal = calibration(logits, y, bins=3)
+    assert cal.nll == pytest.approx((-math.log(0.75) - math.log(0.25)) / 2)
+    assert cal.ece == pytest.approx(0.25)  # one bin: |0.75 - 0.5|
+    assert cal.count == [0, 0, 2] and cal.accuracy[2] == 0.5
+    assert cal.confidence[2] == pytest.approx(0.75)
+
+
+def test_ece_depends_on_the_bins():
+    # Confidences 0.6 (right) and 0.9 (wrong): one bin pools them, ten bins do not.
+    logits = torch.tensor([[math.log(1.5), 0.0], [math.log(9), 0.0]])
+    y = torch.tensor([0, 1])
+    assert calibration(logits, y, bins=1).ece == pytest.approx(abs(0.75 - 0.5))
+    assert calibration(logits, y, bins=10).ece == pytest.approx((0.4 + 0.9) / 2)
+
+
+def test_detection_by_hand():
+    d = detection(torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([0.5, 2.5]))
+    assert d.auroc == pytest.approx(0.5)  # 4 of the 8 (in, out) pairs ordered right
+    assert d.fpr95 == 1.0  # keeping every in-image keeps every out-image too
+    perfect = detection(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0]))
+    assert (perfect.auroc, perfect.aupr, perfect.fpr95) == (1.0, 1.0, 0.0)
+
+
+def test_scores():
+    s = ood_scores(torch.tensor([[0.0, math.log(3)]]))
+    assert s["max_softmax"].item() == pytest.approx(0.75)
+    assert s["max_logit"].item() == pytest.approx(math.log(3))
+    assert s["logsumexp"].item() == pytest.approx(math.log(4))
