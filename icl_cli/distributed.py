@@ -147,7 +147,10 @@ def agree(error: BaseException | None) -> None:
     import torch.distributed as dist
 
     notes: list[str | None] = [None] * world.size
-    dist.all_gather_object(notes, None if error is None else _first_line(error))
+    try:
+        dist.all_gather_object(notes, None if error is None else _first_line(error))
+    except RuntimeError as exc:
+        raise lost_peer(exc) from None
     if error is not None:
         raise error
     for rank, note in enumerate(notes):

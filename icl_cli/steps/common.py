@@ -76,6 +76,16 @@ class Runtime:
         return torch.bfloat16 if self.amp else None
 
 
+def join_ranks(runtime: Runtime):
+    """``runtime.apply()``, then, under torchrun, its process group joined (gloo on CPU,
+    nccl on CUDA): (``distributed.World``, this rank's device). Every step that may run
+    on several ranks calls it before its first look at the store, so that rank 0's lock
+    and writes and the others' waits line up (``icl_cli.distributed``)."""
+    from icl_cli import distributed
+
+    return distributed.join(runtime.apply())
+
+
 def release_freed_memory() -> None:
     """Hand freed heap memory back to the OS. glibc keeps freed tensors in its heap: an
     ``icl run`` process grew ~44 MiB per round without this (BENCHMARKS.md, Memory)."""

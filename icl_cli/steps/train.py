@@ -19,6 +19,7 @@ from icl_cli.steps.common import (
     StepError,
     experiment_data,
     generator,
+    join_ranks,
     load_weights,
     new_model,
     real_tensors,
@@ -122,7 +123,7 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
                         "with a new `icl init`, or for rounds >= 1 only")
     world, device = distributed.from_env(), None
     if world.active:  # the process group opens before the lock: the ranks wait for it
-        world, device = distributed.join(runtime.apply())
+        world, device = join_ranks(runtime)
     with distributed.main_only(store.lock, exp.name):
         if round_ == 0 and exp.parent is not None and not replay:
             return distributed.from_main(lambda: _copy_round_zero(store, exp, force))
