@@ -7,6 +7,8 @@ Each command parses options, opens the store, calls one step function from
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -223,16 +225,17 @@ def synthesize(
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
     """Draw round t's pseudo-negatives from checkpoint t-1 into a new HDF5 shard."""
+    from icl_cli.config import SamplerChanges
     from icl_cli.steps.synthesize import synthesize_round
 
-    if stop_rule is not None and stop_rule not in ("logit", "argmax"):
-        raise ui.fail(f"--stop-rule must be logit or argmax, got {stop_rule!r}", 3)
     with ui.user_errors():
+        changes = SamplerChanges(count=count, max_steps=max_steps, lr=sampler_lr,
+                                 reference_std=reference_std, stop_rule=stop_rule,
+                                 langevin_std=langevin_std, clamp=clamp,
+                                 check_every=check_every)
         r = synthesize_round(_store(workspace), experiment, round_,
                              _runtime(device, threads, amp, no_mlflow), force=force,
-                             replay=replay, count=count, max_steps=max_steps, lr=sampler_lr,
-                             reference_std=reference_std, stop_rule=stop_rule,
-                             langevin_std=langevin_std, clamp=clamp, check_every=check_every)
+                             replay=replay, changes=changes)
     if json:
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
@@ -275,15 +278,17 @@ def reclassify(
 ) -> None:
     """Warm-start from checkpoint t-1, train on the data plus shards 1..t, save checkpoint t.
     --epochs, --lr, ... change this round's settings only (recorded; --replay uses them)."""
+    from icl_cli.config import TrainChanges
     from icl_cli.steps.train import train_round
 
-    changes = dict(epochs=epochs, real_epochs=real_epochs, lr=lr, pn_weight=pn_weight,
-                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay,
-                   max_batch=max_batch)
     with ui.user_errors():
+        changes = TrainChanges(epochs=epochs, real_epochs=real_epochs, lr=lr,
+                               pn_weight=pn_weight, pn_weighting=pn_weighting,
+                               clip_grad=clip_grad, weight_decay=weight_decay,
+                               max_batch=max_batch)
         r = train_round(_store(workspace), experiment, round_,
                         _runtime(device, threads, amp, no_mlflow), force=force, replay=replay,
-                        changes=changes)
+                        changes=changes.given())
     if json:
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
@@ -327,6 +332,10 @@ def inspect(
 
 
 STEP_SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"}
+Experiments = Annotated[list[str] | None, typer.Option(
+    "--experiment", "-e", help="Experiment name; give -e several times to run several "
+    "experiments, each in its own process, with a live table on stderr (default: the only "
+    "one, or the latest).")]
 
 
 @app.command()
@@ -338,28 +347,103 @@ def run(
     pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
     clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
     max_batch: RoundMaxBatch = None,
-    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    parallel: Annotated[int, typer.Option(
+        help="With several -e: how many experiments run at once (each with --threads).")]
+    = 1,
+    experiment: Experiments = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+    progress_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """The whole loop; resumes from the last completed step after an interrupt. --count,
-    --epochs, --lr, ... apply to the rounds this call synthesizes and reclassifies."""
-    from icl_cli.steps.run import run_rounds
+    --epochs, --lr, ... apply to the rounds this call synthesizes and reclassifies.
+    Several -e run side by side (--parallel N at a time); a failing one does not stop the
+    others, and the exit code is then the first failure's."""
+    from icl_cli.config import SamplerChanges, TrainChanges
 
-    changes = dict(epochs=epochs, real_epochs=real_epochs, lr=lr, pn_weight=pn_weight,
-                   pn_weighting=pn_weighting, clip_grad=clip_grad, weight_decay=weight_decay,
-                   max_batch=max_batch)
     with ui.user_errors():
+        sampler = SamplerChanges(count=count)
+        train = TrainChanges(epochs=epochs, real_epochs=real_epochs, lr=lr,
+                             pn_weight=pn_weight, pn_weighting=pn_weighting,
+                             clip_grad=clip_grad, weight_decay=weight_decay,
+                             max_batch=max_batch)
+        names = list(dict.fromkeys(experiment or []))  # in order, each once
+        if len(names) > 1:
+            if parallel < 1:
+                raise ui.fail(f"--parallel must be >= 1, got {parallel}", 3)
+            return _run_many(names, rounds, parallel, workspace, json, sampler, train,
+                             device=device, threads=threads, amp=amp, no_mlflow=no_mlflow)
+        from icl_cli.steps.run import run_rounds
+
         store = _store(workspace)
-        name = store.experiment(experiment).name
-        rows = run_rounds(store, name, rounds, _runtime(device, threads, amp, no_mlflow), count,
-                          changes)
+        name = store.experiment(names[0] if names else None).name
+        runtime = _runtime(device, threads, amp, no_mlflow)
+        watch = None
+        if progress_fd is not None:  # a child of `icl run -e A -e B`: report to the parent
+            from icl_cli.progress import EventWriter, die_with_parent
+
+            die_with_parent()
+            events = EventWriter.to_fd(progress_fd)
+            runtime, watch = replace(runtime, progress=events), events.watch
+        rows = run_rounds(store, name, rounds, runtime, sampler, train, watch)
     if json:
         return ui.emit_json(rows)
+    _run_table(name, ui.to_plain(rows))
+
+
+def _run_table(name: str, rows: list[dict]) -> None:
+    """``icl run``'s result for one experiment (rows as plain dicts, as in --json)."""
     ui.table(f"'{name}'", ["round", "test err %", "val err %", "pass %", "mean steps",
                            "ran now"],
-             [[r.round, ui.pct(r.test_error), ui.pct(r.val_error), ui.pct(r.pass_rate),
-               None if r.mean_steps is None else f"{r.mean_steps:.1f}",
-               "+".join(STEP_SHORT.get(s, s) for s in r.ran) or "-"] for r in rows])
+             [[r["round"], ui.pct(r["test_error"]), ui.pct(r["val_error"]),
+               ui.pct(r["pass_rate"]),
+               None if r["mean_steps"] is None else f"{r['mean_steps']:.1f}",
+               "+".join(STEP_SHORT.get(s, s) for s in r["ran"]) or "-"] for r in rows])
+
+
+def _run_many(names: list[str], rounds: int, parallel: int, workspace: Path | None,
+              json: bool, sampler, train, **run_options) -> None:
+    """One ``icl run -e NAME`` child per experiment, a live table on stderr, then each
+    experiment's table (or one JSON document, name -> rows) on stdout."""
+    import sys
+
+    from icl_cli.config import ExperimentConfig
+    from icl_cli.progress import Board, Lane
+
+    if rounds < 0:
+        raise ui.fail(f"--rounds must be >= 0, got {rounds}", 3)
+    store = _store(workspace)
+    for n in names:  # unknown names and settings that cannot run: refused before any start
+        train.apply(ExperimentConfig.from_dict(store.experiment(n).config).train)
+    common = [sys.executable, "-m", "icl_cli", "run", "-w", str(store.root),
+              "--rounds", str(rounds), "--json", *_flags({**sampler.given(),
+                                                          **train.given(), **run_options})]
+    store.close()
+    lanes = Board([Lane(n, [*common, "-e", n]) for n in names], parallel, ui.err).run()
+    failed = [lane for lane in lanes if lane.code != 0]
+    if json:
+        ui.emit_json({lane.name: lane.result() if lane.code == 0 else
+                      {"error": lane.error, "exit_code": lane.code} for lane in lanes})
+    else:
+        for lane in lanes:
+            if lane.code == 0:
+                _run_table(lane.name, lane.result() or [])
+    for lane in failed:
+        ui.err.print(f"[bold red]error:[/] icl run -e {lane.name} failed (exit {lane.code}): "
+                     f"{ui.escape(lane.error)}", highlight=False)
+    if failed:
+        raise typer.Exit(failed[0].code or 1)
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """{"pn_weight": 0.5, "amp": True, "threads": None} -> ["--pn-weight", "0.5", "--amp"]."""
+    out: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not None and value is not False:
+            out += [flag, str(value)]
+    return out
 
 
 @app.command()
@@ -440,13 +524,32 @@ def report(
     with ui.user_errors():
         store = _store(workspace)
         rows = experiment_rows(store)
-        path = plot_errors(store, [r.experiment for r in rows], "report-error-vs-round.png") \
-            if plot and rows else None
+        path = None
+        if plot and rows:
+            names = [r.experiment for r in rows]
+            path = store.figure_path(names[0], REPORT_PLOT)
+            if not _newer_than_catalog(store, path):  # matplotlib costs ~0.5 s to import
+                path = plot_errors(store, names, REPORT_PLOT)
     if json:
         return ui.emit_json(rows)
     print(markdown(rows))
     if path:
         ui.note(f"plot: {path}")
+
+
+REPORT_PLOT = "report-error-vs-round.png"
+
+
+def _newer_than_catalog(store, path: Path) -> bool:
+    """Whether ``path`` was written after the catalog last changed (so it shows what the
+    catalog holds now). Only for a catalog that is a file of this workspace: SQLite writes
+    go to ``catalog.db`` and its ``-wal`` file; with a server catalog, always False."""
+    catalog = store.root / ".icl" / "catalog.db"
+    if os.environ.get("ICL_CATALOG_URL") or not catalog.is_file() or not path.is_file():
+        return False
+    changed = max(p.stat().st_mtime_ns for p in (catalog, catalog.with_name("catalog.db-wal"))
+                  if p.exists())
+    return path.stat().st_mtime_ns > changed
 
 
 def _terminated(signum, frame) -> None:

@@ -13,11 +13,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from icl_cli.errors import StepError
 
 Mode = Literal["softmax", "ova"]
 Method = Literal["icl", "icl-noise", "baseline"]
@@ -28,27 +28,74 @@ MODES = ("softmax", "ova")
 METHODS = ("icl", "icl-noise", "baseline")
 STOP_RULES = ("logit", "argmax")
 PN_WEIGHTINGS = ("per-sample", "batch-mean")
+SAMPLER_KINDS = ("gradient", "noise")
+DATASETS = ("mnist-embedded", "idx", "mnist", "cifar10", "svhn", "fake-cifar10", "fake-svhn")
+
+
+class ConfigError(StepError, ValueError):
+    """A setting out of its range, named by the flag that sets it (one line; exit 3)."""
 
 
 def config_hash(d: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``d``, first 16 hex digits."""
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """sha256 of the canonical JSON of ``d``, first 16 hex digits: the store's one
+    definition, imported on first use (``store`` pulls in SQLAlchemy, which a config does
+    not otherwise need)."""
+    from store.hashing import config_hash as store_hash
+
+    return store_hash(d)
+
+
+# Range rules, checked by each config on itself: field -> (lowest allowed, strict?).
+# ``None`` values (an option left unset, an optional lever off) are not checked.
+Rule = tuple[float, bool]
+POSITIVE: Rule = (0, True)
+NON_NEGATIVE: Rule = (0, False)
+AT_LEAST_ONE: Rule = (1, False)
 
 
 class _Config:
-    """Mixin: plain-dict round trip, a stable hash, and finite numbers only."""
+    """Mixin: self-checks, a plain-dict round trip and a stable hash.
+
+    A subclass lists ``RULES`` (numeric ranges) and ``CHOICES`` (allowed strings) for its
+    fields; ``__post_init__`` refuses a value outside them (and NaN or inf anywhere) with
+    a :class:`ConfigError` naming the command-line flag, e.g. ``--lr is out of range (0)``.
+    """
 
     FLAGS: dict[str, str] = {}  # field -> the command-line flag that sets it, where not --name
+    RULES: dict[str, Rule] = {}
+    CHOICES: dict[str, tuple[str, ...]] = {}
 
-    def _check_finite(self) -> None:
-        """NaN or inf in any number field is refused, naming its flag (it would train or
-        sample garbage, and print as non-JSON ``NaN`` in ``--json`` output)."""
+    def __post_init__(self) -> None:
+        self._check()
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        return cls.FLAGS.get(name, "--" + name.replace("_", "-"))
+
+    def _check(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                flag = self.FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
-                raise ValueError(f"{flag} must be a finite number, got {value}")
+            self.check_field(f.name, getattr(self, f.name))
+
+    @classmethod
+    def check_field(cls, name: str, value: Any) -> None:
+        """Refuse ``value`` for field ``name`` if it breaks the class's rules."""
+        if value is None or isinstance(value, bool):
+            return
+        flag = cls.flag(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN would train or sample garbage, and print as non-JSON ``NaN``.
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        choices = cls.CHOICES.get(name)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        rule = cls.RULES.get(name)
+        if rule is not None:
+            low, strict = rule
+            if not (value > low if strict else value >= low):
+                raise ConfigError(f"{flag} is out of range ({value})")
+        if name == "count" and value < 1:  # (the sampler's l)
+            raise ConfigError(f"{flag} must be a positive number of samples per class, "
+                              f"got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -96,14 +143,20 @@ class DataConfig(_Config):
     augment: bool = False
     download: bool = False
 
+    RULES = {"train_size": AT_LEAST_ONE, "val_size": NON_NEGATIVE}
+    CHOICES = {"dataset": DATASETS}
+    FLAGS = {"seed": "--data-seed", "root": "--data-root"}
+
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
     """Network by registry name; ``mode`` picks softmax (one net, K logits) or one-vs-all
     (K one-logit nets, trained and sampled together)."""
 
-    arch: str = "mnist-cnn"
+    arch: str = "mnist-cnn"  # checked against icl_cli.models.REGISTRY (torch) by icl init
     mode: Mode = "softmax"
+
+    CHOICES = {"mode": MODES}
 
 
 @dataclass(frozen=True)
@@ -138,8 +191,16 @@ class TrainConfig(_Config):
     clip_grad: float | None = None
     max_batch: int | None = None
 
+    RULES = {"epochs": NON_NEGATIVE, "real_epochs": NON_NEGATIVE, "batch_size": POSITIVE,
+             "lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+             "decay_round": NON_NEGATIVE, "decay_factor": POSITIVE,
+             "pn_weight": NON_NEGATIVE, "clip_grad": NON_NEGATIVE, "max_batch": POSITIVE}
+    CHOICES = {"pn_weighting": PN_WEIGHTINGS}
+
     def __post_init__(self) -> None:
-        self._check_finite()
+        self._check()
+        if self.epochs + self.real_epochs < 1:
+            raise ConfigError("--epochs and --real-epochs are both 0: a round would not train")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -177,9 +238,11 @@ class SamplerConfig(_Config):
     check_every: int = 1
 
     FLAGS = {"lr": "--sampler-lr"}
+    RULES = {"lr": POSITIVE, "beta1": NON_NEGATIVE, "beta2": NON_NEGATIVE,
+             "max_steps": NON_NEGATIVE, "reference_std": POSITIVE,
+             "langevin_std": NON_NEGATIVE, "check_every": AT_LEAST_ONE}
+    CHOICES = {"kind": SAMPLER_KINDS, "stop_rule": STOP_RULES}
 
-    def __post_init__(self) -> None:
-        self._check_finite()
 
 
 @dataclass(frozen=True)
@@ -194,16 +257,9 @@ class ExperimentConfig(_Config):
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.model.mode not in MODES:
-            raise ValueError(f"unknown mode {self.model.mode!r} (choose from {', '.join(MODES)})")
-        if self.sampler.stop_rule not in STOP_RULES:
-            raise ValueError(f"unknown stop rule {self.sampler.stop_rule!r}")
-        if self.train.pn_weighting not in PN_WEIGHTINGS:
-            raise ValueError(f"unknown --pn-weighting {self.train.pn_weighting!r} "
-                             f"(choose from {', '.join(PN_WEIGHTINGS)})")
+    RULES = {"init_epochs": AT_LEAST_ONE}
+    CHOICES = {"method": METHODS}
+    # (data, model, train and sampler checked themselves when they were built)
 
 
 _NESTED = {
@@ -212,3 +268,59 @@ _NESTED = {
     ("ExperimentConfig", "train"): TrainConfig,
     ("ExperimentConfig", "sampler"): SamplerConfig,
 }
+
+
+class _Changes:
+    """One round's settings given on the command line (``None``: the experiment's own).
+
+    Each given value is checked as the full config checks that field, with the same flag
+    and message; ``apply`` checks the combination again (``--epochs 0`` is fine only with
+    real-data epochs).
+    """
+
+    TARGET: ClassVar[type[_Config]]
+
+    def __post_init__(self) -> None:
+        for name, value in self.given().items():
+            self.TARGET.check_field(name, value)
+
+    def given(self) -> dict[str, Any]:
+        """The options that were set, e.g. ``{"epochs": 1}``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if getattr(self, f.name) is not None}
+
+    def apply(self, base):
+        """``base`` (the experiment's config of this step) with these changes."""
+        return base.replace(**self.given())
+
+
+@dataclass(frozen=True)
+class TrainChanges(_Changes):
+    """``icl reclassify`` / ``icl run`` options that change one round's reclassification."""
+
+    epochs: int | None = None
+    real_epochs: int | None = None
+    lr: float | None = None
+    pn_weight: float | None = None
+    pn_weighting: str | None = None
+    clip_grad: float | None = None
+    weight_decay: float | None = None
+    max_batch: int | None = None
+
+    TARGET: ClassVar[type[_Config]] = TrainConfig
+
+
+@dataclass(frozen=True)
+class SamplerChanges(_Changes):
+    """``icl synthesize`` / ``icl run`` options that change one round's sampler."""
+
+    count: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None  # --sampler-lr
+    reference_std: float | None = None
+    stop_rule: str | None = None
+    langevin_std: float | None = None
+    clamp: bool | None = None
+    check_every: int | None = None
+
+    TARGET: ClassVar[type[_Config]] = SamplerConfig

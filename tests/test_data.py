@@ -243,7 +243,7 @@ def test_svhn_offline_error(tmp_path):
 
 
 def test_unknown_dataset():
-    with pytest.raises(DataError, match="unknown dataset 'nope'.*cifar10"):
+    with pytest.raises(ValueError, match="--dataset must be one of .*cifar10.*, got .nope."):
         load(DataConfig(dataset="nope"))
 
 

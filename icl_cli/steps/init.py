@@ -44,45 +44,22 @@ def compose(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> Ex
             merged[key] = value
     if merged.get("method") == "icl-noise":
         merged["sampler"] = {**merged.get("sampler", {}), "kind": "noise"}
-    try:
+    try:  # every field checks itself (range, choice, finite), naming its flag
         cfg = ExperimentConfig.from_dict(merged)
-    except (TypeError, ValueError) as exc:
+    except TypeError as exc:
         raise StepError(str(exc)) from None
-    validate(cfg)
+    check_arch(cfg.model.arch)
     return cfg
 
 
-def validate(cfg: ExperimentConfig) -> None:
-    """Refuse a config that could not run, before anything is written."""
-    from icl_cli.data import DATASETS
+def check_arch(arch: str) -> None:
+    """The network's name against the models' registry (which needs torch, so not in
+    ``ModelConfig`` itself: reading a config must stay torch-free)."""
     from icl_cli.models import REGISTRY
 
-    if cfg.model.arch not in REGISTRY:
-        raise StepError(f"unknown architecture {cfg.model.arch!r} "
+    if arch not in REGISTRY:
+        raise StepError(f"unknown architecture {arch!r} "
                         f"(choose from {', '.join(sorted(REGISTRY))})")
-    if cfg.data.dataset not in DATASETS:
-        raise StepError(f"unknown dataset {cfg.data.dataset!r} (choose from "
-                        f"{', '.join(DATASETS)})")
-    t, sc = cfg.train, cfg.sampler
-    if t.epochs + t.real_epochs < 1:
-        raise StepError("--epochs and --real-epochs are both 0: a round would not train")
-    positive = {"--init-epochs": cfg.init_epochs, "--epochs": t.epochs + 1,
-                "--batch-size": t.batch_size, "--lr": t.lr, "--count": sc.count,
-                "--sampler-lr": sc.lr, "--reference-std": sc.reference_std,
-                "--max-steps": sc.max_steps + 1, "--real-epochs": t.real_epochs + 1,
-                "--pn-weight": t.pn_weight + 1e-12, "--langevin-std": sc.langevin_std + 1e-12,
-                "--weight-decay": t.weight_decay + 1e-12}
-    if t.clip_grad is not None:
-        positive["--clip-grad"] = t.clip_grad + 1e-12  # 0: off
-    if t.max_batch is not None:
-        positive["--max-batch"] = t.max_batch
-    for flag, value in positive.items():
-        if not value > 0:
-            raise StepError(f"{flag} is out of range ({value})")
-    if cfg.data.train_size is not None and cfg.data.train_size <= 0:
-        raise StepError(f"--train-size must be positive, got {cfg.data.train_size}")
-    if cfg.data.val_size < 0:
-        raise StepError(f"--val-size must be >= 0, got {cfg.data.val_size}")
 
 
 def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[str, Any],

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from icl_cli.config import ExperimentConfig
+from icl_cli.config import ExperimentConfig, SamplerChanges, TrainChanges
 from icl_cli.steps.common import Runtime, StepError, release_freed_memory
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.report import errors_by_round, plot_errors
 from icl_cli.steps.synthesize import synthesize_round
-from icl_cli.steps.train import round_settings, train_round
+from icl_cli.steps.train import train_round
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,17 @@ class RoundRow:
     ran: list[str]  # the steps this invocation ran for the round (empty: all done before)
 
 
+Watch = Callable[[dict[str, Any]], None]
+"""Told what the loop does: ``{"step": "synthesize", "round": 2}`` as a step starts, and
+``{"round": 2, "done": true, "test_error": ..., "val_error": ...}`` as a round ends (what
+``icl run --parallel`` shows for each experiment)."""
+
+
 def run_rounds(store, name: str, rounds: int, runtime: Runtime,
-               count: int | None = None, changes: dict | None = None) -> list[RoundRow]:
+               sampler: SamplerChanges | None = None, train: TrainChanges | None = None,
+               watch: Watch | None = None) -> list[RoundRow]:
     """Rounds 1..``rounds``: synthesize, reclassify, evaluate, each only if not done yet;
-    ``count`` and the reclassify ``changes`` apply to the rounds this call runs."""
+    the ``sampler`` and ``train`` changes apply to the rounds this call runs."""
     if rounds < 0:
         raise StepError(f"--rounds must be >= 0, got {rounds}")
     exp = store.experiment(name)
@@ -36,17 +45,23 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     # The MLflow run stays RUNNING for the whole loop and ends as the command does
     # (FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED), also when cut between two steps.
     with store.lock(exp.name), store.tracker(exp.name, enabled=runtime.mlflow):
-        return _run_rounds(store, exp, rounds, runtime, count, changes)
+        return _run_rounds(store, exp, rounds, runtime, sampler or SamplerChanges(),
+                           train or TrainChanges(), watch or (lambda event: None))
 
 
-def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None,
-                changes: dict | None) -> list[RoundRow]:
+def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChanges,
+                train: TrainChanges, watch: Watch) -> list[RoundRow]:
     cfg = ExperimentConfig.from_dict(exp.config)
-    round_settings(cfg.train, changes)  # a bad value is refused before any round runs
+    # A combination that cannot run (--epochs 0 without real-data epochs) is refused
+    # before any round runs; each value was checked as the changes were made.
+    train.apply(cfg.train)
+    sampler.apply(cfg.sampler)
+    changes = train.given()
     rows = []
     for t in range(0, rounds + 1):
         ran, synth = [], None
         if t == 0 and store.checkpoint(exp.name, 0) is None:
+            watch({"step": "init", "round": 0})
             train_round(store, exp.name, 0, runtime)  # `icl init` was cut short: finish it
             ran.append("init")
         # A round downstream of a replaced shard or checkpoint is stale: redone here, its
@@ -57,19 +72,24 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, count: int | None,
         if t > 0 and cfg.method != "baseline" and (
                 shard is None or (redo and before is not None
                                   and shard.source_checkpoint != before.sha256)):
-            synth = synthesize_round(store, exp.name, t, runtime, count=count,
+            watch({"step": "synthesize", "round": t})
+            synth = synthesize_round(store, exp.name, t, runtime, changes=sampler,
                                      force=shard is not None)
             ran.append("synthesize")
         if t > 0 and (store.checkpoint(exp.name, t) is None
                       or t in store.stale_rounds(exp.name)):
+            watch({"step": "reclassify", "round": t})
             train_round(store, exp.name, t, runtime, changes=changes,
                         force=store.checkpoint(exp.name, t) is not None)
             ran.append("reclassify")
         if t not in errors_by_round(store, exp.name):
+            watch({"step": "evaluate", "round": t})
             evaluate_round(store, exp.name, t, runtime)
             ran.append("evaluate")
         errs = errors_by_round(store, exp.name).get(t, {})
         shard = store.active_shard(exp.name, t) if t > 0 else None
+        watch({"round": t, "done": True, "test_error": errs.get("test"),
+               "val_error": errs.get("val")})
         rows.append(RoundRow(t, errs.get("test"), errs.get("val"),
                              synth.pass_rate if synth else None,
                              synth.mean_steps if synth else None, ran))

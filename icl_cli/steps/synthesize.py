@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from icl_cli.algo.ascent import Synthesis, reference_noise, synthesize, targets_per_class
-from icl_cli.config import ExperimentConfig, SamplerConfig
+from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig
 from icl_cli.steps.common import (
     Runtime,
     StepError,
@@ -34,21 +34,6 @@ class SynthesisResult:
     reused: bool  # an identical shard existed; nothing ran
     replay_match: bool | None = None
     path: str = ""
-
-
-def sampler_config(cfg: ExperimentConfig, **overrides) -> SamplerConfig:
-    """The experiment's sampler settings with the command line's overrides applied."""
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        sc = cfg.sampler.replace(**changes)
-    except ValueError as exc:
-        raise StepError(str(exc)) from None
-    if sc.count <= 0:
-        raise StepError(f"--count must be a positive number of samples per class, got {sc.count}")
-    if sc.max_steps < 0 or sc.lr <= 0 or sc.reference_std <= 0 or sc.check_every < 1:
-        raise StepError("sampler settings out of range: need max-steps >= 0, lr > 0, "
-                        "reference-std > 0, check-every >= 1")
-    return sc
 
 
 def draw(model, sc: SamplerConfig, num_classes: int, shape, seed: int, device,
@@ -77,8 +62,10 @@ def _arrays(out: Synthesis) -> dict[str, np.ndarray]:
 
 
 def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
-                     replay: bool = False, **overrides) -> SynthesisResult:
-    """Draw round t's shard from checkpoint t-1 (a new version with ``force``).
+                     replay: bool = False, changes: SamplerChanges | None = None
+                     ) -> SynthesisResult:
+    """Draw round t's shard from checkpoint t-1 (a new version with ``force``), with the
+    experiment's sampler settings and this round's ``changes`` (``--count``, ...).
 
     Runs under the experiment's lock from the first check to the last write, so two
     processes never both decide that the round is still to do (the second gets BusyError,
@@ -93,11 +80,12 @@ def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: 
     if t < 1:
         raise StepError(f"synthesize needs --round >= 1 (round 0 is `icl init`), got {t}")
     with store.lock(exp.name):
-        return _synthesize(store, exp, cfg, t, runtime, force, replay, overrides)
+        return _synthesize(store, exp, cfg, t, runtime, force, replay,
+                           changes or SamplerChanges())
 
 
 def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
-                replay: bool, overrides: dict) -> SynthesisResult:
+                replay: bool, changes: SamplerChanges) -> SynthesisResult:
     source = store.checkpoint(exp.name, t - 1)
     if source is None:
         raise StepError(f"round {t - 1} of '{exp.name}' has no checkpoint yet: run "
@@ -115,7 +103,7 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
         sc, seed = SamplerConfig.from_dict(active.sampler_config), active.seed
         amp = bool(active.sampler_config.get("amp", False))  # as recorded, not as asked
     else:
-        sc = sampler_config(cfg, **overrides)
+        sc = changes.apply(cfg.sampler)
         amp = runtime.amp
         if active is not None and not force:
             if active.sampler_config == _recorded(sc, amp) and \

@@ -183,7 +183,8 @@ def _cases(ws: Path, data: dict[str, Path], tmp: Path) -> list[tuple]:
         ("inf --sampler-lr", ["synthesize", *w, "-e", "icl", "-r", 2, "--sampler-lr", "inf",
                               *COMMON], 3, "--sampler-lr must be a finite number"),
         ("NaN --pn-weight this round", ["reclassify", *w, "-e", "icl", "-r", 2, "--pn-weight",
-                                        "nan", *COMMON], 3, "--pn-weight is out of range"),
+                                        "nan", *COMMON], 3,
+         "--pn-weight must be a finite number"),  # as at init: one check, one message
         ("NaN --clip-grad", [*INIT_D[:2], "e2", "--clip-grad", "nan", *COMMON, *w], 3,
          "--clip-grad must be a finite number"),
         ("--device tpu", ["evaluate", *w, "-e", "icl", "--device", "tpu", "--no-mlflow"], 3,
