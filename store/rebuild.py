@@ -18,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,36 +31,7 @@ from .artifacts import STORE_KEY, ArtifactFiles, checkpoint_fix, shard_fix
 from .catalog import Checkpoint, Experiment, Shard
 from .errors import IntegrityError
 from .hashing import config_hash
-from .workspace import EXPERIMENTS_DIR, sha256_file
-
-_SHARD = re.compile(r"^round-(\d{4,})\.v(\d+)\.h5$")
-_CKPT = re.compile(r"^round-(\d{4,})\.pt$")
-
-
-def experiments_on_disk(root: Path) -> dict[str, list[Path]]:
-    """{experiment: its shard and checkpoint files} for every folder of ``experiments/``
-    that holds at least one (temporaries, figures and empty folders do not count)."""
-    base = root / EXPERIMENTS_DIR
-    out: dict[str, list[Path]] = {}
-    try:
-        folders = sorted((e for e in os.scandir(base) if e.is_dir(follow_symlinks=False)),
-                         key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return out
-    for entry in folders:
-        found = [Path(entry.path, sub, f.name) for sub, pattern in
-                 (("shards", _SHARD), ("checkpoints", _CKPT))
-                 for f in _scan(Path(entry.path, sub)) if pattern.match(f.name)]
-        if found:
-            out[entry.name] = found
-    return out
-
-
-def _scan(folder: Path) -> list[os.DirEntry]:
-    try:
-        return sorted((f for f in os.scandir(folder) if f.is_file()), key=lambda f: f.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+from .workspace import CHECKPOINT_FILE, SHARD_FILE, experiments_on_disk, sha256_file
 
 
 def _mtime(path: Path) -> datetime:
@@ -127,7 +96,7 @@ def _plan(files: ArtifactFiles, name: str, paths: list[Path]) -> dict[str, Any]:
 
 
 def _checkpoint(path: Path, rel: str, name: str) -> dict[str, Any]:
-    round_ = int(_CKPT.match(path.name).group(1))
+    round_ = int(CHECKPOINT_FILE.match(path.name).group(1))
     state = ckpt_files.read_file(path, rel, checkpoint_fix(name, round_))
     if (state.get("experiment"), state.get("round")) != (name, round_):
         raise IntegrityError(f"checkpoint {rel} says experiment {state.get('experiment')!r} "
@@ -143,7 +112,7 @@ def _checkpoint(path: Path, rel: str, name: str) -> dict[str, Any]:
 
 
 def _shard(path: Path, rel: str, name: str) -> dict[str, Any]:
-    m = _SHARD.match(path.name)
+    m = SHARD_FILE.match(path.name)
     meta = shard_files.read_meta(path, rel)
     if (meta["round"], meta["version"]) != (int(m.group(1)), int(m.group(2))):
         raise IntegrityError(f"shard {rel} holds round {meta['round']} v{meta['version']}: "

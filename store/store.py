@@ -49,7 +49,9 @@ from .workspace import (
     ICL_DIR,
     LOCKS_DIR,
     atomic_write,
+    experiments_on_disk,
     is_workspace,
+    refuse_unrecorded,
     validate_name,
 )
 
@@ -158,11 +160,10 @@ class Store:
         (CatalogMissing, nothing written) where ``experiments/`` holds files of experiments
         the catalog does not know: a new catalog never replaces a lost one."""
         root = Path(root).expanduser().resolve()
-        url = cls._url(root, catalog_url)
-        _refuse_unrecorded(root, url)
+        store = cls(root, cls._url(root, catalog_url))  # connects on first use only
+        store._refuse_unrecorded()
         (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
         (root / EXPERIMENTS_DIR).mkdir(exist_ok=True)
-        store = cls(root, url)
         store.catalog.create()
         return store
 
@@ -175,12 +176,12 @@ class Store:
         root = find_workspace() if root is None else Path(root).expanduser().resolve()
         default_db = root / ICL_DIR / CATALOG_FILE
         url = cls._url(root, catalog_url)
-        _refuse_unrecorded(root, url)
+        store = cls(root, url)
+        store._refuse_unrecorded()
         if not is_workspace(root) or (url.endswith(str(default_db)) and not default_db.is_file()):
             raise NotAWorkspace(
                 f"not an icl workspace: {root}; run `icl init` there or pass --workspace"
             )
-        store = cls(root, url)
         store.catalog.open()
         return store
 
@@ -197,7 +198,7 @@ class Store:
         if root is None:
             try:
                 root = find_workspace()
-            except NotAWorkspace:
+            except (NotAWorkspace, CatalogMissing):
                 if not (Path.cwd() / EXPERIMENTS_DIR).is_dir():
                     raise
                 root = Path.cwd()
@@ -210,6 +211,25 @@ class Store:
         store.catalog.create()
         store.rebuilt = record_from_files(store.files)
         return store
+
+    def _refuse_unrecorded(self) -> None:
+        """CatalogMissing if ``experiments/`` holds shards or checkpoints of experiments
+        that the catalog does not know (it was deleted, emptied or replaced). Connects only
+        when such files exist and the catalog file does (never creates it)."""
+        on_disk = experiments_on_disk(self.root)
+        if not on_disk:
+            return
+        db = self.root / ICL_DIR / CATALOG_FILE
+        default = self.catalog_url == f"sqlite:///{db}"
+        missing = default and not db.is_file()
+        known = set() if missing else self.catalog.names()
+        state = "is missing" if missing else "is empty" if not known else "does not know them"
+        try:
+            refuse_unrecorded(self.root, on_disk, known, state, ".icl/catalog.db" if default
+                              else self.catalog_url.split("@")[-1])
+        except CatalogMissing:
+            self.close()
+            raise
 
     def close(self) -> None:
         self.catalog.close()
@@ -374,32 +394,3 @@ class Store:
         report = verify(self.files, self.log, repair)
         return replace(report, rebuilt=list(self.rebuilt)) if self.rebuilt else report
 
-
-def _refuse_unrecorded(root: Path, url: str) -> None:
-    """CatalogMissing if ``experiments/`` holds shards or checkpoints of experiments that
-    the catalog at ``url`` does not know (it was deleted, emptied or replaced)."""
-    from .rebuild import experiments_on_disk
-
-    on_disk = experiments_on_disk(root)
-    if not on_disk:
-        return
-    db = root / ICL_DIR / CATALOG_FILE
-    if url == f"sqlite:///{db}" and not db.is_file():
-        known: set[str] = set()
-    else:
-        catalog = Catalog(url, root)
-        try:
-            known = catalog.names()
-        finally:
-            catalog.close()
-    lost = sorted(set(on_disk) - known)
-    if lost:
-        state = "is missing" if not db.is_file() and url.endswith(str(db)) else (
-            "is empty" if not known else "does not know them")
-        shown = ", ".join(f"'{n}'" for n in lost[:5]) + (" ..." if len(lost) > 5 else "")
-        name = ".icl/catalog.db" if url.endswith(str(db)) else url.split("@")[-1]
-        raise CatalogMissing(
-            f"the catalog {name} {state}, "
-            f"but experiments/ holds the shards and checkpoints of {shown}; nothing was "
-            f"written: run `icl verify --rebuild -w {root}` to record them again from the files"
-        )

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import NotAWorkspace, StoreError
+from .errors import CatalogMissing, NotAWorkspace, StoreError
 
 ICL_DIR = ".icl"
 CATALOG_FILE = "catalog.db"
@@ -48,6 +48,7 @@ def find_workspace(explicit: Path | None = None, cwd: Path | None = None) -> Pat
     if chosen is not None:
         root = Path(chosen).expanduser().resolve()
         if not is_workspace(root):
+            refuse_unrecorded(root, experiments_on_disk(root), set(), "is missing")
             raise NotAWorkspace(
                 f"not an icl workspace: {root}; run `icl init -w {root}` or pass another "
                 "--workspace"
@@ -57,8 +58,50 @@ def find_workspace(explicit: Path | None = None, cwd: Path | None = None) -> Pat
     for folder in (start, *start.parents):
         if is_workspace(folder):
             return folder
+    refuse_unrecorded(start, experiments_on_disk(start), set(), "is missing")
     raise NotAWorkspace(
         f"not an icl workspace (or any parent): {start}; run `icl init` here or pass --workspace"
+    )
+
+
+SHARD_FILE = re.compile(r"^round-(\d{4,})\.v(\d+)\.h5$")
+CHECKPOINT_FILE = re.compile(r"^round-(\d{4,})\.pt$")
+
+
+def experiments_on_disk(root: Path) -> dict[str, list[Path]]:
+    """{experiment: its shard and checkpoint files} for every folder of ``experiments/``
+    that holds at least one (temporaries, figures and empty folders do not count)."""
+    out: dict[str, list[Path]] = {}
+    for entry in _entries(root / EXPERIMENTS_DIR, dirs=True):
+        found = [Path(entry.path, sub, f.name) for sub, pattern in
+                 (("shards", SHARD_FILE), ("checkpoints", CHECKPOINT_FILE))
+                 for f in _entries(Path(entry.path, sub)) if pattern.match(f.name)]
+        if found:
+            out[entry.name] = found
+    return out
+
+
+def _entries(folder: Path, dirs: bool = False) -> list[os.DirEntry]:
+    try:
+        found = [e for e in os.scandir(folder)
+                 if (e.is_dir(follow_symlinks=False) if dirs else e.is_file())]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(found, key=lambda e: e.name)
+
+
+def refuse_unrecorded(root: Path, on_disk: dict[str, list[Path]], known: set[str],
+                      state: str, catalog: str = ".icl/catalog.db") -> None:
+    """CatalogMissing if ``on_disk`` (see :func:`experiments_on_disk`) names experiments
+    that are not ``known`` to the catalog, which ``state`` ("is missing", "is empty"...)."""
+    lost = sorted(set(on_disk) - known)
+    if not lost:
+        return
+    shown = ", ".join(f"'{n}'" for n in lost[:5]) + (" ..." if len(lost) > 5 else "")
+    raise CatalogMissing(
+        f"the catalog {catalog} {state}, but experiments/ holds the shards and checkpoints "
+        f"of {shown}; nothing was written: run `icl verify --rebuild -w {root}` to record "
+        "them again from the files"
     )
 
 

@@ -6,6 +6,7 @@ metadata."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 
@@ -183,3 +184,17 @@ def test_checkpoints_carry_their_catalog_record(store):
     # No timestamp in it: the same training writes the same bytes.
     again = store.save_checkpoint("icl", 1, _state(1), parent=c0, replace=True)
     assert again.sha256 == c1.sha256
+
+
+def test_a_folder_whose_icl_folder_is_gone_points_to_rebuild(ws, monkeypatch):
+    from store import find_workspace
+
+    root, before = ws
+    shutil.rmtree(root / ".icl")
+    for where in ({"explicit": root}, {"cwd": root}):  # -w, or the current folder
+        with pytest.raises(CatalogMissing, match=r"catalog .icl/catalog.db is missing, but "
+                           r"experiments/ holds .* `icl verify --rebuild -w "):
+            find_workspace(**where)
+    monkeypatch.chdir(root)
+    with Store.rebuild() as st:  # the current folder, found without .icl/
+        assert st.root == root and _rows(st) == before
