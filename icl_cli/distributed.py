@@ -176,10 +176,12 @@ def main_only(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterato
         yield value
 
 
-def from_main(fn: Callable[[], T]) -> T:
+def from_main(fn: Callable[[], T], send: Callable[[T], Any] | None = None) -> T:
     """Run ``fn`` on rank 0 after every rank got here (a barrier) and hand its result to
     every rank; an error on rank 0 is raised there as itself and on the others as one
-    line. ``fn``'s result must be picklable (a dataclass of plain values)."""
+    line. Rank 0 returns ``fn``'s result itself, the others a copy of ``send(result)``
+    (default: the result), which must pickle (a dataclass of plain values; ``send`` can
+    drop what does not, a Store for instance)."""
     world = current()
     if not world.active:
         return fn()
@@ -190,10 +192,11 @@ def from_main(fn: Callable[[], T]) -> T:
     except RuntimeError as exc:
         raise lost_peer(exc) from None
     box: list[Any] = [None]
-    error = None
+    error, result = None, None
     if world.main:
         try:
-            box[0] = ("ok", fn())
+            result = fn()
+            box[0] = ("ok", result if send is None else send(result))
         except Exception as exc:
             error, box[0] = exc, ("error", _first_line(exc))
     try:
@@ -202,6 +205,8 @@ def from_main(fn: Callable[[], T]) -> T:
         raise lost_peer(exc) from None
     if error is not None:
         raise error
+    if world.main:
+        return result
     kind, payload = box[0]
     if kind == "error":
         raise StepError(f"rank 0 of {world.size} failed: {payload}")

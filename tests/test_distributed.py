@@ -1,4 +1,4 @@
-"""icl_cli.distributed outside torchrun: one process, every helper a plain call."""
+"""icl_cli.distributed: one process (every helper a plain call), and 2 gloo ranks."""
 
 import pytest
 
@@ -62,3 +62,67 @@ def _yielding(value):
         yield value
 
     return cm()
+
+
+def _two_ranks(rank: int, port: int, out: str) -> None:
+    """One of 2 gloo ranks (torch.multiprocessing): each helper's outcome, per rank."""
+    import json
+    import os
+    from contextlib import contextmanager
+
+    import torch
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world, _ = distributed.join(torch.device("cpu"))
+    seen = {"world": [world.rank, world.size]}
+    seen["from_main"] = distributed.from_main(lambda: [rank, "made"],
+                                              send=lambda r: r + ["sent"])
+
+    def attempt(fn):
+        try:
+            fn()
+            return None
+        except Exception as exc:  # noqa: BLE001 (the outcome is the test's subject)
+            return f"{type(exc).__name__}: {exc}"
+
+    seen["agree"] = attempt(lambda: distributed.agree(
+        ValueError("boom") if rank == 1 else None))
+
+    @contextmanager
+    def busy():
+        raise RuntimeError("lock busy")
+        yield
+
+    def enter():
+        with distributed.main_only(busy):
+            pass
+
+    seen["main_only"] = attempt(enter)
+    seen["from_main_error"] = attempt(lambda: distributed.from_main(lambda: 1 / 0))
+    with open(f"{out}/{rank}.json", "w") as f:
+        json.dump(seen, f)
+
+
+@pytest.mark.slow  # 2 spawned processes: ~30 s on this loaded machine
+def test_two_ranks_agree_on_every_outcome(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks, args=(port, str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == [0, 2] and r1["world"] == [1, 2]
+    assert r0["from_main"] == [0, "made"]  # rank 0 keeps its own result
+    assert r1["from_main"] == [0, "made", "sent"]  # the others get send(result)
+    assert r1["agree"] == "ValueError: boom"
+    assert r0["agree"] == "StepError: rank 1 of 2 failed: boom"
+    assert r0["main_only"] == "RuntimeError: lock busy"
+    assert r1["main_only"] == "StepError: rank 0 of 2 failed: lock busy"
+    assert r0["from_main_error"] == "ZeroDivisionError: division by zero"
+    assert r1["from_main_error"] == "StepError: rank 0 of 2 failed: division by zero"
