@@ -75,8 +75,11 @@ def _test_error(ws):
 def test_two_ranks_record_the_one_process_round(synthesized, tmp_path):
     one, two = _copy(synthesized, tmp_path, "one"), _copy(synthesized, tmp_path, "two")
     icl("reclassify", "-w", one, "-e", "icl", "--round", "1", *COMMON)
-    ran = torchrun_icl("reclassify", "-w", two, "-e", "icl", "--round", "1", *COMMON)
+    ran = torchrun_icl("reclassify", "-w", two, "-e", "icl", "--round", "1", *COMMON,
+                       "--json")
     assert ran.returncode == 0, ran.stderr[-3000:]
+    shown = json.loads(ran.stdout)  # one document: rank 1's standard output is discarded
+    assert shown["world_size"] == 2 and not shown["reused"]
     a, b = _weights(one), _weights(two)
     diff = max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"])
     assert diff < 1e-4
