@@ -279,10 +279,12 @@ def _rebuild_attacks(conn: Any) -> None:
     """Version 3's ``attacks`` (``method`` joins the unique key, which no ALTER TABLE can
     change on SQLite): copy the rows, re-create the table, put them back as ``fgsm``."""
     table = Attack.__table__
-    old = ("id", "experiment_id", "round", "against_experiment", "against_round", "eps",
-           "counts", "created_at")
+    # Without their ids (nothing refers to an attack row), so that PostgreSQL's new id
+    # sequence does not hand out one of theirs again; in id order, as they were listed.
+    old = ("experiment_id", "round", "against_experiment", "against_round", "eps", "counts",
+           "created_at")
     rows = [dict(r._mapping) for r in conn.execute(
-        select(*(table.c[c] for c in old)).select_from(table))]
+        select(*(table.c[c] for c in old)).select_from(table).order_by(table.c.id))]
     table.drop(conn)
     table.create(conn)
     if rows:

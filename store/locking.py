@@ -7,11 +7,17 @@ works) and released when the holder exits however it exits (the kernel drops flo
 icl never deletes the lock file; if a user does, a second process would lock a new inode,
 so the holder also locks the experiment's folder (``anchor``), which nobody deletes
 without deleting the experiment: the second process then still finds it busy.
+
+With a PostgreSQL catalog the workspace may sit on storage shared by several machines,
+where file locks do not hold across NFS clients: the holder then also takes a PostgreSQL
+advisory lock keyed by the experiment's name, on a connection of its own kept for as long
+as it holds the lock (the server drops it if the holder dies).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -21,14 +27,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import BusyError
 from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, validate_name
 
 _HELD: dict[str, list] = {}  # lock path -> [open file, depth]
 _GUARD = threading.Lock()
+_ADVISORY: dict[tuple[str, int], list] = {}  # (catalog url, key) -> [connection, depth]
 os.register_at_fork(after_in_child=_HELD.clear)  # a child must lock for itself
+os.register_at_fork(after_in_child=_ADVISORY.clear)
 
 
 def default_command() -> str:
@@ -132,6 +140,72 @@ def is_locked_elsewhere(path: Path) -> bool:
         return False
 
 
+
+def advisory_key(experiment: str) -> int:
+    """The signed 64-bit PostgreSQL advisory-lock key of an experiment."""
+    digest = hashlib.sha256(f"icl:experiment:{experiment}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def advisory_lock(engine: Any, experiment: str, wait: bool = False) -> Iterator[None]:
+    """Hold ``experiment``'s advisory lock on the PostgreSQL server of ``engine`` for the
+    ``with`` body (re-entrant within a process); BusyError at once if another session
+    holds it and not ``wait``."""
+    from .catalog import catalog_errors
+
+    slot = (str(engine.url), advisory_key(experiment))
+    with _GUARD:
+        held = _ADVISORY.get(slot)
+        if held is not None:
+            held[1] += 1
+    if held is not None:
+        try:
+            yield
+        finally:
+            with _GUARD:
+                held[1] -= 1
+        return
+    with catalog_errors():
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with catalog_errors():
+            if wait:
+                conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (slot[1],))
+            elif not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)",
+                                          (slot[1],)).scalar():
+                raise BusyError(
+                    f"experiment '{experiment}' is busy: an icl process on another machine "
+                    f"holds its lock in the catalog {engine.url.host or engine.url.database}; "
+                    "wait for it to finish (or stop it) and run again")
+        with _GUARD:
+            _ADVISORY[slot] = [conn, 1]
+        try:
+            yield
+        finally:
+            with _GUARD:
+                _ADVISORY.pop(slot, None)
+            with catalog_errors():
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (slot[1],))
+    finally:
+        conn.close()
+
+
+def advisory_held_elsewhere(engine: Any, experiment: str) -> bool:
+    """True if another session holds ``experiment``'s advisory lock right now."""
+    from .catalog import catalog_errors
+
+    slot = (str(engine.url), advisory_key(experiment))
+    if slot in _ADVISORY:
+        return False
+    with catalog_errors(), engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (slot[1],)).scalar():
+            return True
+        conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (slot[1],))
+        return False
+
+
 class Locks:
     """The lock part of a store: one lock per experiment of the workspace at ``root``.
 
@@ -140,8 +214,11 @@ class Locks:
         ...     ...                                 # no other process writes 'icl' meanwhile
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, engine: Any = None) -> None:
+        """``engine``: the catalog's; a PostgreSQL one adds its advisory locks."""
         self.root = root
+        self.server = engine if getattr(engine, "dialect", None) is not None \
+            and engine.dialect.name == "postgresql" else None
 
     def path(self, experiment: str) -> Path:
         return self.root / ICL_DIR / LOCKS_DIR / f"{validate_name(experiment)}.lock"
@@ -152,8 +229,15 @@ class Locks:
         ``wait``. ``command`` is shown to whoever finds it busy (default: this argv)."""
         anchor = self.root / EXPERIMENTS_DIR / validate_name(experiment)
         with experiment_lock(self.path(experiment), experiment, wait, command, anchor):
-            yield
+            if self.server is None:
+                yield
+                return
+            with advisory_lock(self.server, experiment, wait):
+                yield
 
     def held_elsewhere(self, experiment: str) -> bool:
-        """True if another process holds ``experiment``'s lock right now."""
-        return is_locked_elsewhere(self.path(experiment))
+        """True if another process holds ``experiment``'s lock right now (on any machine,
+        with a PostgreSQL catalog)."""
+        if is_locked_elsewhere(self.path(experiment)):
+            return True
+        return self.server is not None and advisory_held_elsewhere(self.server, experiment)

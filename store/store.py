@@ -112,7 +112,7 @@ class Store:
         self.catalog = Catalog(catalog_url, self.root)
         self.files = ArtifactFiles(self.root, self.catalog)
         self.results = Results(self.catalog)
-        self.locks = Locks(self.root)
+        self.locks = Locks(self.root, self.catalog.engine)
         self.log = StepLog(self.catalog, self.locks)
         self.rebuilt: list[str] = []  # what :meth:`rebuild` recorded (shown by ``verify``)
 
@@ -225,8 +225,9 @@ class Store:
         known = set() if missing else self.catalog.names()
         state = "is missing" if missing else "is empty" if not known else "does not know them"
         try:
-            refuse_unrecorded(self.root, on_disk, known, state, ".icl/catalog.db" if default
-                              else self.catalog_url.split("@")[-1])
+            shown = ".icl/catalog.db" if default else \
+                self.catalog.engine.url.render_as_string(hide_password=True)
+            refuse_unrecorded(self.root, on_disk, known, state, shown)
         except CatalogMissing:
             self.close()
             raise
