@@ -1,5 +1,10 @@
 """``python -m benchmarks [--quick] [--json] [--threads N] [--only a,b]``: run the
-benchmarks, print a table (stderr gets progress), or one JSON document with ``--json``."""
+benchmarks, print a table (stderr gets progress), or one JSON document with ``--json``.
+
+Paired ratios come with a 95 % bootstrap interval and a verdict read from it: "met",
+"not met" or "undecided". ``--gpu-pass --device cuda --out FILE`` is the unattended GPU
+run (full-size reclassify, synthesis and one-vs-all, one JSON file, a few minutes); CI
+checks it on the CPU with ``--smoke``."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import time
 from benchmarks.common import Result, Scale, load_average, machine
 
 ALL = ("hardware", "reclassify", "synthesis", "early-stop", "ova", "store", "startup",
-       "memory")
+       "processes", "memory")
+GPU_PASS = ("hardware", "reclassify", "synthesis", "ova")
 
 
 def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = None,
@@ -37,6 +43,9 @@ def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = 
     if name == "startup":
         from benchmarks import startup
         return [startup.run_help()]
+    if name == "processes":
+        from benchmarks import processes
+        return processes.run(max(scale.repeats, 3) if not scale.smoke else 1)
     if name == "memory":
         from benchmarks import memory
         return [memory.run(scale.memory_rounds, scale.memory_train_size, threads,
@@ -51,13 +60,19 @@ def fmt(x: float | None) -> str:
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
+def fmt_ratio(r: Result) -> str:
+    if r.ci is None:
+        return fmt(r.ratio)
+    return f"{fmt(r.ratio)} [{fmt(r.ci[0])}, {fmt(r.ci[1])}]"
+
+
 def table(results: list[Result]) -> str:
-    rows = [("benchmark", "metric", "icl", "bare/ref", "unit", "ratio", "cpu-time ratio",
-             "target", "met")]
+    rows = [("benchmark", "metric", "icl", "bare/ref", "unit", "ratio [95 % CI]", "pairs",
+             "cpu-time ratio", "target", "verdict")]
     for r in results:
-        met = "-" if r.met is None else ("yes" if r.met else "NO")
-        rows.append((r.name, r.metric, fmt(r.icl), fmt(r.bare), r.unit, fmt(r.ratio),
-                     fmt(r.details.get("ratio_cpu_time")), r.target, met))
+        rows.append((r.name, r.metric, fmt(r.icl), fmt(r.bare), r.unit, fmt_ratio(r),
+                     str(r.details.get("pairs", "-")), fmt(r.details.get("ratio_cpu_time")),
+                     r.target, r.verdict or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -67,6 +82,12 @@ def table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller problems (a few minutes)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny problems (seconds): checks that the benchmarks run, no figures")
+    p.add_argument("--gpu-pass", action="store_true",
+                   help=f"only {', '.join(GPU_PASS)} (full size unless --quick/--smoke), "
+                   "for an unattended GPU run")
+    p.add_argument("--out", type=str, default=None, help="also write the JSON document here")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
@@ -81,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    scale = Scale.make(a.quick, a.repeats, a.device)
-    names = [n.strip() for n in a.only.split(",") if n.strip()]
+    scale = Scale.make(a.quick, a.repeats, a.device, smoke=a.smoke)
+    names = list(GPU_PASS) if a.gpu_pass else [n.strip() for n in a.only.split(",")
+                                                if n.strip()]
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(ALL)})")
@@ -95,16 +117,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
               flush=True)
         loads.append(load_average())
-    doc = {"machine": machine(), "quick": a.quick, "threads": a.threads, "device": a.device,
+    doc = {"machine": machine(), "quick": a.quick, "smoke": a.smoke, "gpu_pass": a.gpu_pass,
+           "threads": a.threads, "device": a.device,
            "repeats": scale.repeats, "load_average_1_5_15": loads,
            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
            "seconds": round(time.time() - t_start, 1),
            "ratios": {r.name: r.ratio for r in results},
+           "intervals": {r.name: r.ci for r in results if r.ci is not None},
+           "verdicts": {r.name: r.verdict for r in results},
            "results": [r.to_dict() for r in results]}
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(doc, f, indent=2)
     if a.json:
         print(json.dumps(doc, indent=2))
     else:
         print(table(results))
+        for r in results:
+            if r.details.get("basis"):
+                print(f"\n{r.name}: {r.details['basis']}")
         print(f"\nmachine: {doc['machine']}\nthreads: {a.threads}, repeats: {scale.repeats}, "
               f"load averages (1/5/15 min) before/after each: {loads}")
     return 0

@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: interleaved repeats, medians, machine facts."""
+"""Timing helpers shared by the benchmarks: interleaved repeats, medians with bootstrap
+intervals, a verdict read from the interval, machine facts."""
 
 from __future__ import annotations
 
@@ -31,13 +32,22 @@ class Scale:
     memory_count: int  # L per class of the memory run (the target says 200)
     device: str = "cpu"
 
+    smoke: bool = False  # seconds-sized problems: checks that a pass runs, no figures
+    ci_half_width: float = 0.03  # paired benchmarks add pairs until the 95 % interval is
+    max_pairs: int = 41  # ... this tight (relative half-width), or this many pairs,
+    max_seconds: float = 60.0  # ... or this long per benchmark
+
     @classmethod
-    def make(cls, quick: bool, repeats: int | None = None, device: str = "cpu") -> Scale:
+    def make(cls, quick: bool, repeats: int | None = None, device: str = "cpu",
+             smoke: bool = False) -> Scale:
+        if smoke:
+            return cls(True, repeats or 3, 1, repeats or 3, 2, 1, 2, 2, 1, 2, 64, 2, 100, 5,
+                       device, smoke=True, max_pairs=repeats or 3, max_seconds=5.0)
         if quick:
-            return cls(True, repeats or 5, 2, repeats or 9, 20, 2, 20, 30, 1, 10, 1024, 2, 500,
+            return cls(True, repeats or 5, 2, repeats or 9, 20, 2, 20, 30, 1, 10, 1024, 4, 500,
                        100, device)
-        return cls(False, repeats or 5, 2, repeats or 21, 200, 1, 200, 150, 1, 50, 2048, 3,
-                   1000, 200, device)
+        return cls(False, repeats or 5, 2, repeats or 21, 200, 1, 200, 150, 1, 50, 2048, 6,
+                   1000, 200, device, max_seconds=240.0)
 
 
 def sync(device: str) -> None:
@@ -61,6 +71,12 @@ class Result:
     target: str
     met: bool | None
     details: dict[str, Any] = field(default_factory=dict)
+    verdict: str | None = None  # 'met', 'not met', 'undecided' (from ``ci`` when paired)
+    ci: tuple[float, float] | None = None  # 95 % bootstrap interval of ``ratio``
+
+    def __post_init__(self) -> None:
+        if self.verdict is None and self.met is not None:
+            self.verdict = "met" if self.met else "not met"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +106,77 @@ def interleave(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int
             if cpu is not None:
                 cpu[name].append(time.process_time() - c0)
     return times
+
+
+def interleave_until(variants: dict[str, Callable[[], Any]], num: str, den: str,
+                     scale: Scale, min_pairs: int | None = None, warmup: int = 1,
+                     cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """``interleave``, one pair at a time, until the bootstrap interval of the median
+    ratio ``num / den`` is within ``scale.ci_half_width`` of it (relative), or
+    ``scale.max_pairs`` pairs, or ``scale.max_seconds`` have passed (at least
+    ``min_pairs``, default ``scale.reclassify_repeats`` capped by ``max_pairs``)."""
+    low = min(min_pairs or scale.reclassify_repeats, scale.max_pairs)
+    times = interleave(variants, low, warmup=warmup, device=scale.device, cpu=cpu)
+    t0 = time.perf_counter()
+    while len(times[num]) < scale.max_pairs and time.perf_counter() - t0 < scale.max_seconds:
+        if half_width(*bootstrap_ratio(times[num], times[den])) <= scale.ci_half_width:
+            break
+        more_cpu: dict[str, list[float]] | None = {} if cpu is not None else None
+        # Keep the A B / B A alternation going across calls.
+        order = variants if len(times[num]) % 2 == 0 else dict(reversed(variants.items()))
+        more = interleave(order, 1, warmup=0, device=scale.device, cpu=more_cpu)
+        for k, v in more.items():
+            times[k] += v
+        if cpu is not None and more_cpu is not None:
+            for k, v in more_cpu.items():
+                cpu[k] += v
+    return times
+
+
+def bootstrap_ratio(num: list[float], den: list[float], n_boot: int = 4000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high): the median of the per-pair ratios num[i] / den[i] and a 95 %
+    percentile-bootstrap interval for it (pairs resampled with replacement)."""
+    import numpy as np
+
+    r = np.asarray(num, dtype=float) / np.asarray(den, dtype=float)
+    if len(r) < 2:
+        return float(np.median(r)), float("-inf"), float("inf")
+    rng = np.random.default_rng(seed)
+    boots = np.median(r[rng.integers(0, len(r), size=(n_boot, len(r)))], axis=1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(np.median(r)), float(lo), float(hi)
+
+
+def half_width(med: float, lo: float, hi: float) -> float:
+    """The interval's half-width relative to the median (inf when undefined)."""
+    return (hi - lo) / 2 / abs(med) if med else float("inf")
+
+
+def verdict(target: str, lo: float, hi: float) -> str:
+    """'met', 'not met' or 'undecided' for a target such as '>= 0.95' or '<= 1.10', read
+    from the interval [lo, hi]: met only when the whole interval meets it."""
+    op, value = target.split()
+    thr = float(value)
+    if op == ">=":
+        return "met" if lo >= thr else "not met" if hi < thr else "undecided"
+    if op == "<=":
+        return "met" if hi <= thr else "not met" if lo > thr else "undecided"
+    raise ValueError(f"unknown target {target!r}")
+
+
+def paired_result(name: str, metric: str, icl: float | None, bare: float | None, unit: str,
+                  num: list[float], den: list[float], target: str, valid: bool = True,
+                  details: dict[str, Any] | None = None) -> Result:
+    """A Result whose ratio is the median of num[i] / den[i] with its bootstrap interval,
+    and whose verdict is read from that interval (``valid`` False: results differ, not
+    met whatever the timing)."""
+    med, lo, hi = bootstrap_ratio(num, den)
+    v = verdict(target, lo, hi) if valid else "not met"
+    return Result(name, metric, icl, bare, unit, med, target,
+                  None if v == "undecided" else v == "met",
+                  {**(details or {}), "pairs": len(num), "ratio_ci95": [lo, hi],
+                   "ci_half_width": half_width(med, lo, hi)}, verdict=v, ci=(lo, hi))
 
 
 def median(xs: list[float]) -> float:

@@ -15,7 +15,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import Result, Scale, interleave, median, paired_ratio, sync
+from benchmarks.common import (
+    Result,
+    Scale,
+    interleave,
+    interleave_until,
+    median,
+    paired_ratio,
+    paired_result,
+    sync,
+)
 from benchmarks.reclassify import mnist_tensors
 from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
 from icl_cli.algo.train import make_optimizer
@@ -58,14 +67,13 @@ def run_per_step(scale: Scale) -> Result:
                                  stop_rule="none")
 
     cpu: dict[str, list[float]] = {}
-    times = interleave({"icl": icl, "bare": lambda: bare_sampler(model, x0, target, s)},
-                       scale.repeats, device=scale.device, cpu=cpu)
+    times = interleave_until({"icl": icl, "bare": lambda: bare_sampler(model, x0, target, s)},
+                             "icl", "bare", scale, min_pairs=scale.repeats, cpu=cpu)
     no_grads = all(p.grad is None for p in model.parameters())
-    ratio = paired_ratio(times["icl"], times["bare"])
-    return Result(
+    return paired_result(
         "synthesis step", "s/step icl / bare", median(times["icl"]) / s,
-        median(times["bare"]) / s, "s/step", ratio, "<= 1.10", ratio <= 1.10 and no_grads,
-        {"batch": f"K x L = {K} x {scale.synth_per_class}", "steps": s,
+        median(times["bare"]) / s, "s/step", times["icl"], times["bare"], "<= 1.10",
+        valid=no_grads, details={"batch": f"K x L = {K} x {scale.synth_per_class}", "steps": s,
          "ratio_cpu_time": paired_ratio(cpu["icl"], cpu["bare"]),
          "weights_without_grad": no_grads, "all_steps_taken":
          bool((outs["icl"].steps == s).all()), "seconds_icl": times["icl"],
