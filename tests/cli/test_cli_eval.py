@@ -142,3 +142,25 @@ def test_ood_root_of_another_shape_is_refused(ws, tmp_path):
     out = icl("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root",
               tmp_path / "missing", *COMMON, code=3)
     assert "is missing" in out.stderr and "Traceback" not in out.output
+
+
+def test_each_measure_goes_to_the_steps_tracker(ws, monkeypatch):
+    logged = []
+
+    class Recorder:
+        def log_metrics(self, metrics, step):
+            logged.append((step, dict(metrics)))
+
+        def __getattr__(self, name):  # anything else a step asks of a tracker: a no-op
+            return lambda *a, **k: None
+
+    monkeypatch.setattr(Store, "tracker", lambda self, name, enabled=True: Recorder())
+    common = ["-w", ws, "-e", "icl", "--round", "0", "--threads", "1", "--device", "cpu"]
+    icl("evaluate", *common, "--no-plot")
+    icl("ood", *common, "--no-plot")
+    icl("attack", *common, "--against", "base:0", "--method", "pgd", "--eps", "0.2",
+        "--steps", "2")
+    names = {k for step, m in logged for k in m if step == 0}
+    assert {"test_nll", "test_ece", "val_nll", "val_ece", "test_error"} <= names
+    assert {"ood_uniform_max_softmax_auroc", "ood_blend_logsumexp_fpr95"} <= names
+    assert {"pgd_eps0.2_robust_accuracy", "pgd_eps0.2_fool_self"} <= names
