@@ -77,8 +77,9 @@ def _plan(files: ArtifactFiles, name: str, paths: list[Path]) -> dict[str, Any]:
         except IntegrityError as exc:
             skipped.append(str(exc))
     if not ckpts:
-        raise IntegrityError(f"no readable checkpoint tells its config ({len(shards)} shard(s) "
-                             "kept on disk untouched)")
+        raise IntegrityError(f"no readable checkpoint tells its config; its files stay on disk "
+                             f"untouched (move experiments/{name} out of the workspace to go "
+                             "on without it)")
     ckpts.sort(key=lambda c: c["round"])
     record = ckpts[0]["record"].get("experiment") or {}
     config = record.get("config") or ckpts[0]["config"]
