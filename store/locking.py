@@ -65,6 +65,25 @@ def _busy(experiment: str, path: Path) -> BusyError:
     )
 
 
+def _held_again(table: dict, key: Any) -> list | None:
+    """The ``[handle, depth]`` of a lock this process already holds, its depth counted up
+    (the lock is re-entrant); None if it does not hold it."""
+    with _GUARD:
+        held = table.get(key)
+        if held is not None:
+            held[1] += 1
+        return held
+
+
+@contextmanager
+def _counted(held: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        with _GUARD:
+            held[1] -= 1
+
+
 @contextmanager
 def experiment_lock(
     path: Path, experiment: str, wait: bool = False, command: str | None = None,
@@ -77,16 +96,10 @@ def experiment_lock(
     blocks until it is free (Ctrl-C still interrupts).
     """
     key = str(path)
-    with _GUARD:
-        held = _HELD.get(key)
-        if held is not None:
-            held[1] += 1
+    held = _held_again(_HELD, key)
     if held is not None:
-        try:
+        with _counted(held):
             yield
-        finally:
-            with _GUARD:
-                held[1] -= 1
         return
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,16 +168,10 @@ def advisory_lock(engine: Any, experiment: str, wait: bool = False) -> Iterator[
     from .catalog import catalog_errors
 
     slot = (str(engine.url), advisory_key(experiment))
-    with _GUARD:
-        held = _ADVISORY.get(slot)
-        if held is not None:
-            held[1] += 1
+    held = _held_again(_ADVISORY, slot)
     if held is not None:
-        try:
+        with _counted(held):
             yield
-        finally:
-            with _GUARD:
-                held[1] -= 1
         return
     with catalog_errors():
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
