@@ -68,45 +68,53 @@ paired() {
     --pn-weight "$PN_WEIGHT" --pn-weighting "$PN_WEIGHTING" "${lever[@]}" \
     --decay-round "$DECAY_ROUND" --count "$COUNT" --max-steps "$MAX_STEPS" \
     --sampler-lr "$SAMPLER_LR" --reference-std "$REFERENCE_STD" >/dev/null
-  if [ "$LANES" = 3 ]; then
-    local pids=() m p ok=0
-    for m in $METHODS; do _method "$prefix-$m" "$m" "$LANE_THREADS" "$base" & pids+=($!); done
-    for p in "${pids[@]}"; do wait "$p" || ok=1; done
-    return $ok
-  elif [ "$LANES" = 2 ]; then
-    local first=() m lane
-    for m in $METHODS; do [ "$m" = icl ] || first+=("$m"); done
-    (for m in "${first[@]}"; do _method "$prefix-$m" "$m" "$LANE_THREADS" "$base" || exit 1
-     done) &
-    lane=$!
-    if [[ " $METHODS " == *" icl "* ]]; then
-      _method "$prefix-icl" icl "$LANE_THREADS" "$base" || { wait "$lane"; return 1; }
-    fi
-    wait "$lane"
-  else
+  if [ "$LANES" = 1 ]; then
+    local m
     for m in $METHODS; do _method "$prefix-$m" "$m" "$THREADS" "$base"; done
+    return
   fi
+  # LANES experiments at once: one `icl run` over them all, a process per experiment, ICL
+  # first (it is the longest: it also synthesises). Its output: $WS/<prefix>.log.
+  local m names=()
+  for m in $METHODS; do
+    if [ "$m" != baseline ]; then
+      icl init "${RUN[@]}" -e "$prefix-$m" --method "$m" --from "$base:0" >/dev/null
+    fi
+    if [ "$m" = icl ]; then names=(-e "$prefix-$m" "${names[@]}"); else names+=(-e "$prefix-$m"); fi
+  done
+  : > "$WS/$prefix.log"
+  _run "$WS/$prefix.log" "$prefix" --threads "$LANE_THREADS" --parallel "$LANES" "${names[@]}"
 }
 
 # _method NAME METHOD THREADS BASELINE [init options...]: unless METHOD is the baseline, init
 # experiment NAME from BASELINE's C_0 (--from BASELINE:0, with the options); then run its
 # rounds with THREADS threads. The output goes to $WS/NAME.log.
 _method() {
-  local name=$1 method=$2 threads=$3 base=$4 until=() rc=0
+  local name=$1 method=$2 threads=$3 base=$4
   shift 4
+  : > "$WS/$name.log"
+  if [ "$method" != baseline ]; then
+    icl init "${RUN[@]}" -e "$name" --method "$method" --from "$base:0" "$@" \
+      > /dev/null 2>> "$WS/$name.log" ||
+      { echo "icl init -e $name failed:" >&2; tail -n 3 "$WS/$name.log" >&2; return 1; }
+  fi
+  _run "$WS/$name.log" "$name" --threads "$threads" -e "$name"
+}
+
+# _run LOG WHAT [icl run options...]: `icl run` (stopped by Ctrl-C at DEADLINE, if set) with
+# its output appended to LOG; a failure prints the log's last lines.
+_run() {
+  local log=$1 what=$2 until=() rc=0
+  shift 2
   if [ -n "$DEADLINE" ]; then
     local left=$((DEADLINE - $(date +%s)))
     until=(timeout -s INT -k 60 $((left > 1 ? left : 1)))
   fi
-  { if [ "$method" != baseline ]; then
-      icl init "${RUN[@]}" -e "$name" --method "$method" --from "$base:0" "$@" >/dev/null
-    fi &&
-    "${until[@]}" icl run "${RUN[@]}" --threads "$threads" -e "$name" --rounds "$ROUNDS"
-  } > "$WS/$name.log" 2>&1 || rc=$?
+  "${until[@]}" icl run "${RUN[@]}" "$@" --rounds "$ROUNDS" >> "$log" 2>&1 || rc=$?
   if [ "$rc" = 124 ] && [ -n "$DEADLINE" ]; then
-    echo "icl -e $name: stopped at the deadline (rerun to go on)" >&2
+    echo "icl -e $what: stopped at the deadline (rerun to go on)" >&2
   elif [ "$rc" != 0 ]; then
-    echo "icl -e $name failed:" >&2; tail -n 3 "$WS/$name.log" >&2; return 1
+    echo "icl -e $what failed:" >&2; tail -n 3 "$log" >&2; return 1
   fi
 }
 
