@@ -7,6 +7,7 @@ Each command parses options, opens the store, calls one step function from
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -543,12 +544,16 @@ REPORT_PLOT = "report-error-vs-round.png"
 def _newer_than_catalog(store, path: Path) -> bool:
     """Whether ``path`` was written after the catalog last changed (so it shows what the
     catalog holds now). Only for a catalog that is a file of this workspace: SQLite writes
-    go to ``catalog.db`` and its ``-wal`` file; with a server catalog, always False."""
+    go to ``catalog.db`` and its ``-wal`` file (which an open connection creates empty, so
+    an empty one says nothing); with a server catalog, always False."""
     catalog = store.root / ".icl" / "catalog.db"
     if os.environ.get("ICL_CATALOG_URL") or not catalog.is_file() or not path.is_file():
         return False
-    changed = max(p.stat().st_mtime_ns for p in (catalog, catalog.with_name("catalog.db-wal"))
-                  if p.exists())
+    changed = catalog.stat().st_mtime_ns
+    with contextlib.suppress(OSError):
+        wal = catalog.with_name("catalog.db-wal").stat()
+        if wal.st_size:
+            changed = max(changed, wal.st_mtime_ns)
     return path.stat().st_mtime_ns > changed
 
 

@@ -282,3 +282,20 @@ def test_version_and_json_errors(tmp_path):
     doc = json.loads(out.stdout)
     assert doc["exit_code"] == 6 and "not an icl workspace" in doc["error"]
     assert out.stderr.count("\n") == 1
+
+
+def test_report_redraws_its_plot_only_when_the_catalog_changed(ws, monkeypatch):
+    import icl_cli.steps.report as report_step
+
+    icl("report", "-w", ws)
+    drawn = []
+    real = report_step.plot_errors
+    monkeypatch.setattr(report_step, "plot_errors",
+                        lambda *a, **k: drawn.append(a[1]) or real(*a, **k))
+    out = icl("report", "-w", ws)
+    assert drawn == [] and "report-error-vs-round.png" in out.stderr  # still named
+    icl("evaluate", "-w", ws, "-e", "base", "--round", "1", *COMMON)  # a catalog write
+    icl("report", "-w", ws)
+    assert len(drawn) == 1 and "base" in drawn[0]
+    icl("report", "-w", ws)
+    assert len(drawn) == 1
