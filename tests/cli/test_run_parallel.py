@@ -65,8 +65,8 @@ def test_two_experiments_side_by_side_print_both_results(ws):
 
 
 def test_a_failing_child_is_named_and_the_others_finish(ws):
-    # 'base' cannot train round 2 with --real-epochs 0 and --epochs 0 ... caught up front;
-    # a failure inside the child instead: the icl experiment's round-1 shard is damaged.
+    # A failure inside one child (bad settings are refused before any child starts, see
+    # below): the icl experiment's round-1 shard is damaged, the baseline's rounds are fine.
     with Store.open(ws) as st:
         shard = st.active_shard("icl", 1)
     if shard is None:
@@ -115,8 +115,8 @@ def test_an_interrupt_stops_every_child_cleanly(tmp_path, sig, code, words):
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     argv = ["run", "-w", ws, "-e", "a", "-e", "b", "--rounds", 3, "--parallel", 2, *COMMON]
     parent = subprocess.Popen(
-        [sys.executable, "-m", "icl_cli", *map(str, argv)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "icl_cli", *map(str, argv)], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # both children have a step running
         with Store.open(ws) as st:
