@@ -125,3 +125,30 @@ def ood(
     ui.table(f"OOD detection, round {round_} (%)", ["set", "score", "AUROC", "AUPR", "FPR95"],
              [[r.set, r.score, f"{100 * r.auroc:.2f}", f"{100 * r.aupr:.2f}",
                f"{100 * r.fpr95:.2f}"] for r in rows])
+
+
+@app.command()
+def quality(
+    epochs: Annotated[int, typer.Option(help="Epochs of the reference classifier.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the reference classifier.")] = 0,
+    plot: Annotated[bool, typer.Option(help="Also write the quality-vs-round PNG.")] = True,
+    experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
+    threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
+) -> None:
+    """Sample quality per round: a reference classifier of another architecture (an MLP),
+    trained on the real training set, scores each active shard: the share it assigns to
+    the target class, its mean confidence, and the classifier-feature Frechet distance to
+    the test images (not FID)."""
+    from icl_cli.steps.quality import quality as run_quality
+
+    with ui.user_errors():
+        store = _store(workspace)
+        result = run_quality(store, store.experiment(experiment).name,
+                             _runtime(device, threads, no_mlflow=no_mlflow), epochs, seed, plot)
+    if json:
+        return ui.emit_json(result)
+    ui.table(f"sample quality (reference test error {100 * result.reference_test_error:.2f} "
+             f"%, real-data distance {result.real_frechet:.3g})",
+             ["round", "v", "n", "to target %", "confidence %", "Frechet (features)"],
+             [[r.round, r.version, r.count, f"{100 * r.target_share:.1f}",
+               f"{100 * r.confidence:.1f}", f"{r.frechet:.3g}"] for r in result.rounds])

@@ -103,3 +103,24 @@ def detection(score_in: torch.Tensor, score_out: torch.Tensor) -> Detection:
     fpr95 = float(fpr[tpr >= 0.95].min())
     return Detection(float(binary_auroc(scores, labels)),
                      float(binary_average_precision(scores, labels)), fpr95)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets:
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Dowson & Landau 1982; FID's formula,
+    here on whatever features it is given). The trace of the square root comes from the
+    eigenvalues of S_a^(1/2) S_b S_a^(1/2), symmetric, so no complex sqrtm.
+
+    Shape: a (N, D), b (M, D), N, M >= 2.
+    Example:
+        >>> frechet_distance(torch.zeros(4, 3), torch.ones(4, 3))
+        3.0
+    """
+    a, b = a.double().cpu(), b.double().cpu()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T, correction=1), torch.cov(b.T, correction=1)
+    s_a, s_b = s_a.reshape(a.shape[1], -1), s_b.reshape(b.shape[1], -1)
+    w, v = torch.linalg.eigh(s_a)
+    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * cross)

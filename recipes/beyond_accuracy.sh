@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13, beyond test error: calibration (NLL, ECE), out-of-distribution detection (AUROC
-# per set and score) and L-inf PGD robust accuracy, baseline vs ICL-noise vs ICL, paired per
+# per set and score), L-inf PGD robust accuracy and sample quality (last round), baseline vs ICL-noise vs ICL, paired per
 # seed on the Figure 5 pairs (SIZE training images), each model at its best-validation round.
 #   SCALE=cpu MNIST_DIR=../shared/data/mnist bash recipes/beyond_accuracy.sh
 #   SMOKE=1 NO_MLFLOW=1 bash recipes/beyond_accuracy.sh     (seconds, what CI runs)
@@ -28,6 +28,8 @@ for seed in $SEEDS; do
     round[$m]=$(best "$name")
     icl evaluate "${RUN[@]}" -e "$name" --round "${round[$m]}" --json > /dev/null
     icl ood "${RUN[@]}" -e "$name" --round "${round[$m]}" "${OOD_ROOTS[@]}" --json > /dev/null
+    # Sample quality of every round's pseudo-negatives (a reference MLP, not the sampler).
+    [ "$m" = baseline ] || icl quality "${RUN[@]}" -e "$name" --seed "$seed" --json > /dev/null
   done
   for m in $METHODS; do
     [ "$m" = baseline ] && continue

@@ -40,6 +40,11 @@ def measures(rows: dict[str, dict], prefix: str) -> dict[str, dict[str, float]]:
         for key, v in d.items():
             if key.startswith("ood_") and key.endswith("_auroc") and v is not None:
                 vals[key[4:]] = 100 * v
+        with_q = [int(t) for t, m in row["diagnostics"].items() if "quality_frechet" in m]
+        if with_q:  # sample quality of the last round's pseudo-negatives
+            q = row["diagnostics"][str(max(with_q))]
+            vals["quality_target_share"] = 100 * q["quality_target_share"]
+            vals["quality_frechet"] = q["quality_frechet"]
         for a in row["attacks"]:
             if a.get("method") == "pgd" and a.get("n"):
                 made, there = a["made_here"], a["made_there"]
@@ -73,7 +78,7 @@ def table(groups: list[dict[str, dict[str, float]]]) -> str:
             diffs.append(fmt(pairs))
             if m == "icl" and pairs and k != "round":
                 # Lower is better for NLL and ECE, higher for AUROC and robust accuracy.
-                sign = -1 if k.startswith("test_") else 1
+                sign = -1 if k.startswith(("test_", "quality_frechet")) else 1
                 better = f"{sum(sign * p > 0 for p in pairs)} of {len(pairs)}"
         lines.append(f"| {k} | " + " | ".join(cells + diffs) + f" | {better} |")
     return "\n".join(head + lines)
@@ -93,7 +98,9 @@ def main() -> None:
     print()
     print("NLL in nats, ECE / AUROC / PGD robust accuracy in %; mean +- std over seeds; "
           "differences paired by seed. round: the best-validation round measured; AUROC rows: "
-          "<set>_<score>_auroc; pgd_EPS: robust accuracy at eps EPS (pixel units).")
+          "<set>_<score>_auroc; pgd_EPS: robust accuracy at eps EPS (pixel units); quality_*: "
+          "the last round's pseudo-negatives as a reference MLP sees them (share assigned "
+          "to their target, %; classifier-feature Frechet distance to test images).")
     print()
     print(table(groups))
 

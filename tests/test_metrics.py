@@ -40,3 +40,16 @@ def test_scores():
     assert s["max_softmax"].item() == pytest.approx(0.75)
     assert s["max_logit"].item() == pytest.approx(math.log(3))
     assert s["logsumexp"].item() == pytest.approx(math.log(4))
+
+
+def test_frechet_distance_by_hand():
+    from icl_cli.metrics import frechet_distance
+
+    # Means 0 and 1 in 3 dimensions, both covariances 0: |mu_a - mu_b|^2 = 3.
+    assert frechet_distance(torch.zeros(4, 3), torch.ones(4, 3)) == pytest.approx(3.0)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 4, generator=g, dtype=torch.float64)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # Scaling by 2 (covariance I -> 4I): Tr(I + 4I - 2 * 2I) = 1 per dimension.
+    big = torch.randn(50000, 2, generator=g, dtype=torch.float64)
+    assert frechet_distance(big, 2 * big) == pytest.approx(2.0, rel=0.02)

@@ -100,6 +100,28 @@ def plot_histograms(store, name: str, round_: int, scores_in: dict, scores_out: 
     return path
 
 
+def plot_quality(store, name: str, rounds: list, real_frechet: float) -> Path:
+    """Sample quality against the round: the reference's target share and confidence
+    (left), the classifier-feature Frechet distance with real data's own (right)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 2.8), dpi=110)
+    t = [r.round for r in rounds]
+    left.plot(t, [r.target_share for r in rounds], marker="o", label="assigned to target")
+    left.plot(t, [r.confidence for r in rounds], marker="s", label="mean confidence")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=7)
+    right.plot(t, [r.frechet for r in rounds], marker="o", label="pseudo-negatives")
+    right.axhline(real_frechet, color="grey", ls="--", lw=0.8, label="real train vs test")
+    right.set_ylabel("classifier-feature Frechet distance", fontsize=7)
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.set_xlabel("round t")
+    fig.suptitle(name, fontsize=9)
+    path = _save(store, fig, name, "quality-vs-round.png")
+    plt.close(fig)
+    return path
+
+
 @dataclass(frozen=True)
 class ExperimentRow:
     experiment: str

@@ -164,3 +164,25 @@ def test_each_measure_goes_to_the_steps_tracker(ws, monkeypatch):
     assert {"test_nll", "test_ece", "val_nll", "val_ece", "test_error"} <= names
     assert {"ood_uniform_max_softmax_auroc", "ood_blend_logsumexp_fpr95"} <= names
     assert {"pgd_eps0.2_robust_accuracy", "pgd_eps0.2_fool_self"} <= names
+
+
+def test_quality_scores_each_shard_with_a_reference_net(ws):
+    empty = icl("quality", "-w", ws, "-e", "base", *COMMON, code=3)
+    assert "has no shards yet" in empty.stderr
+    icl("synthesize", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
+    q = icl_json("quality", "-w", ws, "-e", "icl", "--epochs", "2", *COMMON)
+    [r] = q["rounds"]
+    assert r["round"] == 1 and r["count"] == 40
+    assert 0 <= r["target_share"] <= 1 and 0 < r["confidence"] < 1
+    assert r["frechet"] > q["real_frechet"] > 0  # noise-born samples are further than data
+    assert len(q["reference_sha256"]) == 64 and q["reference_test_error"] < 0.9  # > chance
+    m = Store.open(ws).metrics("icl")
+    assert m[1]["quality_frechet"] == pytest.approx(r["frechet"])
+    assert m[0]["quality_reference_test_error"] == pytest.approx(q["reference_test_error"])
+    png = ws / "experiments" / "icl" / "figures" / "quality-vs-round.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --epochs trains another reference; the same settings give the same one.
+    again = icl_json("quality", "-w", ws, "-e", "icl", "--epochs", "2", "--no-plot", *COMMON)
+    assert again["reference_sha256"] == q["reference_sha256"]
+    one = icl_json("quality", "-w", ws, "-e", "icl", "--epochs", "1", "--no-plot", *COMMON)
+    assert one["reference_sha256"] != q["reference_sha256"]
