@@ -41,7 +41,7 @@ class Scale:
     def make(cls, quick: bool, repeats: int | None = None, device: str = "cpu",
              smoke: bool = False) -> Scale:
         if smoke:
-            return cls(True, repeats or 3, 1, repeats or 3, 2, 1, 2, 2, 1, 2, 64, 2, 100, 5,
+            return cls(True, repeats or 3, 1, repeats or 3, 2, 1, 2, 2, 1, 2, 64, 3, 100, 5,
                        device, smoke=True, max_pairs=repeats or 3, max_seconds=5.0)
         if quick:
             return cls(True, repeats or 5, 2, repeats or 9, 20, 2, 20, 30, 1, 10, 1024, 4, 500,
