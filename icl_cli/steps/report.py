@@ -94,7 +94,7 @@ def plot_histograms(store, name: str, round_: int, scores_in: dict, scores_out: 
             ax.hist(values[score], bins=40, density=True, histtype="step", label=set_name)
         ax.set_title(score, fontsize=9)
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"{name}, round {round_}", fontsize=9)
+    fig.suptitle(f"{name}, round {round_}", fontsize=9, y=1.03)
     path = _save(store, fig, name, filename)
     plt.close(fig)
     return path
@@ -114,8 +114,11 @@ def plot_quality(store, name: str, rounds: list, real_frechet: float) -> Path:
     right.axhline(real_frechet, color="grey", ls="--", lw=0.8, label="real train vs test")
     right.set_ylabel("classifier-feature Frechet distance", fontsize=7)
     right.legend(fontsize=7)
+    import matplotlib.ticker
+
     for ax in (left, right):
         ax.set_xlabel("round t")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(name, fontsize=9)
     path = _save(store, fig, name, "quality-vs-round.png")
     plt.close(fig)
