@@ -1,9 +1,14 @@
-"""The store and the command line's start-up: writing a shard, the step log, ``icl --help``.
+"""The store and the command line's start-up: writing a shard, the step log, ``icl --help``
+and the read-only commands.
 
 ``Store.write_shard`` writes a 2,000-sample shard (1 x 28 x 28, reference-noise-like values,
 as synthesis produces) to a temporary name, fsyncs, renames, hashes it and records it in
 the catalog. ``icl --help`` runs in a fresh process (median of 5), beside ``python -c
-pass`` for the interpreter's own start-up on this machine.
+pass`` for the interpreter's own start-up on this machine. ``icl status``, ``icl report``
+and ``icl verify`` run in a fresh process each on a three-experiment workspace (baseline,
+ICL-noise, ICL; a tiny net, 2 rounds), and each must not import torch or MLflow.
+
+    python -m benchmarks.startup [WORKSPACE]   # the read-only commands and --help
 """
 
 from __future__ import annotations
@@ -83,3 +88,102 @@ def run_help(repeats: int = 5) -> Result:
     return Result("icl --help", "seconds", t, median(bare_t), "s", t, "< 0.5 s", t < 0.5,
                   {"command": " ".join(cmd), "seconds": help_t,
                    "python_c_pass_seconds": bare_t})
+
+
+READ_ONLY = (["status"], ["report"], ["verify"])  # report: its plot drawn by the first run
+HEAVY = ("torch", "mlflow", "h5py", "matplotlib")  # a read-only command imports none of them
+
+
+def three_experiments(root: Path) -> Path:
+    """A workspace as the main job leaves it, small: baseline, ICL-noise and ICL paired on
+    a tiny net, 2 rounds each (about a minute on one core)."""
+    ws = root / "ws"
+    tiny = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs",
+            "1", "--epochs", "1", "--count", "4", "--max-steps", "10", "--no-mlflow",
+            "--threads", "1", "--device", "cpu"]
+    icl = [sys.executable, "-m", "icl_cli"]
+    subprocess.run([*icl, "init", "-w", str(ws), "-e", "baseline", "--method", "baseline",
+                    *tiny], capture_output=True, check=True)
+    for m in ("icl-noise", "icl"):
+        subprocess.run([*icl, "init", "-w", str(ws), "-e", m, "--method", m, "--from",
+                        "baseline:0", "--no-mlflow", "--threads", "1", "--device", "cpu"],
+                       capture_output=True, check=True)
+    subprocess.run([*icl, "run", "-w", str(ws), "-e", "baseline", "-e", "icl-noise", "-e",
+                    "icl", "--rounds", "2", "--no-mlflow", "--threads", "1", "--device", "cpu"],
+                   capture_output=True, check=True)
+    return ws
+
+
+def _spawn_cpu(cmd: list[str], repeats: int) -> tuple[list[float], list[float]]:
+    """Wall seconds and CPU seconds (user + system) of ``repeats`` fresh runs of ``cmd``.
+    On a loaded machine the CPU time is the steadier figure: wall time counts the wait for
+    a core."""
+    import resource
+
+    wall, cpu = [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        wall.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def imported(cmd: list[str]) -> set[str]:
+    """Top-level modules a fresh process imports to run ``cmd`` (``-X importtime``)."""
+    res = subprocess.run([sys.executable, "-X", "importtime", *cmd], capture_output=True,
+                         text=True)
+    return {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def run_read_only(repeats: int = 5, ws: Path | None = None) -> list[Result]:
+    """Seconds of ``icl status``, ``icl report``, ``icl verify`` (each median of
+    ``repeats`` fresh processes) on a three-experiment workspace; target < 0.5 s each
+    (verify: plus the time to hash the workspace's files, measured here too)."""
+    import hashlib
+
+    tmp = Path(tempfile.mkdtemp(prefix="icl-bench-ro-"))
+    try:
+        ws = ws or three_experiments(tmp)
+        files = [p for p in (ws / "experiments").rglob("*") if p.suffix in (".h5", ".pt")]
+        t0 = time.perf_counter()
+        for p in files:
+            hashlib.sha256(p.read_bytes()).hexdigest()
+        hashing = time.perf_counter() - t0
+        out = []
+        for argv in READ_ONLY:
+            cmd = [sys.executable, "-m", "icl_cli", *argv, "-w", str(ws)]
+            times, cpu = _spawn_cpu(cmd, repeats)
+            heavy = sorted(imported(cmd) & set(HEAVY))
+            t = median(times)
+            limit = 0.5 + (hashing if argv[0] == "verify" else 0.0)
+            out.append(Result(f"icl {argv[0]}", "seconds (fresh process, 3 experiments)", t,
+                              None, "s", t, f"< {limit:.2f} s, no {'/'.join(HEAVY)}",
+                              t < limit and not heavy,
+                              {"command": " ".join(cmd), "seconds": times,
+                               "cpu_seconds": cpu,
+                               "heavy_imports": heavy, "hash_seconds": hashing,
+                               "files": len(files)}))
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m benchmarks.startup [WORKSPACE]``: an existing workspace, or a new one."""
+    results = [run_help(), *run_read_only(ws=Path(argv[0]) if argv else None)]
+    for r in results:
+        d = r.details
+        extra = f" imports {', '.join(d['heavy_imports'])}" if d.get("heavy_imports") else ""
+        runs = ", ".join(f"{x:.2f}" for x in d["seconds"])
+        cpu = f", CPU {median(d['cpu_seconds']):.3f} s" if d.get("cpu_seconds") else ""
+        bare = f", python -c pass {r.bare:.3f} s" if r.bare else ""
+        print(f"{r.name:12} {r.icl:.3f} s (median; runs {runs}{cpu}{bare})  target "
+              f"{r.target}: {'met' if r.met else 'NOT met'}{extra}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
