@@ -334,7 +334,7 @@ def inspect(
 
 STEP_SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"}
 Experiments = Annotated[list[str] | None, typer.Option(
-    "--experiment", "-e", help="Experiment name; give -e several times to run several "
+    "--experiment", "-e", metavar="NAME", help="Experiment name; give -e several times to run several "
     "experiments, each in its own process, with a live table on stderr (default: the only "
     "one, or the latest).")]
 
