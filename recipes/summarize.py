@@ -21,7 +21,7 @@ import argparse
 import json
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 # Test error (%) from the paper (SPEC, "Paper numbers"): {table: {(mode, method): value}}.
 PAPER = {
@@ -77,8 +77,9 @@ def flat(config: dict, prefix: str = "") -> dict[str, object]:
 
 def label_variants(rows: list[dict]) -> list[dict]:
     """Experiments of one method that differ in a setting (a sweep: ``icl init --from
-    ... --pn-weight 2``) get a label naming it, ``icl (pn_weight=2.0)``, so the tables and
-    plots keep them apart; the others are labelled by their method alone."""
+    ... --pn-weight 2``) get a label naming where they differ from the group's most common
+    value, ``icl (pn_weight=2.0)``, so the tables and plots keep them apart; the others
+    (the common setting) are labelled by their method alone, and so line up across sizes."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r["mode"], r["train_size"], r["method"])].append(r)
@@ -86,8 +87,11 @@ def label_variants(rows: list[dict]) -> list[dict]:
         settings = [flat(r.get("config") or {}) for r in rs]
         keys = sorted({k for st in settings for k in st if k not in NOT_A_SETTING
                        and len({repr(x.get(k)) for x in settings}) > 1})
+        common = {k: Counter(repr(st.get(k)) for st in settings).most_common(1)[0][0]
+                  for k in keys}
         for r, st in zip(rs, settings, strict=True):
-            named = ", ".join(f"{k.rsplit('.', 1)[-1]}={st.get(k)}" for k in keys)
+            named = ", ".join(f"{k.rsplit('.', 1)[-1]}={st.get(k)}" for k in keys
+                              if repr(st.get(k)) != common[k])
             r["label"] = f"{r['method']} ({named})" if named else r["method"]
     return rows
 
@@ -276,6 +280,8 @@ def attacks(rows: list[dict]) -> str:
     for r in rows:
         for a in r.get("attacks", []):
             other = by_key.get(ref(r, a["against"]))
+            if a.get("method", "fgsm") != "fgsm":  # PGD records have tables of their own
+                continue
             if other is None or {r["method"], other["method"]} != {"baseline", "icl"}:
                 continue
             if r["method"] == "icl":
