@@ -14,7 +14,7 @@ from pathlib import Path
 from icl_cli.steps.report import experiment_rows
 from store import Store
 
-SHOWN = ("lr", "pn_weight", "pn_weighting", "clip_grad")
+SHOWN = ("lr", "pn_weight", "pn_weighting", "clip_grad", "weight_decay", "epochs")
 
 
 def main() -> None:
