@@ -98,11 +98,12 @@ def _runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: boo
                    progress=ui.RichProgress(progress))
 
 
-def _replay_verdict(what: str, match: bool | None) -> None:
+def _replay_verdict(what: str, match: bool | None, note: str | None = None) -> None:
     """Print whether a replayed step reproduced its record; exit 4 when it did not (the
-    same code as with --json, where ``replay_match`` carries the verdict)."""
-    ui.out.print(f"replay of {what}: "
-                 f"{'matches bit for bit' if match else 'DIFFERS from the record'}")
+    same code as with --json, where ``replay_match`` carries the verdict). ``note``: the
+    verdict in words when it is not a bit-for-bit comparison (another world size)."""
+    verdict = note or ('matches bit for bit' if match else 'DIFFERS from the record')
+    ui.out.print(f"replay of {what}: {verdict}")
     raise typer.Exit(0 if match else 4)
 
 
@@ -294,7 +295,7 @@ def reclassify(
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
     if replay:
-        _replay_verdict(f"round {r.round}", r.replay_match)
+        _replay_verdict(f"round {r.round}", r.replay_match, r.replay_note)
     if r.reused:
         ui.note(f"round {r.round} already reclassified from the same inputs")
     ui.table(f"'{r.experiment}' round {r.round} reclassify",
@@ -334,9 +335,9 @@ def inspect(
 
 STEP_SHORT = {"synthesize": "synth", "reclassify": "reclass", "evaluate": "eval"}
 Experiments = Annotated[list[str] | None, typer.Option(
-    "--experiment", "-e", metavar="NAME", help="Experiment name; give -e several times to run several "
-    "experiments, each in its own process, with a live table on stderr (default: the only "
-    "one, or the latest).")]
+    "--experiment", "-e", metavar="NAME", help="Experiment name; give -e several times to "
+    "run several experiments, each in its own process, with a live table on stderr "
+    "(default: the only one, or the latest).")]
 
 
 @app.command()
@@ -490,11 +491,20 @@ def verify(
     repair: Annotated[bool, typer.Option(
         "--repair", help="Delete temporary leftovers; mark dead running steps interrupted.")]
     = False,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Re-create a lost or emptied catalog from the shards' and "
+        "checkpoints' own metadata (no file is changed).")] = False,
     workspace: Workspace = None, json: Json = False,
 ) -> None:
     """Check every shard and checkpoint hash, list orphans and temporary leftovers."""
     with ui.user_errors():
-        report = _store(workspace).verify(repair=repair)
+        if rebuild:
+            from store import Store
+
+            store = Store.rebuild(workspace)
+        else:
+            store = _store(workspace)
+        report = store.verify(repair=repair)
     if json:
         ui.emit_json(report)
     else:
@@ -508,6 +518,8 @@ def verify(
             ui.out.print(f"repaired: {line}", highlight=False)
         for line in report.stale:
             ui.out.print(f"stale: {line}", highlight=False)
+        for line in report.rebuilt:
+            ui.out.print(f"rebuilt: {line}", highlight=False)
         ui.out.print(("workspace consistent" if report.ok else "workspace has problems")
                      + (f"; {len(report.stale)} stale round(s): `icl run` redoes them"
                         if report.stale else ""))
