@@ -6,24 +6,9 @@ import json
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clikit import COMMON, TINY, icl, icl_json
 
-from icl_cli.app import app
 from store import Store
-
-TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
-        "--epochs", "1", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05"]
-COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
-
-
-def icl(*args, code=0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
-    return result
-
-
-def icl_json(*args):
-    return json.loads(icl(*args, "--json").stdout)
 
 
 @pytest.fixture(scope="module")
