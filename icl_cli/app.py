@@ -281,7 +281,7 @@ def reclassify(
     """Warm-start from checkpoint t-1, train on the data plus shards 1..t, save checkpoint t.
     --epochs, --lr, ... change this round's settings only (recorded; --replay uses them)."""
     from icl_cli.config import TrainChanges
-    from icl_cli.steps.train import train_round
+    from icl_cli.steps.reclassify import train_round
 
     with ui.user_errors():
         changes = TrainChanges(epochs=epochs, real_epochs=real_epochs, lr=lr,
@@ -290,7 +290,7 @@ def reclassify(
                                max_batch=max_batch)
         r = train_round(_store(workspace), experiment, round_,
                         _runtime(device, threads, amp, no_mlflow), force=force, replay=replay,
-                        changes=changes.given())
+                        changes=changes)
     if json:
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from icl_cli.algo.ascent import fgsm, pgd
-from icl_cli.algo.train import error_rate, predict_logits
+from icl_cli.algo.evaluation import error_rate, predict_logits
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import PIXEL_SCALE
 from icl_cli.steps.common import (

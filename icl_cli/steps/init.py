@@ -9,8 +9,8 @@ from typing import Any
 from icl_cli.config import ExperimentConfig
 from icl_cli.steps.common import Runtime, StepError, dataset, experiment_data
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
+from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round
-from icl_cli.steps.train import train_round
 
 # What a paired experiment must share with the one it starts from (SPEC, "Fair comparisons").
 SHARED = ("data", "model", "seed", "init_epochs")

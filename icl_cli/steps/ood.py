@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from icl_cli.algo.train import predict_logits
+from icl_cli.algo.evaluation import predict_logits
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import load_idx_folder
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs

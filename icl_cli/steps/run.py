@@ -10,9 +10,9 @@ from icl_cli.config import ExperimentConfig, SamplerChanges, TrainChanges
 from icl_cli.steps.common import Runtime, StepError, release_freed_memory
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
+from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round, plot_errors
 from icl_cli.steps.synthesize import synthesize_round
-from icl_cli.steps.train import train_round
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,6 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
     # before any round runs; each value was checked as the changes were made.
     train.apply(cfg.train)
     sampler.apply(cfg.sampler)
-    changes = train.given()
     rows = []
     for t in range(0, rounds + 1):
         ran, synth = [], None
@@ -79,7 +78,7 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
         if t > 0 and (store.checkpoint(exp.name, t) is None
                       or t in store.stale_rounds(exp.name)):
             watch({"step": "reclassify", "round": t})
-            train_round(store, exp.name, t, runtime, changes=changes,
+            train_round(store, exp.name, t, runtime, changes=train,
                         force=store.checkpoint(exp.name, t) is not None)
             ran.append("reclassify")
         if t not in errors_by_round(store, exp.name):

@@ -145,7 +145,7 @@ def test_user_mistakes_get_one_line_and_an_exit_code(ws, tmp_path):
 
 
 def test_interrupted_step_leaves_nothing_and_run_resumes(ws, monkeypatch):
-    import icl_cli.steps.train as train
+    import icl_cli.steps.reclassify as train
 
     real = train.reclassify
 

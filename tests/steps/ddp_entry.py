@@ -1,4 +1,4 @@
-"""torchrun entry for test_train_ddp.py: the ``icl`` command line, where rank
+"""torchrun entry for test_reclassify_ddp.py: the ``icl`` command line, where rank
 ``ICL_TEST_KILL_RANK`` kills itself (SIGKILL) at its ``ICL_TEST_KILL_STEP``-th optimizer
 step: a rank lost in the middle of training."""
 

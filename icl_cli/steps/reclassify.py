@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 
 from icl_cli import distributed
 from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_hyper
-from icl_cli.config import PN_WEIGHTINGS, ExperimentConfig, TrainConfig
+from icl_cli.config import ExperimentConfig, TrainChanges, TrainConfig
 from icl_cli.data import augment, to_input
 from icl_cli.models import has_batch_norm
 from icl_cli.steps.common import (
@@ -68,41 +67,13 @@ def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = 
     return out
 
 
-ROUND_OPTIONS = {"epochs": "--epochs", "real_epochs": "--real-epochs", "lr": "--lr",
-                 "pn_weight": "--pn-weight", "pn_weighting": "--pn-weighting",
-                 "clip_grad": "--clip-grad", "weight_decay": "--weight-decay",
-                 "max_batch": "--max-batch"}
-"""Reclassify settings that one round may change (``icl reclassify --round t --epochs 1``)."""
-
-
-def round_settings(tc: TrainConfig, changes: dict[str, Any] | None) -> TrainConfig:
-    """The experiment's reclassify settings with one round's changes, checked one by one
-    (the flag is named in the message)."""
-    changes = {k: v for k, v in (changes or {}).items() if v is not None}
-    for key, value in changes.items():
-        flag = ROUND_OPTIONS.get(key)
-        if flag is None:
-            raise StepError(f"{key} cannot be changed for one round")
-        if key == "pn_weighting":
-            if value not in PN_WEIGHTINGS:
-                raise StepError(f"{flag} must be one of {', '.join(PN_WEIGHTINGS)}, got {value!r}")
-            continue
-        if not (math.isfinite(value) and (value > 0 if key in ("lr", "max_batch")
-                                          else value >= 0)):
-            raise StepError(f"{flag} is out of range ({value})")
-    out = tc.replace(**changes)
-    if out.epochs + out.real_epochs < 1:
-        raise StepError("--epochs and --real-epochs are both 0: the round would not train")
-    return out
-
-
 def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
-                replay: bool = False, changes: dict[str, Any] | None = None) -> TrainResult:
+                replay: bool = False, changes: TrainChanges | None = None) -> TrainResult:
     """Reclassify round ``round_`` (>= 1): warm start from checkpoint t-1, train on S plus
     the active shards 1..t, save checkpoint t. Round 0 trains C_0 from scratch on S (or,
     for an experiment started ``--from``, copies the parent's checkpoint again).
 
-    ``changes`` (keys of ``ROUND_OPTIONS``) override the experiment's reclassify settings
+    ``changes`` (``icl reclassify --epochs 1`` ...) override the experiment's reclassify settings
     for this round only; they are recorded with the checkpoint's inputs and the step, and
     ``--replay`` uses them again.
 
@@ -117,7 +88,7 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
     if round_ < 0:
         raise StepError(f"--round must be >= 0, got {round_}")
     cfg = ExperimentConfig.from_dict(exp.config)
-    tc = round_settings(cfg.train, changes)
+    tc = (changes or TrainChanges()).apply(cfg.train)
     if round_ == 0 and tc != cfg.train:
         raise StepError("round 0 (C_0) trains with the experiment's settings; change them "
                         "with a new `icl init`, or for rounds >= 1 only")
