@@ -76,6 +76,9 @@ def attack(
     random_start: Annotated[bool, typer.Option(
         help="PGD: start each restart at a uniform draw in the eps ball.")] = True,
     seed: Annotated[int, typer.Option(help="PGD: seed of the random starts.")] = 0,
+    limit: Annotated[int | None, typer.Option(
+        help="Attack only the first N test images (default: all); recorded with the "
+             "attack.")] = None,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -86,7 +89,8 @@ def attack(
     from icl_cli.steps.evaluate import attack as run_attack
     from icl_cli.steps.init import parse_from
 
-    settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed)
+    settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed,
+                              limit)
     with ui.user_errors():
         other, other_round = parse_from(against) if ":" in against else (against, None)
         rows = run_attack(_store(workspace), experiment, round_, other, other_round, settings,

@@ -131,7 +131,8 @@ def copy_parent_evaluations(store, name: str, parent: str, parent_round: int,
 class AttackSettings:
     """Which attack ``icl attack`` runs. ``eps`` and ``step_size`` in [0, 1] pixel units;
     PGD only: ``steps``, ``step_size`` (None: 2.5 * eps / steps, Madry et al.),
-    ``restarts``, ``random_start`` and the ``seed`` of the random starts."""
+    ``restarts``, ``random_start`` and the ``seed`` of the random starts; ``limit``: attack
+    only the first ``limit`` test images (None: all of them)."""
 
     method: str = "fgsm"
     eps: float = 0.125
@@ -140,12 +141,15 @@ class AttackSettings:
     restarts: int = 1
     random_start: bool = True
     seed: int = 0
+    limit: int | None = None
 
     def check(self) -> None:
         if self.method not in ("fgsm", "pgd"):
             raise StepError(f"--method must be fgsm or pgd, got {self.method!r}")
         if not 0.0 <= self.eps <= 1.0:
             raise StepError(f"--eps is in pixel units and must lie in [0, 1], got {self.eps}")
+        if self.limit is not None and self.limit < 1:
+            raise StepError(f"--limit must be >= 1 test image, got {self.limit}")
         if self.method == "pgd":
             if self.steps < 1 or self.restarts < 1:
                 raise StepError(f"--steps and --restarts must be >= 1, got {self.steps} and "
@@ -155,12 +159,16 @@ class AttackSettings:
                                 f"{self.step_size}")
 
     def params(self) -> dict | None:
-        """What the catalog keeps besides eps and the method (None for FGSM)."""
-        if self.method == "fgsm":
-            return None
-        step = 2.5 * self.eps / self.steps if self.step_size is None else self.step_size
-        return {"steps": self.steps, "step_size": step, "restarts": self.restarts,
-                "random_start": self.random_start, "seed": self.seed}
+        """What the catalog keeps besides eps and the method (None for FGSM on the whole
+        test set)."""
+        out: dict = {}
+        if self.method == "pgd":
+            step = 2.5 * self.eps / self.steps if self.step_size is None else self.step_size
+            out = {"steps": self.steps, "step_size": step, "restarts": self.restarts,
+                   "random_start": self.random_start, "seed": self.seed}
+        if self.limit is not None:
+            out["limit"] = self.limit
+        return out or None
 
     def perturb(self, model, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
@@ -233,6 +241,8 @@ def attack(store, name: str, round_: int, against: str, against_round: int | Non
                         "differ); attack compares models on one test set")
     data = experiment_data(store.experiment(a))
     x, y = inputs(data.test.images, device), data.test.labels.to(device)
+    if settings.limit is not None:
+        x, y = x[:settings.limit], y[:settings.limit]
     n = len(y)
     results = []
     for (src_name, src), (dst_name, dst) in [((a, model_a), (b, model_b)),

@@ -2,7 +2,9 @@
 not the one that drew them.
 
 A reference classifier of a different architecture (an MLP on the pixels, not a CNN) is
-trained on the experiment's real training set; for each active shard it reports the share
+trained on the experiment's real training set (once: it is cached in the workspace, keyed by
+the data fingerprint and its own settings, so the paired experiments of one subset share
+it; ``store.references``); for each active shard it reports the share
 of samples it assigns to their target class, its mean confidence in that class, and the
 "classifier-feature Frechet distance" between the shard and the real test images in its
 penultimate-layer features (FID's formula on this net's features; not FID, which needs
@@ -11,8 +13,6 @@ Inception weights and ImageNet-sized images).
 
 from __future__ import annotations
 
-import hashlib
-import io
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +55,25 @@ def train_reference(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: 
     return net.eval()
 
 
-def weights_sha256(model: nn.Module) -> str:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return hashlib.sha256(buf.getvalue()).hexdigest()
+def cached_reference(store, exp, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                     epochs: int, seed: int) -> tuple[ReferenceMLP, str, bool]:
+    """The experiment's reference net from the workspace's cache, trained and cached first
+    when it is not there; returns (net, the file's sha256, whether it was trained now)."""
+    from store.references import load_reference, reference_key, save_reference
+
+    spec = {"net": "reference-mlp", "width": 512, "in_features": x[0].numel(),
+            "num_classes": num_classes, "epochs": epochs, "seed": seed,
+            "data": exp.data_fingerprint or exp.name}
+    key = reference_key(spec)
+    net = ReferenceMLP(x[0].numel(), num_classes).to(x.device)
+    cached = load_reference(store.root, key)
+    if cached is not None:
+        state, sha = cached
+        net.load_state_dict(state["model"])
+        return net.eval(), sha, False
+    net = train_reference(x, y, num_classes, epochs, seed)
+    state = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "meta": spec}
+    return net, save_reference(store.root, key, state), True
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ def quality(store, name: str, runtime: Runtime, epochs: int = 10, seed: int = 0,
     data = experiment_data(exp)
     x_tr, y_tr = inputs(data.train.images, device), data.train.labels.to(device)
     x_te, y_te = inputs(data.test.images, device), data.test.labels.to(device)
-    net = train_reference(x_tr, y_tr, data.num_classes, epochs, seed)
+    net, sha, _ = cached_reference(store, exp, x_tr, y_tr, data.num_classes, epochs, seed)
     with torch.no_grad():
         test_error = float((net(x_te).argmax(1) != y_te).float().mean())
         f_test = net.features(x_te)
@@ -116,6 +131,8 @@ def quality(store, name: str, runtime: Runtime, epochs: int = 10, seed: int = 0,
                 float(p.gather(1, k[:, None]).mean()),
                 frechet_distance(net.features(x), f_test)))
     tracker = store.tracker(exp.name, enabled=runtime.mlflow)
+    tracker.log_params({"quality_reference_sha256": sha, "quality_reference_epochs": epochs,
+                        "quality_reference_seed": seed})
     store.record_metrics(exp.name, 0, {"quality_reference_test_error": test_error,
                                        "quality_real_frechet": real})
     for r in rounds:
@@ -127,4 +144,4 @@ def quality(store, name: str, runtime: Runtime, epochs: int = 10, seed: int = 0,
         from icl_cli.steps.report import plot_quality
 
         plot_quality(store, exp.name, rounds, real)
-    return Quality(exp.name, "reference-mlp", weights_sha256(net), test_error, real, rounds)
+    return Quality(exp.name, "reference-mlp", sha, test_error, real, rounds)

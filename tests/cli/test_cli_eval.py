@@ -70,8 +70,22 @@ def test_pgd_two_way_with_robust_accuracy_recorded(ws):
     assert {a["method"] for a in rows["icl"]["attacks"]} == {"fgsm", "pgd"}
 
 
+def test_attack_limit_uses_the_first_test_images_and_is_recorded(ws):
+    common = ["-w", ws, "-e", "icl", "--round", "0", "--against", "base:0", "--eps", "0.3",
+              *COMMON]
+    whole = icl_json("attack", *common)
+    part = icl_json("attack", *common, "--limit", "300")
+    assert [r["n"] for r in whole] == [2000, 2000] and [r["n"] for r in part] == [300, 300]
+    # FGSM is per image: the first 300 images' counts can only be fewer than all 2,000's.
+    for w, p in zip(whole, part, strict=True):
+        assert 0 < p["correct"] < w["correct"] and p["fool_source"] <= w["fool_source"]
+    rec = [a for a in Store.open(ws).attacks("icl") if a.method == "fgsm"][0]
+    assert rec.params == {"limit": 300} and rec.counts["n"] == 300
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "cw"], "--method must be fgsm or pgd"),
+    (["--limit", "0"], "--limit must be >= 1 test image"),
     (["--method", "pgd", "--steps", "0"], "--steps and --restarts must be >= 1"),
     (["--method", "pgd", "--step-size", "2"], "--step-size is in pixel units"),
 ])
@@ -164,8 +178,18 @@ def test_quality_scores_each_shard_with_a_reference_net(ws):
     assert m[0]["quality_reference_test_error"] == pytest.approx(q["reference_test_error"])
     png = ws / "experiments" / "icl" / "figures" / "quality-vs-round.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # --epochs trains another reference; the same settings give the same one.
+    # The reference is trained once and cached: the same settings reuse its file (also
+    # for the baseline, which shares the subset), --epochs trains another.
+    [cached] = (ws / ".icl" / "references").glob("*.pt")
+    made = cached.stat().st_mtime_ns
     again = icl_json("quality", "-w", ws, "-e", "icl", "--epochs", "2", "--no-plot", *COMMON)
     assert again["reference_sha256"] == q["reference_sha256"]
+    assert again["reference_test_error"] == q["reference_test_error"]
+    assert cached.stat().st_mtime_ns == made
     one = icl_json("quality", "-w", ws, "-e", "icl", "--epochs", "1", "--no-plot", *COMMON)
     assert one["reference_sha256"] != q["reference_sha256"]
+    assert len(list((ws / ".icl" / "references").glob("*.pt"))) == 2
+    # A cached net that no longer matches its hash is refused, not used.
+    cached.write_bytes(cached.read_bytes()[:-8] + bytes(8))
+    bad = icl("quality", "-w", ws, "-e", "icl", "--epochs", "2", "--no-plot", *COMMON, code=4)
+    assert "does not match its recorded sha256" in bad.stderr and "delete" in bad.stderr
