@@ -101,6 +101,10 @@ def main() -> None:
           "<set>_<score>_auroc; pgd_EPS: robust accuracy at eps EPS (pixel units); quality_*: "
           "the last round's pseudo-negatives as a reference MLP sees them (share assigned "
           "to their target, %; classifier-feature Frechet distance to test images).")
+    attacked = sorted({a["n"] for name in rows if pattern.match(name)
+                       for a in rows[name]["attacks"] if a.get("method") == "pgd" and a.get("n")})
+    if attacked:
+        print(f"PGD on the first {' / '.join(map(str, attacked))} test images.")
     print()
     print(table(groups))
 
