@@ -16,7 +16,7 @@ import time
 from benchmarks.common import Result, Scale, load_average, machine
 
 ALL = ("hardware", "reclassify", "synthesis", "early-stop", "ova", "store", "startup",
-       "processes", "memory")
+       "read-only", "processes", "memory")
 GPU_PASS = ("hardware", "reclassify", "synthesis", "ova")
 
 
@@ -43,9 +43,12 @@ def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = 
     if name == "startup":
         from benchmarks import startup
         return [startup.run_help()]
-    if name == "processes":
+    if name == "read-only":  # icl status / report / verify on a three-experiment workspace
+        from benchmarks import startup
+        return startup.run_read_only(1 if scale.smoke else 3 if scale.quick else 5)
+    if name == "processes":  # each step's fresh-process start-up against `import torch`
         from benchmarks import processes
-        return processes.run(max(scale.repeats, 3) if not scale.smoke else 1)
+        return processes.run(1 if scale.smoke else 3 if scale.quick else 5)
     if name == "memory":
         from benchmarks import memory
         return [memory.run(scale.memory_rounds, scale.memory_train_size, threads,
