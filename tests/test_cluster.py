@@ -1,0 +1,76 @@
+"""icl_cli.cluster: experiments as a job array through submitit's local executor (the same
+path a Slurm array takes), failures per task, and the parameters' one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from icl_cli import cluster
+from icl_cli.errors import StepError
+from icl_cli.progress import Lane
+from store import Store
+
+pytest.importorskip("submitit")
+
+ICL = [sys.executable, "-m", "icl_cli"]
+COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
+TINY = ["--arch", "tiny", "--train-size", "100", "--val-size", "50", "--init-epochs", "1",
+        "--epochs", "1", "--count", "2", "--max-steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    subprocess.run([*ICL, "init", "-w", ws, "-e", "base", "--method", "baseline", *TINY,
+                    *COMMON], check=True, capture_output=True)
+    subprocess.run([*ICL, "init", "-w", ws, "-e", "icl", "--method", "icl", "--from",
+                    "base:0", *COMMON], check=True, capture_output=True)
+    return ws
+
+
+def lane(ws, name):
+    return Lane(name, [*ICL, "run", "-w", str(ws), "--rounds", "1", "--json", *COMMON,
+                       "-e", name])
+
+
+def test_local_executor_runs_each_experiment_as_a_task(ws):
+    lanes = cluster.run_lanes([lane(ws, "base"), lane(ws, "icl"), lane(ws, "nope")],
+                              "local", ws, parallel=2, params={"timeout_min": 10})
+    base, icl, nope = lanes
+    assert (base.code, icl.code) == (0, 0) and base.state == icl.state == "done"
+    assert [r["round"] for r in icl.result()] == [0, 1]
+    assert icl.result()[1]["test_error"] is not None
+    # What the tasks did is in the catalog, as if `icl run` had been run by hand.
+    store = Store.open(ws)
+    assert [s.round for s in store.shards("icl")] == [1]
+    assert {e.round for e in store.evaluations("base")} == {0, 1}
+    # A failing task fails alone, with the command's own exit code and one-line error.
+    assert nope.code == 3 and nope.state == "failed" and "nope" in nope.error
+    logs = list((ws / ".icl" / cluster.FOLDER).rglob("*_log.out"))
+    assert len(logs) == 3  # one log per task, inside the workspace
+
+
+def test_a_task_result_is_the_commands_own_output(ws):
+    code, out, err = cluster.run_command([*ICL, "status", "-w", str(ws), "--json"])
+    assert code == 0 and err == []
+    assert {e["experiment"] for e in json.loads(out)["experiments"]} == {"base", "icl"}
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["timeout_min"], "--executor-param takes KEY=VALUE"),
+    (["=3"], "--executor-param takes KEY=VALUE"),
+])
+def test_bad_parameters_are_one_line(pairs, message):
+    with pytest.raises(StepError, match=message):
+        cluster.parse_params(pairs)
+
+
+def test_parameters_and_executor_checks(tmp_path):
+    assert cluster.parse_params(["slurm_partition=gpu", "timeout_min=240"]) == {
+        "slurm_partition": "gpu", "timeout_min": 240}
+    with pytest.raises(StepError, match="--executor must be one of local, slurm"):
+        cluster.executor("pbs", tmp_path, 1, {})
+    with pytest.raises(StepError, match="--executor-param: .*no_such_thing"):
+        cluster.executor("local", tmp_path, 1, {"no_such_thing": 1})
