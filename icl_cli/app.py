@@ -222,13 +222,20 @@ def synthesize(
     clamp: Annotated[bool | None, typer.Option(help="Clamp samples to [-1, 1].")] = None,
     check_every: Annotated[int | None, typer.Option(help="Drop passed samples every N steps.")]
     = None,
+    part: Annotated[str | None, typer.Option(
+        "--part", help="i/N: draw part i of N of the round (whole blocks of 256 samples, "
+        "bit-identical to the round drawn at once) into a part file; the last part recorded "
+        "joins them into the shard.")] = None,
+    merge: Annotated[bool, typer.Option(
+        "--merge", help="Join the round's recorded parts into its shard.")] = False,
     force: Force = False, replay: Replay = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
-    """Draw round t's pseudo-negatives from checkpoint t-1 into a new HDF5 shard."""
+    """Draw round t's pseudo-negatives from checkpoint t-1 into a new HDF5 shard (in parts
+    with --part i/N; under torchrun the ranks split it by themselves)."""
     from icl_cli.config import SamplerChanges
-    from icl_cli.steps.synthesize import synthesize_round
+    from icl_cli.steps.synthesize import parse_part, synthesize_round
 
     with ui.user_errors():
         changes = SamplerChanges(count=count, max_steps=max_steps, lr=sampler_lr,
@@ -237,18 +244,34 @@ def synthesize(
                                  check_every=check_every)
         r = synthesize_round(_store(workspace), experiment, round_,
                              _runtime(device, threads, amp, no_mlflow), force=force,
-                             replay=replay, changes=changes)
+                             replay=replay, changes=changes,
+                             part=None if part is None else parse_part(part), merge=merge)
     if json:
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
     if replay:
         _replay_verdict(f"round {r.round} v{r.version}", r.replay_match)
-    if r.reused:
+    _synthesis_tables(r)
+
+
+def _synthesis_tables(r) -> None:
+    """A shard's (or a part's, then its round's shard once joined) table."""
+    if r.part is not None:
+        if r.reused:
+            ui.note(f"part {r.part} of round {r.round} already drawn with these settings")
+        if r.missing:
+            left = ", ".join(f"{i}/{r.part.split('/')[1]}" for i in r.missing)
+            ui.note(f"parts {left} of round {r.round} still to draw; the last one recorded "
+                    "joins the shard")
+    elif r.reused:
         ui.note(f"round {r.round} already synthesized with these settings (v{r.version})")
-    ui.table(f"'{r.experiment}' round {r.round} shard v{r.version}",
+    what = f"part {r.part} of shard" if r.part is not None else "shard"
+    ui.table(f"'{r.experiment}' round {r.round} {what} v{r.version}",
              ["samples", "pass rate %", "mean steps", "steps saved %", "seconds"],
              [[r.count, ui.pct(r.pass_rate), f"{r.mean_steps:.1f}", ui.pct(r.steps_saved),
                f"{r.seconds:.1f}"]])
+    if r.shard is not None:
+        _synthesis_tables(r.shard)
 
 
 # Reclassify settings of one round (icl reclassify, icl run): default, the experiment's.

@@ -14,6 +14,9 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +29,8 @@ from .catalog import Catalog, Checkpoint, Experiment, Shard, to_info, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
 from .hashing import config_hash
 from .infos import CheckpointInfo, ExperimentInfo, ShardInfo
-from .workspace import EXPERIMENTS_DIR, atomic_write, sha256_file
+from .locking import experiment_lock
+from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, atomic_write, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +54,21 @@ def unrecorded(path: Path) -> ConflictError:
         f"{path.name} is on disk but not in the catalog (a lost or replaced catalog?); it "
         "is never overwritten: run `icl verify --rebuild` to record it again"
     )
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """A part file of round ``round``'s shard v``version``: part ``index`` of ``parts``,
+    ``count`` samples (see ``store.shards``: the step log, not the catalog, records it)."""
+
+    experiment: str
+    round: int
+    version: int
+    index: int
+    parts: int
+    path: Path
+    sha256: str
+    count: int
 
 
 STORE_KEY = "catalog"
@@ -158,6 +177,80 @@ class ArtifactFiles:
     def _path_recorded(self, table: type, path: Path) -> bool:
         with self.catalog.read() as s:
             return s.scalar(select(table.id).where(table.path == self.rel(path))) is not None
+
+    # ------------------------------------------------------------------ parts
+    def part_path(self, experiment: str, round: int, version: int, index: int,
+                  parts: int) -> Path:
+        """``experiments/<exp>/shards/round-0007.v1.part-2-of-3.h5``."""
+        return (self.root / EXPERIMENTS_DIR / self._name(experiment) / "shards"
+                / shard_files.part_name(round, version, index, parts))
+
+    def write_part(self, experiment: str, round: int, version: int, index: int, parts: int,
+                   arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> PartInfo:
+        """Write part ``index`` of ``parts`` of round ``round``'s shard v``version``
+        atomically (a part drawn again replaces its file) and return it with its sha256.
+
+        arrays: as for :meth:`write_shard`; attrs: seed, sampler_config, source_checkpoint,
+        row_start, row_stop, round_count. The caller records it (a step-log entry).
+        """
+        name = self._name(experiment)
+        data = shard_files.prepare_arrays(arrays)
+        path = self.part_path(name, round, version, index, parts)
+        file_attrs = {**attrs, "round": round, "version": version, "experiment": name,
+                      "part_index": index, "part_count": parts}
+        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
+        return PartInfo(name, round, version, index, parts, path, sha256_file(path),
+                        int(data["samples"].shape[0]))
+
+    def read_part(self, info: PartInfo, expect: dict[str, Any],
+                  fix: str) -> dict[str, np.ndarray]:
+        """The arrays of a recorded part, after checking it: StoreError if its file is
+        missing; IntegrityError if it fails its sha256, is not a readable shard file, or its
+        own attributes disagree with ``expect`` (seed, sampler_config, source_checkpoint and
+        the part attributes: a part of another round, version or sampler config). Messages
+        name the part and end with ``fix``."""
+        rel = self.rel(info.path)
+        what = f"part {info.index}/{info.parts} of round {info.round} ({rel})"
+        if not info.path.is_file():
+            raise StoreError(f"{what} is missing: {fix}")
+        self.check_file(info.path, info.sha256, what, fix)
+        arrays = shard_files.read_file(info.path, info.round, info.version, rel, fix)
+        meta = shard_files.read_meta(info.path, rel)
+        wrong = sorted(k for k, v in expect.items() if meta.get(k) != v)
+        if wrong or arrays["samples"].shape[0] != info.count:
+            raise IntegrityError(f"{what} was drawn for other settings "
+                                 f"({', '.join(wrong) or 'count'} differ): {fix}")
+        return arrays
+
+    def remove_parts(self, experiment: str, round: int, version: int) -> list[Path]:
+        """Delete every part file of round ``round``'s shard v``version`` (once the shard
+        joined from them is recorded); returns what was removed."""
+        folder = self.root / EXPERIMENTS_DIR / self._name(experiment) / "shards"
+        gone = []
+        for path in sorted(folder.glob(f"round-{round:04d}.v{version}.part-*.h5")):
+            m = shard_files.PART_FILE.match(path.name)
+            if m and (int(m.group(1)), int(m.group(2))) == (round, version):
+                path.unlink(missing_ok=True)
+                gone.append(path)
+        return gone
+
+    @contextmanager
+    def part_claim(self, experiment: str, round: int, index: int, parts: int) -> Iterator[None]:
+        """Hold the claim on part ``index``/``parts`` of an experiment while drawing it
+        (``.icl/locks/<exp>.part-<i>-of-<N>.lock``, an flock: this machine only), so two
+        processes never draw the same part at once: the second gets BusyError."""
+        from .errors import BusyError
+
+        name = self._name(experiment)
+        path = self.root / ICL_DIR / LOCKS_DIR / f"{name}.part-{index}-of-{parts}.lock"
+        with ExitStack() as stack:
+            try:  # only the claim itself is rephrased, not a BusyError of the body
+                stack.enter_context(experiment_lock(path, name))
+            except BusyError:
+                raise BusyError(f"part {index}/{parts} of '{name}' is being drawn by another "
+                                "icl process; wait for it to finish (it records the part) or "
+                                "stop it") from None
+            yield
 
     def shards(
         self, experiment: str, round: int | None = None, active_only: bool = False

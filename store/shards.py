@@ -20,6 +20,13 @@ Attributes: ``round`` (int), ``version`` (int), ``seed`` (int), ``sampler_config
 ``tool_version``, ``format_version`` (= 1), ``created_at`` (ISO 8601, UTC) and
 ``experiment`` (informative; the catalog path is what identifies the experiment).
 
+Parts (``icl synthesize --round t --part i/N``): ``round-0007.v1.part-2-of-3.h5`` beside
+the shards, the same datasets for rows ``row_start:row_stop`` of the round, and the same
+attributes plus ``part_index``, ``part_count``, ``row_start``, ``row_stop`` and
+``round_count`` (the samples of the whole round). A part is not a shard: the catalog has no
+row for it (the step log records it), and the N parts of a round are joined into its shard,
+then removed.
+
 Reading one with plain h5py::
 
     import h5py, json
@@ -32,6 +39,7 @@ Reading one with plain h5py::
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,11 +69,19 @@ REQUIRED_ATTRS = (
     "created_at",
 )
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: good gzip ratio, cheap partial reads
+PART_ATTRS = ("part_index", "part_count", "row_start", "row_stop", "round_count")
+PART_FILE = re.compile(r"^round-(\d{4,})\.v(\d+)\.part-(\d+)-of-(\d+)\.h5$")
+"""A part file's name: round, version, part i, of N (``icl verify`` tells parts by it)."""
 
 
 def shard_name(round: int, version: int) -> str:
     """``round-0007.v1.h5``."""
     return f"round-{round:04d}.v{version}.h5"
+
+
+def part_name(round: int, version: int, index: int, parts: int) -> str:
+    """``round-0007.v1.part-2-of-3.h5``: part 2 of 3 of round 7's shard v1."""
+    return f"round-{round:04d}.v{version}.part-{index}-of-{parts}.h5"
 
 
 def tool_version() -> str:
@@ -105,7 +121,8 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
     """Write a shard to ``path`` (a temporary name; see ``workspace.atomic_write``).
 
     ``arrays`` as returned by :func:`prepare_arrays`; ``attrs`` holds round, version, seed,
-    sampler_config (dict), source_checkpoint and experiment; the rest is filled in here.
+    sampler_config (dict), source_checkpoint and experiment, and for a part file the
+    integers of ``PART_ATTRS``; the rest is filled in here.
     """
     import h5py
 
@@ -134,6 +151,9 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
         f.attrs["tool_version"] = tool_version()
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["created_at"] = datetime.now(timezone.utc).isoformat()
+        for name in PART_ATTRS:
+            if name in attrs:
+                f.attrs[name] = int(attrs[name])
 
 
 def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[str, np.ndarray]:
@@ -192,7 +212,8 @@ def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[
 def read_meta(path: Path, rel: str) -> dict[str, Any]:
     """A shard's own record of itself, without reading its arrays: round, version, seed
     (None if unset), sampler_config (dict), source_checkpoint (None if unset), count,
-    created_at (ISO text), experiment. IntegrityError for a file that is not a shard."""
+    created_at (ISO text), experiment, and a part file's ``PART_ATTRS``. IntegrityError for
+    a file that is not a shard."""
     import h5py
 
     try:
@@ -209,6 +230,7 @@ def read_meta(path: Path, rel: str) -> dict[str, Any]:
                 "source_checkpoint": str(a["source_checkpoint"]) or None,
                 "count": int(f["samples"].shape[0]),
                 "created_at": str(a["created_at"]), "experiment": str(a.get("experiment", "")),
+                **{k: int(a[k]) for k in PART_ATTRS if k in a},
             }
     except (OSError, ValueError, KeyError) as exc:
         raise IntegrityError(f"shard {rel} is not a readable icl shard ({exc})") from None

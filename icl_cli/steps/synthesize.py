@@ -1,10 +1,18 @@
-"""The synthesis step (``icl synthesize --round t``): pseudo-negatives from checkpoint t-1."""
+"""The synthesis step (``icl synthesize --round t``): pseudo-negatives from checkpoint t-1.
+
+A round's samples run in blocks of ``BLOCK`` (see there), so the round can also be drawn in
+parts: ``--part i/N`` draws whole blocks i of N into a part file, recorded in the step log
+(``synthesize-part``); the last part to be recorded joins the N parts into the round's shard
+(``--merge`` does it by hand), which is recorded as every shard is. Under torchrun the ranks
+split the round by themselves: rank r draws part r+1 of N, rank 0 joins them.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -12,13 +20,26 @@ import torch
 from icl_cli.algo.ascent import Synthesis, reference_noise, synthesize, targets_per_class
 from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig
 from icl_cli.steps.common import (
+    Progress,
     Runtime,
     StepError,
     derive_seed,
     experiment_data,
+    join_ranks,
     load_weights,
     new_model,
 )
+
+BLOCK = 256
+"""Samples per sampler batch. A round runs as independent batches of ``BLOCK`` samples (the
+last one shorter), each with its own Langevin-noise stream, so that a sample's bits never
+depend on which other samples shared its batch: CPU kernels are not batch-invariant (a
+convolution of one row, or a linear layer with one output, rounds differently from the same
+row inside a larger batch; the batch also shrinks as samples stop). Parts are runs of whole
+blocks, hence bit-identical to the round drawn at once. A round of at most ``BLOCK`` samples
+is one batch, exactly as before blocks existed; a larger one records ``"block"`` in its
+sampler settings (a shard without it was drawn as one batch, and is replayed so)."""
+PART_STEP = "synthesize-part"
 
 
 @dataclass(frozen=True)
@@ -31,17 +52,92 @@ class SynthesisResult:
     mean_steps: float
     steps_saved: float  # fraction of count * max_steps gradient steps not computed
     seconds: float
-    reused: bool  # an identical shard existed; nothing ran
+    reused: bool  # an identical shard (or part) existed; nothing ran
     replay_match: bool | None = None
     path: str = ""
+    part: str | None = None  # "i/N" for a part; count etc. are then the part's
+    missing: tuple[int, ...] = ()  # parts of N not recorded yet (after this one)
+    shard: SynthesisResult | None = None  # the round's shard, when this part completed it
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What round t's next shard is to be: version, seed, sampler settings as recorded,
+    source checkpoint (sha256) and the round's sample count. Every part must agree on all
+    of it to be joined with the others."""
+
+    round: int
+    version: int
+    seed: int
+    sampler: dict
+    source: str
+    count: int
+
+    def record(self) -> dict:
+        return {"version": self.version, "seed": self.seed, "sampler": self.sampler,
+                "source": self.source, "count": self.count}
+
+
+def block_ranges(rows: range, block: int) -> list[range]:
+    """``rows`` cut at multiples of ``block`` (the blocks of the round it covers).
+
+    Example:
+        >>> block_ranges(range(2, 9), 4)
+        [range(2, 4), range(4, 8), range(8, 9)]
+    """
+    cuts = [rows.start, *range((rows.start // block + 1) * block, rows.stop, block), rows.stop]
+    return [range(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def part_rows(n: int, index: int, parts: int, block: int = BLOCK) -> range:
+    """Rows of part ``index`` of ``parts`` of a round of ``n`` samples: whole blocks, as
+    even as blocks allow. StepError where the round has fewer blocks than parts."""
+    blocks = max(1, -(-n // block))
+    if parts > blocks:
+        raise StepError(f"round of {n} samples is {blocks} block(s) of {block}: it splits "
+                        f"into {blocks} part(s) at most, not {parts}")
+    lo, hi = (index - 1) * blocks // parts, index * blocks // parts
+    return range(min(n, lo * block), min(n, hi * block))
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"2/3"`` -> (2, 3); StepError unless 1 <= i <= N."""
+    i, sep, n = text.partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit() \
+            or not 1 <= int(i) <= int(n):
+        raise StepError(f"--part must be i/N with 1 <= i <= N (for example 2/3), got {text!r}")
+    return int(i), int(n)
+
+
+def _block_seed(seed: int, block: int) -> int:
+    """Block 0's Langevin stream is the round's seed itself (a one-block round draws as it
+    always did); every other block has its own."""
+    return seed if block == 0 else derive_seed("langevin-block", seed, block)
 
 
 def draw(model, sc: SamplerConfig, num_classes: int, shape, seed: int, device,
-         amp_dtype=None, progress=None) -> Synthesis:
-    """K * count pseudo-negatives: reference draws, then (gradient kind) Adam ascent."""
+         amp_dtype=None, progress=None, rows: range | None = None,
+         block: int | None = None) -> Synthesis:
+    """Rows ``rows`` (default: all) of the round's K * count pseudo-negatives: reference
+    draws, then (gradient kind) Adam ascent, block by block (``block`` samples per batch;
+    None: the whole round in one batch). Row i is the same whatever ``rows`` holds it."""
     target = targets_per_class(num_classes, sc.count)
-    x0 = reference_noise(len(target), shape, sc.reference_std,
-                         torch.Generator().manual_seed(seed)).to(device)
+    n = len(target)
+    rows = range(n) if rows is None else rows
+    x0 = reference_noise(n, shape, sc.reference_std, torch.Generator().manual_seed(seed))
+    size = block or max(n, 1)
+    outs = []
+    for r in block_ranges(rows, size) or [rows]:
+        outs.append(_ascend(model, sc, x0[r.start:r.stop].to(device), target[r.start:r.stop],
+                            _block_seed(seed, r.start // size), device, amp_dtype, progress))
+    if len(outs) == 1:
+        return outs[0]
+    return Synthesis(*(torch.cat([getattr(o, f) for o in outs]) for f in
+                       ("samples", "target", "steps", "logit", "passed")))
+
+
+def _ascend(model, sc: SamplerConfig, x0, target, seed: int, device, amp_dtype,
+            progress) -> Synthesis:
     steps = 0 if sc.kind == "noise" else sc.max_steps
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     with autocast:
@@ -62,14 +158,21 @@ def _arrays(out: Synthesis) -> dict[str, np.ndarray]:
 
 
 def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
-                     replay: bool = False, changes: SamplerChanges | None = None
+                     replay: bool = False, changes: SamplerChanges | None = None,
+                     part: tuple[int, int] | None = None, merge: bool = False
                      ) -> SynthesisResult:
     """Draw round t's shard from checkpoint t-1 (a new version with ``force``), with the
     experiment's sampler settings and this round's ``changes`` (``--count``, ...).
 
-    Runs under the experiment's lock from the first check to the last write, so two
-    processes never both decide that the round is still to do (the second gets BusyError,
-    or, once the first has finished, finds its shard and reports it).
+    ``part=(i, N)`` draws part i of N into a part file and records it; the process that
+    records the last missing part joins them into the shard. ``merge`` joins recorded parts
+    by hand. Under torchrun (several ranks) the ranks split the round by themselves.
+
+    The whole round runs under the experiment's lock from the first check to the last
+    write, so two processes never both decide that the round is still to do (the second
+    gets BusyError, or, once the first has finished, finds its shard and reports it). A
+    part holds the lock only to plan and to record (it waits for it), and a claim on its
+    part while it draws.
     """
     exp = store.experiment(name)
     cfg = ExperimentConfig.from_dict(exp.config)
@@ -79,13 +182,25 @@ def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: 
                         "to synthesize (reclassify it directly)")
     if t < 1:
         raise StepError(f"synthesize needs --round >= 1 (round 0 is `icl init`), got {t}")
+    changes = changes or SamplerChanges()
+    if sum([part is not None, merge, replay]) > 1:
+        raise StepError("--part, --merge and --replay are one each: pass only one of them")
+    from icl_cli import distributed
+
+    if distributed.from_env().active:
+        if part is not None or merge:
+            raise StepError("under torchrun the ranks split the round by themselves: drop "
+                            "--part/--merge")
+        return _synthesize_ranks(store, exp, cfg, t, runtime, force, replay, changes)
+    if part is not None:
+        return _synthesize_part(store, exp, cfg, t, runtime, force, changes, *part)
+    if merge:
+        return _merge_command(store, exp, cfg, t, runtime, changes)
     with store.lock(exp.name):
-        return _synthesize(store, exp, cfg, t, runtime, force, replay,
-                           changes or SamplerChanges())
+        return _synthesize(store, exp, cfg, t, runtime, force, replay, changes)
 
 
-def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
-                replay: bool, changes: SamplerChanges) -> SynthesisResult:
+def _source(store, exp, t: int):
     source = store.checkpoint(exp.name, t - 1)
     if source is None:
         raise StepError(f"round {t - 1} of '{exp.name}' has no checkpoint yet: run "
@@ -93,67 +208,354 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
                         f"experiment '{exp.name}' has no round-0 checkpoint: run `icl init`")
     if t > 1 and store.active_shard(exp.name, t - 1) is None:
         raise StepError(f"round {t - 1} has no shard: run `icl synthesize --round {t - 1}`")
-    active = store.active_shard(exp.name, t)
-    if replay:
-        if active is None:
-            raise StepError(f"round {t} of '{exp.name}' has no shard to replay")
-        if active.source_checkpoint not in (None, source.sha256):
-            raise StepError(f"checkpoint {t - 1} of '{exp.name}' changed since round {t} was "
-                            "synthesized: it cannot be replayed")
-        sc, seed = SamplerConfig.from_dict(active.sampler_config), active.seed
-        amp = bool(active.sampler_config.get("amp", False))  # as recorded, not as asked
-    else:
-        sc = changes.apply(cfg.sampler)
-        amp = runtime.amp
-        if active is not None and not force:
-            if active.sampler_config == _recorded(sc, amp) and \
-                    active.source_checkpoint == source.sha256:
-                return _summary(store, active, reused=True)
-            raise StepError(f"round {t} of '{exp.name}' already has shard v{active.version} "
-                            f"from other settings or another checkpoint: pass --force to "
-                            f"make a new version")
-        version = 1 + max((s.version for s in store.shards(exp.name, t)), default=0)
-        seed = derive_seed("synthesize", cfg.seed, t, version)
+    return source
 
+
+def _plan(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
+          changes: SamplerChanges, num_classes: Callable[[], int]):
+    """The Plan of round t's next shard, or the active shard (ShardInfo) when it already
+    holds these settings from this checkpoint (nothing to do). Call under the lock.
+    ``num_classes`` is asked only when there is something to draw (it loads the data)."""
+    source = _source(store, exp, t)
+    sc = changes.apply(cfg.sampler)
+    amp = runtime.amp
+    active = store.active_shard(exp.name, t)
+    if active is not None and not force:
+        if _same(active.sampler_config, _recorded(sc, amp)) and \
+                active.source_checkpoint == source.sha256:
+            return active
+        raise StepError(f"round {t} of '{exp.name}' already has shard v{active.version} "
+                        f"from other settings or another checkpoint: pass --force to "
+                        f"make a new version")
+    version = 1 + max((s.version for s in store.shards(exp.name, t)), default=0)
+    n = num_classes() * sc.count
+    return Plan(t, version, derive_seed("synthesize", cfg.seed, t, version),
+                _recorded(sc, amp, n), source.sha256, n)
+
+
+def _num_classes(exp) -> Callable[[], int]:
+    return lambda: experiment_data(exp).num_classes
+
+
+def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
+                replay: bool, changes: SamplerChanges) -> SynthesisResult:
+    if not replay:
+        planned = _plan(store, exp, cfg, t, runtime, force, changes, _num_classes(exp))
+        if not isinstance(planned, Plan):
+            return _summary(store, planned, reused=True)
+        return _draw_round(store, exp, cfg, planned, runtime)
+    source = _source(store, exp, t)
+    active = store.active_shard(exp.name, t)
+    if active is None:
+        raise StepError(f"round {t} of '{exp.name}' has no shard to replay")
+    if active.source_checkpoint not in (None, source.sha256):
+        raise StepError(f"checkpoint {t - 1} of '{exp.name}' changed since round {t} was "
+                        "synthesized: it cannot be replayed")
+    plan = Plan(t, active.version, active.seed, dict(active.sampler_config), source.sha256,
+                active.count)  # as recorded, amp and block included, not as asked
+    return _draw_round(store, exp, cfg, plan, runtime, replay=active)
+
+
+def _draw_round(store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
+                replay=None) -> SynthesisResult:
+    """Draw the whole round of ``plan`` in this process and record its shard (or, with
+    ``replay``, the recorded shard, compare with it)."""
+    t, sc = plan.round, SamplerConfig.from_dict(plan.sampler)
     device = runtime.apply()
     data = experiment_data(exp)
-    step_cfg = {"round": t, "sampler": _recorded(sc, amp), "seed": seed,
-                "source": source.sha256, "device": str(device), "replay": replay}
+    step_cfg = {"round": t, "sampler": plan.sampler, "seed": plan.seed,
+                "source": plan.source, "device": str(device), "replay": replay is not None}
     # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
     tracker = store.tracker(exp.name, enabled=runtime.mlflow)
-    with store.step(exp.name, "replay-synthesize" if replay else "synthesize", t, step_cfg):
-        model = new_model(cfg, data).to(device)
-        load_weights(model, store, source, device)
-        t0 = time.perf_counter()
-        advance = runtime.progress.task(f"synthesize round {t}", sc.max_steps)
-        out = draw(model, sc, data.num_classes, data.shape, seed, device,
-                   torch.bfloat16 if amp else None, progress=lambda step, active: advance(1))
-        runtime.progress.done()
-        seconds = time.perf_counter() - t0
-        arrays = _arrays(out)
-        if replay:
-            recorded = store.read_shard(active)
+    with store.step(exp.name, "synthesize" if replay is None else "replay-synthesize", t,
+                    step_cfg):
+        arrays, seconds = _draw_rows(store, exp, cfg, data, plan, runtime, device,
+                                     range(plan.count), "synthesize round")
+        if replay is not None:
+            recorded = store.read_shard(replay)
             same = all(np.array_equal(recorded[k], v) for k, v in arrays.items())
-            return _summary(store, active, reused=False, seconds=seconds, replay_match=same)
-        info = store.write_shard(exp.name, t, arrays, {
-            "seed": seed, "sampler_config": _recorded(sc, amp),
-            "source_checkpoint": source.sha256})
+            return _summary(store, replay, reused=False, seconds=seconds, replay_match=same)
+        info = store.write_shard(exp.name, t, arrays, _shard_attrs(plan))
+    return _recorded_shard(store, exp, info, arrays, seconds, sc.max_steps, tracker)
+
+
+def _draw_rows(store, exp, cfg, data, plan: Plan, runtime: Runtime, device, rows: range,
+               what: str) -> tuple[dict[str, np.ndarray], float]:
+    """Rows ``rows`` of round ``plan`` drawn from its source checkpoint: (arrays, seconds)."""
+    sc = SamplerConfig.from_dict(plan.sampler)
+    source = store.checkpoint(exp.name, plan.round - 1)
+    if source is None or source.sha256 != plan.source:
+        raise StepError(f"checkpoint {plan.round - 1} of '{exp.name}' changed meanwhile: "
+                        "run the command again")
+    model = new_model(cfg, data).to(device)
+    load_weights(model, store, source, device)
+    block = plan.sampler.get("block")
+    t0 = time.perf_counter()
+    total = sc.max_steps * max(1, len(block_ranges(rows, block or max(plan.count, 1))))
+    advance = runtime.progress.task(f"{what} {plan.round}", total)
+    out = draw(model, sc, data.num_classes, data.shape, plan.seed, device,
+               torch.bfloat16 if plan.sampler.get("amp") else None,
+               progress=lambda step, active: advance(1), rows=rows, block=block)
+    runtime.progress.done()
+    return _arrays(out), time.perf_counter() - t0
+
+
+def _shard_attrs(plan: Plan) -> dict:
+    return {"seed": plan.seed, "sampler_config": plan.sampler,
+            "source_checkpoint": plan.source}
+
+
+def _recorded_shard(store, exp, info, arrays, seconds: float, max_steps: int,
+                    tracker) -> SynthesisResult:
+    """A new shard's summary, with its round metrics recorded and tracked."""
     result = _summary(store, info, reused=False, seconds=seconds, arrays=arrays,
-                      max_steps=sc.max_steps)
+                      max_steps=max_steps)
     health = sample_health(arrays)
-    store.record_metrics(exp.name, t, health)
+    store.record_metrics(exp.name, info.round, health)
     tracker.log_metrics(
         {"pass_rate": result.pass_rate, "mean_steps": result.mean_steps,
-         "synthesize_seconds": seconds, **health}, step=t)
+         "synthesize_seconds": seconds, **health}, step=info.round)
     return result
 
 
-def _recorded(sc: SamplerConfig, amp: bool) -> dict:
+def _recorded(sc: SamplerConfig, amp: bool, n: int = 0) -> dict:
     """The sampler settings as a shard records them: with ``"amp": true`` when the samples
-    were drawn under bf16 autocast (it changes them), so a replay draws them the same way."""
-    return {**sc.to_dict(), **({"amp": True} if amp else {})}
+    were drawn under bf16 autocast (it changes them), so a replay draws them the same way,
+    and ``"block"`` when the round of ``n`` samples runs in more than one block."""
+    return {**sc.to_dict(), **({"amp": True} if amp else {}),
+            **({"block": BLOCK} if n > BLOCK else {})}
 
 
+def _same(recorded: dict, asked: dict) -> bool:
+    """The same sampler settings, whatever the blocks: a shard drawn as one batch before
+    blocks existed still holds this round's samples for its settings."""
+    return {k: v for k, v in recorded.items() if k != "block"} == \
+        {k: v for k, v in asked.items() if k != "block"}
+
+
+# ----------------------------------------------------------------------------- parts
+def _part_fix(exp: str, t: int, index: int, parts: int) -> str:
+    return f"`icl synthesize --round {t} --part {index}/{parts} -e {exp}`"
+
+
+def _recorded_parts(store, exp: str, plan: Plan, parts: int) -> dict[int, dict]:
+    """{i: the step record of part i} for the parts of ``plan`` split in ``parts``, the
+    latest record of each (from the step log: the catalog has no table for parts)."""
+    found: dict[int, dict] = {}
+    for s in store.steps(exp, name=PART_STEP, round=plan.round):
+        c = s.config or {}
+        if s.state == "ok" and c.get("plan") == plan.record() and \
+                list(c.get("part") or [])[1:] == [parts]:
+            found[int(c["part"][0])] = c
+    return found
+
+
+def _part_info(store, exp: str, plan: Plan, c: dict):
+    from store.artifacts import PartInfo
+
+    i, n = c["part"]
+    return PartInfo(exp, plan.round, plan.version, i, n, store.root / c["path"], c["sha256"],
+                    c["count"])
+
+
+def _intact(store, exp: str, plan: Plan, c: dict) -> bool:
+    """A recorded part whose file is there with its recorded sha256."""
+    from store import IntegrityError
+
+    info = _part_info(store, exp, plan, c)
+    try:
+        store.check_file(info.path, info.sha256, "part", "")
+    except IntegrityError:
+        return False
+    return True
+
+
+def _synthesize_part(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
+                     force: bool, changes: SamplerChanges, index: int, parts: int,
+                     device=None, plan: Plan | None = None, join: bool = True
+                     ) -> SynthesisResult:
+    """Draw part ``index`` of ``parts`` of round t, write and record it; with ``join``,
+    join the round's shard once this part was the last one missing."""
+    device = runtime.apply() if device is None else device
+    data = experiment_data(exp)
+    if plan is None:
+        with store.lock(exp.name, wait=True):
+            planned = _plan(store, exp, cfg, t, runtime, force, changes,
+                            lambda: data.num_classes)
+        if not isinstance(planned, Plan):
+            return _summary(store, planned, reused=True)
+        plan = planned
+    rows = part_rows(plan.count, index, parts)
+    what = f"{index}/{parts}"
+    with store.files.part_claim(exp.name, t, index, parts):
+        done = _recorded_parts(store, exp.name, plan, parts).get(index)
+        if done is not None and _intact(store, exp.name, plan, done):
+            seconds, reused = float(done.get("seconds", 0.0)), True
+            info = _part_info(store, exp.name, plan, done)
+            arrays = store.files.read_part(info, _part_expect(plan, index, parts, rows),
+                                           _part_fix(exp.name, t, index, parts))
+        else:
+            arrays, seconds = _draw_rows(store, exp, cfg, data, plan, runtime, device, rows,
+                                         f"synthesize part {what} of round")
+            reused = False
+        with store.lock(exp.name, wait=True):
+            if not reused:
+                again = _plan(store, exp, cfg, t, runtime, force, changes,
+                              lambda: data.num_classes)
+                if again != plan:
+                    raise StepError(f"round {t} of '{exp.name}' changed while part {what} was "
+                                    "drawn (a shard or checkpoint was written meanwhile); "
+                                    "nothing was recorded: run "
+                                    f"{_part_fix(exp.name, t, index, parts)} again")
+                info = _record_part(store, exp.name, plan, index, parts, rows, arrays,
+                                    seconds, device)
+            recorded = _recorded_parts(store, exp.name, plan, parts)
+            missing = tuple(i for i in range(1, parts + 1) if i not in recorded)
+            shard = _merge(store, exp, plan, parts, runtime) if join and not missing else None
+    sc = SamplerConfig.from_dict(plan.sampler)
+    summary = _summary_of(exp.name, t, plan.version, arrays, sc.max_steps, seconds, reused,
+                          str(info.path))
+    return replace(summary, part=what, missing=missing, shard=shard)
+
+
+def _part_expect(plan: Plan, index: int, parts: int, rows: range) -> dict:
+    """What a part file of ``plan`` must say of itself."""
+    return {"seed": plan.seed, "sampler_config": plan.sampler,
+            "source_checkpoint": plan.source, "part_index": index, "part_count": parts,
+            "row_start": rows.start, "row_stop": rows.stop, "round_count": plan.count}
+
+
+def _record_part(store, exp: str, plan: Plan, index: int, parts: int, rows: range,
+                 arrays, seconds: float, device):
+    """Write the part file, then record it in the step log (the caller holds the lock)."""
+    attrs = {**_shard_attrs(plan), "row_start": rows.start, "row_stop": rows.stop,
+             "round_count": plan.count}
+    info = store.files.write_part(exp, plan.round, plan.version, index, parts, arrays, attrs)
+    record = {"round": plan.round, "part": [index, parts], "rows": [rows.start, rows.stop],
+              "plan": plan.record(), "path": store.rel(info.path), "sha256": info.sha256,
+              "count": info.count, "seconds": seconds, "device": str(device)}
+    try:
+        with store.step(exp, PART_STEP, plan.round, record):
+            pass
+    except BaseException:
+        info.path.unlink(missing_ok=True)  # not recorded: not left behind
+        raise
+    return info
+
+
+def _merge(store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:
+    """Join the N recorded parts of ``plan`` into round t's shard and record it (the
+    caller holds the lock). A part missing: StepError; one that fails its checks:
+    IntegrityError; both name the part and the command that draws it again. Nothing is
+    written or recorded then."""
+    t = plan.round
+    recorded = _recorded_parts(store, exp.name, plan, parts)
+    missing = [i for i in range(1, parts + 1) if i not in recorded]
+    if missing:
+        more = "".join(f", {i}/{parts}" for i in missing[1:])
+        raise StepError(f"part {missing[0]}/{parts}{more} of round {t} of '{exp.name}' "
+                        f"{'is' if len(missing) == 1 else 'are'} missing (not drawn, or drawn "
+                        f"for other settings): run "
+                        f"{_part_fix(exp.name, t, missing[0], parts)}"
+                        + (" and the others" if more else ""))
+    pieces, devices, seconds, start = [], [], 0.0, 0
+    for i in range(1, parts + 1):
+        c = recorded[i]
+        rows = range(*c["rows"])
+        fix = f"draw it again with {_part_fix(exp.name, t, i, parts)}"
+        info = _part_info(store, exp.name, plan, c)
+        pieces.append(store.files.read_part(info, _part_expect(plan, i, parts, rows), fix))
+        if rows.start != start:
+            from store import IntegrityError
+
+            raise IntegrityError(f"part {i}/{parts} of round {t} holds rows {rows.start}-"
+                                 f"{rows.stop}, expected to start at {start}: {fix}")
+        start = rows.stop
+        devices.append(c.get("device", ""))
+        seconds += float(c.get("seconds", 0.0))
+    arrays = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    step_cfg = {"round": t, "sampler": plan.sampler, "seed": plan.seed,
+                "source": plan.source, "device": ",".join(sorted(set(devices))),
+                "replay": False, "parts": parts}
+    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
+    with store.step(exp.name, "synthesize", t, step_cfg):
+        info = store.write_shard(exp.name, t, arrays, _shard_attrs(plan))
+    store.files.remove_parts(exp.name, t, plan.version)
+    sc = SamplerConfig.from_dict(plan.sampler)
+    return _recorded_shard(store, exp, info, arrays, seconds, sc.max_steps, tracker)
+
+
+def _merge_command(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
+                   changes: SamplerChanges) -> SynthesisResult:
+    """``--merge``: join the parts recorded last for round t's next version (with these
+    sampler settings, when any are given); the shard itself if they were joined already."""
+    with store.lock(exp.name, wait=True):
+        source = _source(store, exp, t)
+        rows = [s for s in store.steps(exp.name, name=PART_STEP, round=t) if s.state == "ok"
+                and (s.config or {}).get("plan", {}).get("source") == source.sha256]
+        if changes != SamplerChanges():
+            sc = changes.apply(cfg.sampler)
+            asked = _recorded(sc, runtime.amp)
+            rows = [s for s in rows if _same(s.config["plan"]["sampler"], asked)]
+        if not rows:
+            raise StepError(f"round {t} of '{exp.name}' has no recorded parts to join (for "
+                            f"these settings): draw them with `icl synthesize --round {t} "
+                            f"--part i/N -e {exp.name}`")
+        last = rows[-1].config
+        plan = Plan(t, **last["plan"])
+        active = store.active_shard(exp.name, t)
+        if active is not None and active.seed == plan.seed and \
+                active.source_checkpoint == plan.source and \
+                _same(active.sampler_config, plan.sampler):
+            return _summary(store, active, reused=True)  # joined already
+        return _merge(store, exp, plan, int(last["part"][1]), runtime)
+
+
+# ------------------------------------------------------------------------- torchrun
+def _synthesize_ranks(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
+                      force: bool, replay: bool, changes: SamplerChanges) -> SynthesisResult:
+    """Under torchrun: rank r draws part r+1 of N (N: the world size, or fewer where the
+    round has fewer blocks), rank 0 joins them; a round of one block, and a replay, run on
+    rank 0 alone. Every rank returns rank 0's result; a failure on one rank fails all."""
+    from icl_cli import distributed
+
+    world, device = join_ranks(runtime)
+    num_classes = _num_classes(exp)
+
+    def plan_on_main():
+        with store.lock(exp.name, wait=True):
+            return _plan(store, exp, cfg, t, runtime, force, changes, num_classes)
+
+    def whole():
+        with store.lock(exp.name, wait=True):
+            return _synthesize(store, exp, cfg, t, runtime, force, replay, changes)
+
+    if replay:
+        return distributed.from_main(whole)
+    planned = distributed.from_main(plan_on_main)
+    if not isinstance(planned, Plan):
+        return distributed.from_main(lambda: _summary(store, planned, reused=True))
+    parts = min(world.size, max(1, -(-planned.count // BLOCK)))
+    if parts == 1:
+        return distributed.from_main(whole)
+    quiet = runtime if world.main else replace(runtime, progress=Progress())
+    error = None
+    if world.rank < parts:
+        try:
+            _synthesize_part(store, exp, cfg, t, quiet, force, changes, world.rank + 1, parts,
+                             device=device, plan=planned, join=False)
+        except Exception as exc:
+            error = exc
+    distributed.agree(error)
+
+    def join_on_main() -> SynthesisResult:
+        with store.lock(exp.name, wait=True):
+            return _merge(store, exp, planned, parts, runtime)
+
+    return distributed.from_main(join_on_main)
+
+
+# --------------------------------------------------------------------------- summaries
 def sample_health(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     """Of a shard: the share of sample values outside the data range [-1, 1] and the
     share of samples that never passed (reached max_steps still classified negative)."""
@@ -162,13 +564,20 @@ def sample_health(arrays: dict[str, np.ndarray]) -> dict[str, float]:
             "never_passed": float(1.0 - passed.mean()) if passed.size else 0.0}
 
 
+def _summary_of(experiment: str, round_: int, version: int, arrays, max_steps: int,
+                seconds: float, reused: bool, path: str,
+                replay_match: bool | None = None) -> SynthesisResult:
+    steps = arrays["steps"].astype(np.float64)
+    budget = len(steps) * max_steps
+    saved = 1 - steps.sum() / budget if budget else 0.0
+    return SynthesisResult(experiment, round_, version, len(steps),
+                           float(arrays["passed"].mean()), float(steps.mean()), float(saved),
+                           seconds, reused, replay_match, path)
+
+
 def _summary(store, info, *, reused: bool, seconds: float = 0.0, arrays=None,
              max_steps: int | None = None, replay_match: bool | None = None) -> SynthesisResult:
     arrays = arrays if arrays is not None else store.read_shard(info)
-    steps = arrays["steps"].astype(np.float64)
     max_steps = max_steps if max_steps is not None else info.sampler_config.get("max_steps", 0)
-    budget = len(steps) * max_steps
-    saved = 1 - steps.sum() / budget if budget else 0.0
-    return SynthesisResult(info.experiment, info.round, info.version, len(steps),
-                           float(arrays["passed"].mean()), float(steps.mean()), float(saved),
-                           seconds, reused, replay_match, str(info.path))
+    return _summary_of(info.experiment, info.round, info.version, arrays, max_steps, seconds,
+                       reused, str(info.path), replay_match)
