@@ -111,6 +111,9 @@ def ood(
              "(repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated sets.")] = 0,
     plot: Annotated[bool, typer.Option(help="Also write the score histograms (PNG).")] = True,
+    limit: Annotated[int | None, typer.Option(
+        help="Only the first N test images, and N images of each set (default: all).")]
+    = None,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -123,7 +126,8 @@ def ood(
     with ui.user_errors():
         store = _store(workspace)
         rows = run_ood(store, store.experiment(experiment).name, round_,
-                       _runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed, plot)
+                       _runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed, plot,
+                       limit)
     if json:
         return ui.emit_json(rows)
     ui.table(f"OOD detection, round {round_} (%)", ["set", "score", "AUROC", "AUPR", "FPR95"],

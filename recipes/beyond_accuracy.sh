@@ -8,11 +8,13 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 SIZE=${SIZE:-$([ "$SCALE" = smoke ] && echo 100 || echo 2000)}
 EPS_LIST=${EPS_LIST:-$([ "$SCALE" = smoke ] && echo 0.1 || echo "0.1 0.2 0.3")}
-PGD_STEPS=${PGD_STEPS:-$([ "$SCALE" = smoke ] && echo 3 || echo 40)}
+PGD_STEPS=${PGD_STEPS:-$(case "$SCALE" in smoke) echo 3 ;; cpu) echo 20 ;; *) echo 40 ;; esac)}
 PGD_RESTARTS=${PGD_RESTARTS:-1}
-# PGD on the first PGD_LIMIT test images (cpu: 1,000 of 10,000, ~40x the cost of FGSM per
-# image); empty: all of them.
-PGD_LIMIT=${PGD_LIMIT-$([ "$SCALE" = cpu ] && echo 1000 || echo "")}
+# At cpu scale, PGD on the first PGD_LIMIT test images (500 of 10,000: each costs 20
+# gradient steps per model and eps) and OOD on the first OOD_LIMIT (2,000, against 2,000 of
+# each set); empty: all of them (the paper scale's default).
+PGD_LIMIT=${PGD_LIMIT-$([ "$SCALE" = cpu ] && echo 500 || echo "")}
+OOD_LIMIT=${OOD_LIMIT-$([ "$SCALE" = cpu ] && echo 2000 || echo "")}
 OOD_ROOTS=()  # OOD_ROOT=DIR (an MNIST-layout folder, e.g. Fashion-MNIST) adds one set
 [ -z "${OOD_ROOT:-}" ] || OOD_ROOTS=(--ood-root "$OOD_ROOT")
 
@@ -30,7 +32,8 @@ for seed in $SEEDS; do
     name="$prefix-$m"
     round[$m]=$(best "$name")
     icl evaluate "${RUN[@]}" -e "$name" --round "${round[$m]}" --json > /dev/null
-    icl ood "${RUN[@]}" -e "$name" --round "${round[$m]}" "${OOD_ROOTS[@]}" --json > /dev/null
+    icl ood "${RUN[@]}" -e "$name" --round "${round[$m]}" "${OOD_ROOTS[@]}" \
+      ${OOD_LIMIT:+--limit "$OOD_LIMIT"} --json > /dev/null
     # Sample quality of every round's pseudo-negatives (a reference MLP, not the sampler).
     [ "$m" = baseline ] || icl quality "${RUN[@]}" -e "$name" --seed "$seed" --json > /dev/null
   done

@@ -105,6 +105,11 @@ def main() -> None:
                        for a in rows[name]["attacks"] if a.get("method") == "pgd" and a.get("n")})
     if attacked:
         print(f"PGD on the first {' / '.join(map(str, attacked))} test images.")
+    ood_n = sorted({int(d["ood_test_images"]) for name in rows if pattern.match(name)
+                    for d in rows[name]["diagnostics"].values() if "ood_test_images" in d})
+    if ood_n:
+        print(f"OOD on the first {' / '.join(map(str, ood_n))} test images against as many "
+              "of each set.")
     print()
     print(table(groups))
 

@@ -78,20 +78,23 @@ class OodResult:
 
 
 def ood(store, name: str, round_: int, runtime: Runtime, roots: list[Path] | None = None,
-        seed: int = 0, plot: bool = True) -> list[OodResult]:
+        seed: int = 0, plot: bool = True, limit: int | None = None) -> list[OodResult]:
     """AUROC, AUPR, FPR95 of each score for each set at round t, recorded as round metrics
-    ``ood_<set>_<score>_<auroc|aupr|fpr95>`` (catalog, MLflow); a histogram PNG."""
+    ``ood_<set>_<score>_<auroc|aupr|fpr95>`` (catalog, MLflow); a histogram PNG.
+    ``limit``: the first ``limit`` test images (and as many of each set), None: all."""
     from icl_cli.metrics import detection, ood_scores
 
+    if limit is not None and limit < 1:
+        raise StepError(f"--limit must be >= 1 test image, got {limit}")
     device = runtime.apply()
     exp = store.experiment(name)
     cfg, model = load_model(store, exp.name, round_, device)
     data = experiment_data(exp)
-    x, y = inputs(data.test.images, device), data.test.labels.to(device)
+    x, y = inputs(data.test.images[:limit], device), data.test.labels[:limit].to(device)
     sets = generated_sets(x, y, ExperimentConfig.from_dict(exp.config).sampler.reference_std,
                           torch.Generator().manual_seed(seed))
     for root in roots or []:
-        sets[set_name(Path(root))] = inputs(idx_set(Path(root), data.shape), device)
+        sets[set_name(Path(root))] = inputs(idx_set(Path(root), data.shape)[:limit], device)
     with torch.no_grad():
         s_in = ood_scores(predict_logits(model, x))
         s_out = {k: ood_scores(predict_logits(model, v)) for k, v in sets.items()}
@@ -103,6 +106,7 @@ def ood(store, name: str, round_: int, runtime: Runtime, roots: list[Path] | Non
                                      d.fpr95, len(values)))
     metrics = {f"ood_{r.set}_{r.score}_{m}": getattr(r, m)
                for r in results for m in ("auroc", "aupr", "fpr95")}
+    metrics["ood_test_images"] = len(y)
     store.record_metrics(exp.name, round_, metrics)
     store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(metrics, step=round_)
     if plot:

@@ -132,6 +132,13 @@ def test_ood_scores_every_set_and_records_them(ws, tmp_path):
     assert any(auroc[("uniform", r["score"])] != r["auroc"]
                for r in other if r["set"] == "uniform")
     assert all(auroc[("flip", r["score"])] == r["auroc"] for r in other if r["set"] == "flip")
+    # --limit: the first N test images against N of each set, recorded.
+    few = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--limit", "300",
+                   "--no-plot", *COMMON)
+    n = {r["set"]: r["n"] for r in few}
+    assert n["uniform"] == n["flip"] == 300 and 0 < n["blend"] <= 300
+    assert Store.open(ws).metrics("icl")[0]["ood_test_images"] == 300
+    assert any(r["auroc"] != auroc[(r["set"], r["score"])] for r in few)
 
 
 def test_ood_root_of_another_shape_is_refused(ws, tmp_path):
