@@ -13,7 +13,14 @@ outermost step ends; a log call outside any step leaves it FINISHED.
 Tracking is best effort: the catalog is the record. The first MLflow failure of a process
 (server unreachable, a damaged ``mlflow.db``...) prints one warning line on stderr and turns
 tracking off for the rest of the process; HTTP requests give up within seconds
-(``_HTTP_DEFAULTS``, each overridable through its environment variable).
+(``_HTTP_DEFAULTS``, each overridable through its environment variable). What MLflow missed
+meanwhile is logged again from the catalog by :func:`sync_from_catalog`.
+
+The workspace's own ``mlflow.db`` follows the workspace: MLflow records its artifact
+location as an absolute path, so after ``mv`` or ``cp -a`` each process first points the
+"icl" experiment and its runs at the folder it runs in (a copy never writes into the
+original). An ``mlflow.db`` whose creation was cut short (a full disk: "table
+_alembic_tmp_... already exists" ever after) and that holds no run is made again.
 
 Example:
     >>> t = store.tracker("icl")                          # doctest: +SKIP
@@ -24,7 +31,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sqlite3
 import sys
 import time
 import warnings
@@ -67,6 +76,9 @@ def _import_mlflow():
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs every database error it re-raises with a full traceback (tens of lines on a
+    # full disk); the error reaches us and becomes the one warning line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # MLflow's own SQLAlchemy models trip SQLAlchemy 2.1 deprecations: not the user's concern.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow(\.|$)")
     return MlflowClient
@@ -175,6 +187,7 @@ class Tracker(NullTracker):
         self.tracking_uri = tracking_uri
         self._where = (artifact_location, run_name, run_id, save_run_id)
         self._client = None
+        self._own: Path | None = None  # the workspace's own mlflow.db, once connected
         self._run_id: str | None = None
         self._status: str | None = None  # as last read or set; None: unknown
 
@@ -198,13 +211,33 @@ class Tracker(NullTracker):
 
     def _connect(self) -> None:
         self._client = _import_mlflow()(tracking_uri=self.tracking_uri)
+        self._own = _own_db(self.tracking_uri, self._where[0])
         try:
+            if self._own is not None:
+                self._open_own_db(self._own)
             self._run_id, self._status = self._resolve_run(*self._where)
         except BaseException:
             self._client = None
             raise
         if self.open_steps:
             self._set_running()
+
+    def _open_own_db(self, db: Path) -> None:
+        """Open the workspace's ``mlflow.db``: made again if its creation was cut short
+        and it holds no run; its artifact locations pointed at this workspace."""
+        try:
+            self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)  # creates, upgrades
+        except Exception:
+            if not _unfinished(db):
+                raise
+            for leftover in (db, *(db.with_name(db.name + s) for s in ("-journal", "-wal",
+                                                                       "-shm"))):
+                leftover.unlink(missing_ok=True)
+            print(f"note: {db} was left half-made (its creation was cut short, e.g. by a "
+                  "full disk) and held no run: made again", file=sys.stderr, flush=True)
+            self._client = _import_mlflow()(tracking_uri=self.tracking_uri)
+            self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        _rebase(db, self._where[0])
 
     def _experiment_id(self, artifact_location: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -323,10 +356,159 @@ class Tracker(NullTracker):
         """Copy a file (a sample grid PNG...) into the run's artifacts."""
 
         def log() -> None:
-            self._client.log_artifact(self._run_id, str(path), artifact_path)
+            if self._own is None:
+                self._client.log_artifact(self._run_id, str(path), artifact_path)
+            else:  # the run's location as it reads now (MLflow caches it per run id)
+                from mlflow.store.artifact.artifact_repository_registry import (
+                    get_artifact_repository,
+                )
+
+                uri = self._client.get_run(self._run_id).info.artifact_uri
+                get_artifact_repository(uri).log_artifact(str(path), artifact_path)
             self._logged()
 
         self._safely(log)
+
+    def sync(self, params: Mapping[str, Any], points: Mapping[tuple[str, int], float]
+             ) -> tuple[int, list[int]] | None:
+        """Log the ``params`` and the ``{(metric, step): value}`` points that the run does
+        not hold yet (a metric whose latest value at that step differs counts as missing).
+        Returns (params logged, the step of each metric value logged), or None when
+        tracking is off."""
+        done: list[tuple[int, list[int]]] = []
+
+        def log() -> None:
+            from mlflow.entities import Metric, Param
+
+            old = self._client.get_run(self._run_id).data.params
+            params_ = [Param(k, v) for k, v in flatten(params).items() if k not in old]
+            for i in range(0, len(params_), 100):
+                self._client.log_batch(self._run_id, params=params_[i : i + 100])
+            held = {key: self._latest(key) for key in {k for k, _ in points}}
+            now = int(time.time() * 1000)
+            missing = [Metric(k, float(v), now, int(t)) for (k, t), v in sorted(points.items())
+                       if not _same(held[k].get(int(t)), v)]
+            for i in range(0, len(missing), 1000):
+                self._client.log_batch(self._run_id, metrics=missing[i : i + 1000])
+            if params_ or missing:
+                self._logged()
+            done.append((len(params_), [m.step for m in missing]))
+
+        self._safely(log)
+        return done[0] if done else None
+
+    def _latest(self, key: str) -> dict[int, float]:
+        """{step: the value logged last at that step} of metric ``key``."""
+        out: dict[int, float] = {}
+        for m in sorted(self._client.get_metric_history(self._run_id, key),
+                        key=lambda m: m.timestamp):
+            out[m.step] = m.value
+        return out
+
+
+def _same(held: float | None, value: float) -> bool:
+    return held is not None and math.isclose(held, float(value), rel_tol=1e-12, abs_tol=0.0)
+
+
+def _own_db(tracking_uri: str, artifact_location: str) -> Path | None:
+    """The workspace's own ``mlflow.db`` (``sqlite:///<ws>/.icl/mlflow.db`` used with
+    ``file://<ws>/.icl/mlartifacts``), else None: a server's, or a file the user chose."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    if not tracking_uri.startswith("sqlite:///") or not artifact_location.startswith("file:"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    artifacts = Path(url2pathname(urlparse(artifact_location).path))
+    named = (db.name, artifacts.name) == ("mlflow.db", "mlartifacts")
+    return db if named and db.parent == artifacts.parent else None
+
+
+def _unfinished(db: Path) -> bool:
+    """True if ``db`` is an SQLite file whose schema creation stopped half-way (Alembic's
+    ``_alembic_tmp_*`` tables left over) and that holds no MLflow run."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not any(t.startswith("_alembic_tmp_") for t in tables):
+            return False
+        return "runs" not in tables or con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+
+
+def _rebase(db: Path, location: str) -> None:
+    """Point the "icl" experiment of the workspace's ``db`` and its runs' artifacts at
+    ``location`` when they name another folder's ``.icl/mlartifacts`` (the workspace was
+    moved or copied); a location the user set elsewhere is left alone."""
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        with con:
+            row = con.execute("SELECT experiment_id, artifact_location FROM experiments "
+                              "WHERE name = ?", (MLFLOW_EXPERIMENT,)).fetchone()
+            if row is None or row[1] == location or not row[1].endswith("/.icl/mlartifacts"):
+                return
+            exp_id, old = row
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                        (location, exp_id))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                        "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                        (location, len(old) + 1, exp_id, len(old) + 1, old + "/"))
+    finally:
+        con.close()
+
+
+def catalog_points(store, experiment: str) -> dict[tuple[str, int], float]:
+    """{(MLflow metric, round): value} of what the catalog holds for ``experiment``, under
+    the names the steps log: ``{split}_error`` (percent), every round metric (calibration,
+    sample health, training peaks, OOD, quality), and each attack's ``{method}_fool_self``,
+    ``_fool_other`` and ``_robust_accuracy`` (the latest record wins where two share a
+    name and round, as in MLflow)."""
+    points = {(f"{e.split}_error", e.round): 100 * e.error for e in store.evaluations(experiment)}
+    for t, metrics in store.metrics(experiment).items():
+        points |= {(k, t): v for k, v in metrics.items() if v is not None and k != "ece_bins"}
+    for a in sorted(store.attacks(experiment), key=lambda a: a.created_at):
+        m = "fgsm" if a.method == "fgsm" else f"pgd_eps{a.eps:g}"  # as evaluate.py logs
+        correct, fool_source, fool_both = a.counts["a_made"]
+        points |= {(f"{m}_fool_self", a.round): fool_source,
+                   (f"{m}_fool_other", a.round): fool_both,
+                   (f"{m}_robust_accuracy", a.round): (correct - fool_source) / a.counts["n"]}
+    return points
+
+
+def sync_from_catalog(store, experiments: list[str] | None = None) -> list[str]:
+    """Make MLflow hold what the catalog holds, for ``experiments`` (default: all): the
+    config as params and every recorded per-round metric (:func:`catalog_points`), into
+    the run the catalog names (a new one if MLflow lost it). Idempotent: what MLflow holds
+    already is not logged again. Returns one line per experiment that needed something,
+    e.g. "icl: re-logged 0 params and 6 metric values (rounds 0-2) into MLflow run 3f2c...",
+    or why it could not. Best effort, like every tracking call: it never raises for MLflow.
+
+    Not re-created (the catalog does not hold them): losses, seconds, pass rates and
+    figures that only MLflow held.
+    """
+    lines = []
+    names = experiments if experiments is not None else [e.name for e in store.experiments()]
+    for name in names:
+        exp = store.experiment(name)
+        tracker = store.tracker(exp.name)
+        points = catalog_points(store, exp.name)
+        counts = tracker.sync(exp.config, points) if isinstance(tracker, Tracker) else None
+        if counts is None:
+            if _failure is not None:
+                lines.append(f"{exp.name}: not re-logged, MLflow tracking failed ({_failure})")
+            continue
+        n_params, steps = counts
+        if n_params or steps:
+            span = f" (rounds {min(steps)}-{max(steps)})" if steps else ""
+            lines.append(f"{exp.name}: re-logged {n_params} params and {len(steps)} metric "
+                         f"values{span} into MLflow run {tracker.run_id}")
+    return lines
 
 
 class Runs:

@@ -4,7 +4,8 @@ A workspace is a folder holding ``.icl/`` (the catalog, locks, MLflow data) and
 ``experiments/<name>/`` (shards, checkpoints, figures). Every artefact file is written
 through :func:`atomic_write`, so a crash or Ctrl-C leaves either the old file or the
 new one, never half of one (at worst a ``*.tmp-*`` leftover that ``icl verify --repair``
-removes).
+removes). A full disk is reported as :class:`DiskFull`, one line naming the folder and
+its free space (:func:`no_space` tells one from the errors the writers raise).
 
 Example:
     >>> root = find_workspace()                     # doctest: +SKIP
@@ -13,14 +14,16 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CatalogMissing, NotAWorkspace, StoreError
+from .errors import CatalogMissing, CatalogUnusable, NotAWorkspace, StoreError
 
 ICL_DIR = ".icl"
 CATALOG_FILE = "catalog.db"
@@ -29,6 +32,16 @@ EXPERIMENTS_DIR = "experiments"
 TMP_MARK = ".tmp-"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+FREE_FLOOR = 1 << 20  # below this many free bytes a file system counts as full
+_FULL_TEXT = ("no space left on device", "errno = 28", "disk quota exceeded",
+              "database or disk is full")
+
+
+class DiskFull(StoreError):
+    """No space left on the workspace's device (ENOSPC, a quota, SQLite's SQLITE_FULL):
+    one line naming the folder and its free space. What was finished is recorded, what
+    was cut short left at most a ``*.tmp-*`` file: run the command again once there is
+    space, and it finishes what was missing."""
 
 
 def is_workspace(folder: Path) -> bool:
@@ -152,6 +165,9 @@ def atomic_write(path: Path, write_fn: Callable[[Path], object]) -> Path:
         raise StoreError(f"{path} is a folder where icl keeps a file: move it away, then run "
                          "the command again")
     path.parent.mkdir(parents=True, exist_ok=True)
+    full = no_space(path.parent)  # checked first: some writers (HDF5) crash on ENOSPC
+    if full is not None:
+        raise full
     tmp = tmp_path_for(path)
     try:
         write_fn(tmp)
@@ -160,11 +176,73 @@ def atomic_write(path: Path, write_fn: Callable[[Path], object]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        full = no_space(path.parent, exc)  # before the temporary frees its space
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes this process may still write on ``folder``'s file system (root may use the
+    reserved blocks too); None where the OS cannot tell."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def _says_full(exc: BaseException) -> bool:
+    """True if ``exc`` or one of its causes says the disk is full."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(exc).lower() for t in _FULL_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def no_space(folder: Path | None, exc: BaseException | None = None) -> DiskFull | None:
+    """The DiskFull to raise, or None: with ``exc``, if it says the disk is full (ENOSPC
+    or a quota anywhere in its causes, SQLite's "database or disk is full"), or it is a
+    write failure (OSError, RuntimeError: torch's "file write failed", a catalog that
+    cannot be used: SQLite's "disk I/O error") while ``folder`` has under 1 MiB free;
+    without, if ``folder`` has under 1 MiB free. ``folder`` None: not known yet."""
+    free = free_bytes(folder) if folder is not None else None
+    low = free is not None and free < FREE_FLOOR
+    if exc is None and not low:
+        return None
+    if exc is not None and not _says_full(exc) and not (
+            low and type(exc) in (OSError, RuntimeError, CatalogUnusable)):
+        return None
+    where = "" if folder is None else f" of {folder}"
+    shown = "" if free is None else f" ({free / 1024:.0f} KiB free)"
+    return DiskFull(f"no space left on the device{where}{shown}: free some space, then run "
+                    "the command again (what was finished is kept, the rest is done then)")
+
+
+@contextmanager
+def disk_full_as_one_line(folder: Path | None) -> Iterator[None]:
+    """Turn a failure that :func:`no_space` finds to be a full disk into DiskFull."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        full = no_space(folder, exc)
+        if full is None:
+            raise
+        raise full from exc
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

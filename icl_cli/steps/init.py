@@ -71,6 +71,7 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
     a workspace.
     """
     from store import validate_name
+    from store.workspace import disk_full_as_one_line
 
     validate_name(name)
     runtime.apply()  # --device cuda without a GPU, --threads 0: refused before any write
@@ -80,7 +81,8 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         if clash:
             raise StepError(f"--from {from_} shares {', '.join(clash)} with '{parent_name}'; "
                             "drop those options to keep the comparison paired")
-        store = open_store()
+        with disk_full_as_one_line(None):
+            store = open_store()
         parent = store.experiment(parent_name)
         source = store.checkpoint(parent.name, parent_round)
         if source is None:
@@ -94,7 +96,15 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         parent = parent_round = None
         cfg = compose(overrides)
         data = dataset(cfg)  # a missing or broken data folder fails here, before any write
-        store = open_store()
+        with disk_full_as_one_line(None):
+            store = open_store()
+    # A full disk on the way is one line (DiskFull); the next `icl init` finishes the job.
+    with disk_full_as_one_line(store.root):
+        return _create(store, name, cfg, data, parent, parent_round, runtime, from_)
+
+
+def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,
+            runtime: Runtime, from_: str | None) -> InitResult:
     existed = any(e.name == name for e in store.experiments())
     exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
                                   parent_round=parent_round, data_fingerprint=data.fingerprint)
@@ -108,6 +118,7 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
             store.forget_experiment(exp.name)
         raise
     if reused and "test" in errors_by_round(store, exp.name).get(0, {}):
+        _track(store, exp.name, runtime)
         return InitResult(exp.name, from_, True, [], exp.config)
     # (a C_0 saved by an init cut short before its evaluation is evaluated now)
     evaluations = None
@@ -116,5 +127,15 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
                                               runtime)
     if evaluations is None:
         evaluations = evaluate_round(store, exp.name, 0, runtime)
-    store.tracker(exp.name, enabled=runtime.mlflow).log_params(exp.config)
+    _track(store, exp.name, runtime)
     return InitResult(exp.name, from_, False, evaluations, exp.config)
+
+
+def _track(store, name: str, runtime: Runtime) -> None:
+    """The config as MLflow params, and whatever else of the catalog MLflow missed (an
+    init cut short by a full disk, a lost ``mlflow.db``): best effort, never a failure."""
+    if runtime.mlflow:
+        from store.tracking import sync_from_catalog
+
+        store.tracker(name).log_params(store.experiment(name).config)
+        sync_from_catalog(store, [name])

@@ -13,6 +13,8 @@ from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round, plot_errors
 from icl_cli.steps.synthesize import synthesize_round
+from store.tracking import sync_from_catalog
+from store.workspace import disk_full_as_one_line
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,15 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     # at once instead of interleaving its steps with ours.
     # The MLflow run stays RUNNING for the whole loop and ends as the command does
     # (FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED), also when cut between two steps.
-    with store.lock(exp.name), store.tracker(exp.name, enabled=runtime.mlflow):
-        return _run_rounds(store, exp, rounds, runtime, sampler or SamplerChanges(),
+    # A full disk is one line (DiskFull); the next `icl run` resumes, and logs to MLflow
+    # what it missed meanwhile (from the catalog).
+    with (disk_full_as_one_line(store.root), store.lock(exp.name),
+          store.tracker(exp.name, enabled=runtime.mlflow)):
+        rows = _run_rounds(store, exp, rounds, runtime, sampler or SamplerChanges(),
                            train or TrainChanges(), watch or (lambda event: None))
+        if runtime.mlflow:
+            sync_from_catalog(store, [exp.name])
+        return rows
 
 
 def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChanges,
