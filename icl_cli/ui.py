@@ -21,21 +21,15 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done (or already done), 1 internal error, 2 usage error, 3 bad request "
@@ -48,7 +42,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 class RichProgress:
-    """The steps' ``Progress`` protocol as rich bars on stderr (silent when not a TTY)."""
+    """The steps' ``Progress`` protocol as rich bars on stderr (silent when not a TTY;
+    ``rich.progress`` is imported when the first bar is drawn)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled and err.is_terminal
@@ -57,6 +52,15 @@ class RichProgress:
     def task(self, description: str, total: int | None) -> Callable[[int], None]:
         if not self.enabled:
             return lambda n: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.done()
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
                              MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -184,6 +188,8 @@ def emit_json(obj: Any) -> None:
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(c, overflow="fold")  # names in full, wrapped, never cut

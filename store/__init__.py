@@ -12,7 +12,9 @@ A workspace is a folder::
 Steps use one :class:`Store` and get frozen dataclasses back. The Store is made of
 explicit parts (``store.store`` lists them): the catalog, the artefact files, the results,
 the step log, the locks and the MLflow runs. torch, h5py and MLflow are
-imported only when a shard, checkpoint or tracker is used, so ``icl --help`` stays fast.
+imported only when a shard, checkpoint or tracker is used, SQLAlchemy only when the
+catalog is written (or lives on a server), and ``Store`` itself on first use, so ``icl
+--help`` and the read-only commands stay fast.
 
 Example:
     >>> from store import Store
@@ -41,9 +43,21 @@ from .infos import (
     StepInfo,
     VerifyReport,
 )
-from .store import Store
-from .tracking import NullTracker, Tracker
 from .workspace import atomic_write, find_workspace, sha256_file, validate_name
+
+_LAZY = {"Store": "store", "NullTracker": "tracking", "Tracker": "tracking"}
+
+
+def __getattr__(name: str):
+    """``Store``, ``Tracker`` and ``NullTracker``, imported on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AttackInfo",

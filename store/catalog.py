@@ -1,369 +1,56 @@
-"""The catalog: SQLAlchemy 2.0 ORM tables, the engine and write transactions.
+"""The catalog part of a store: one database of experiments, shards, checkpoints,
+evaluations, attacks, round metrics and the step log.
 
-One row per artefact: experiments (with their full config and data fingerprint), shards
-(one per round and version), checkpoints (one per round), evaluations, attacks, per-round
-metrics (training and sampler diagnostics), and the step log. Only the store reads these
-rows; callers get frozen dataclasses (``store.infos``, made by :func:`to_info`).
+:class:`Catalog` reads through ``store.reader`` (plain SQL; a SQLite file through the
+standard library's ``sqlite3``) and writes, creates and upgrades through ``store.orm``
+(SQLAlchemy, imported only then, or from the start when the catalog is not a SQLite file:
+``ICL_CATALOG_URL``, e.g. PostgreSQL). So a command that only reads a SQLite catalog
+(``icl status``, ``report``, ``verify``) never imports SQLAlchemy. The ORM's names
+(``Experiment``, ``Shard``, ``run_write``...) are still importable from here.
 
-:class:`Catalog` is the part of the store that owns the database: its engine, read and
-write sessions, the schema, and the experiment rows every other part looks names up in.
-SQLAlchemy errors stop here: a database that cannot be used is :class:`CatalogUnusable`,
-one that is damaged is :class:`CatalogDamaged` (``store.errors``), with the file named.
-
-SQLite (the default, ``<ws>/.icl/catalog.db``) runs in WAL mode with foreign keys on, a
-30 s busy timeout and ``BEGIN IMMEDIATE`` for writes, plus a retry loop, so concurrent icl
-processes queue instead of failing with "database is locked". Any other SQLAlchemy URL
-(``ICL_CATALOG_URL``, e.g. PostgreSQL) works too.
+The schema version is checked on open: a catalog written by a newer icl is refused, an
+older one is upgraded in place (``store.orm.upgrade_schema``), a current one is read as is.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    event,
-    inspect,
-    select,
-)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-
-from .errors import CatalogDamaged, CatalogUnusable, ExperimentNotFound, StoreError
+from .errors import ExperimentNotFound
 from .infos import ExperimentInfo
+from .reader import (
+    BUSY_TIMEOUT_MS,
+    CatalogReader,
+    EngineSource,
+    SqliteFile,
+    first_line,
+    sqlite_file,
+)
 from .workspace import validate_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
+    from .orm import Experiment
+
+__all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "Catalog", "first_line", "to_info", "utcnow"]
 
 SCHEMA_VERSION = 3
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
 ``attacks.params``. ``upgrade_schema`` brings a version-1 or -2 catalog to 3 in place."""
-BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
 InfoT = TypeVar("InfoT")
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class UTCDateTime(TypeDecorator):
-    """A timestamp stored as UTC and always returned timezone-aware (SQLite drops tzinfo)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
-        return value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SchemaVersion(Base):
-    __tablename__ = "schema_version"
-    version: Mapped[int] = mapped_column(Integer, primary_key=True)
-
-
-class Experiment(Base):
-    __tablename__ = "experiments"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    config: Mapped[dict] = mapped_column(JSON)
-    config_hash: Mapped[str] = mapped_column(String(64))
-    method: Mapped[str | None] = mapped_column(String(32))
-    parent_name: Mapped[str | None] = mapped_column(String(64))
-    parent_round: Mapped[int | None] = mapped_column(Integer)
-    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # sha256 of which images the experiment trains and validates on (icl_cli.data).
-    data_fingerprint: Mapped[str | None] = mapped_column(String(64))
-
-
-class _RoundRow:
-    """What every per-round row has: its id, experiment, round and when it was written."""
-
-    # sort_order: id, experiment_id, round first and created_at last, as in schema 1.
-    id: Mapped[int] = mapped_column(primary_key=True, sort_order=-3)
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), index=True, sort_order=-2)
-    round: Mapped[int] = mapped_column(Integer, sort_order=-1)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, sort_order=99)
-
-
-class Shard(_RoundRow, Base):
-    __tablename__ = "shards"
-    __table_args__ = (UniqueConstraint("experiment_id", "round", "version"),)
-    version: Mapped[int] = mapped_column(Integer)
-    active: Mapped[bool] = mapped_column(Boolean, default=False)
-    path: Mapped[str] = mapped_column(Text)  # relative to the workspace root
-    sha256: Mapped[str] = mapped_column(String(64))
-    count: Mapped[int] = mapped_column(Integer)
-    sampler_config: Mapped[dict] = mapped_column(JSON)
-    seed: Mapped[int | None] = mapped_column(Integer)
-    source_checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
-
-
-class Checkpoint(_RoundRow, Base):
-    __tablename__ = "checkpoints"
-    __table_args__ = (UniqueConstraint("experiment_id", "round"),)
-    path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
-    # The parent may belong to another experiment (``--from``); it is kept by hash too so
-    # the lineage survives a replaced parent row.
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
-    parent_sha256: Mapped[str | None] = mapped_column(String(64))
-    config_hash: Mapped[str | None] = mapped_column(String(64))
-
-
-class Evaluation(_RoundRow, Base):
-    __tablename__ = "evaluations"
-    __table_args__ = (UniqueConstraint("experiment_id", "round", "split"),)
-    split: Mapped[str] = mapped_column(String(32))
-    error: Mapped[float] = mapped_column(Float)
-    per_class: Mapped[list] = mapped_column(JSON)
-    n: Mapped[int] = mapped_column(Integer)
-
-
-class Attack(_RoundRow, Base):
-    __tablename__ = "attacks"
-    __table_args__ = (
-        UniqueConstraint(
-            "experiment_id", "round", "against_experiment", "against_round", "eps", "method"
-        ),
-    )
-    against_experiment: Mapped[str] = mapped_column(String(64))
-    against_round: Mapped[int] = mapped_column(Integer)
-    eps: Mapped[float] = mapped_column(Float)
-    # "fgsm", "pgd", ...; its settings (steps, step_size, restarts, random_start) in params.
-    method: Mapped[str] = mapped_column(String(16), default="fgsm", server_default="fgsm")
-    params: Mapped[dict | None] = mapped_column(JSON)
-    counts: Mapped[dict] = mapped_column(JSON)
-
-
-class RoundMetric(_RoundRow, Base):
-    """One named number per (experiment, round): what a step measured besides the error
-    (largest gradient norm, largest |logit|, share of pixels outside the data range...)."""
-
-    __tablename__ = "round_metrics"
-    __table_args__ = (UniqueConstraint("experiment_id", "round", "name"),)
-    name: Mapped[str] = mapped_column(String(64))
-    value: Mapped[float | None] = mapped_column(Float)
-
-
-class Step(Base):
-    __tablename__ = "steps"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(32))
-    round: Mapped[int | None] = mapped_column(Integer)
-    config: Mapped[dict] = mapped_column(JSON)
-    config_hash: Mapped[str] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    seconds: Mapped[float | None] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String(16))  # running | ok | failed | interrupted
-    message: Mapped[str | None] = mapped_column(Text)
-    pid: Mapped[int | None] = mapped_column(Integer)
-    host: Mapped[str | None] = mapped_column(String(255))
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL, foreign keys, busy timeout on every connection; explicit BEGIN so that writes
-    take the database lock up front (``BEGIN IMMEDIATE``), where the busy timeout applies,
-    instead of failing on a read-to-write upgrade."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves below
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets the concurrency settings above. A URL that does
-    not parse, or whose database driver is not installed, is a StoreError (one line)."""
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-            _sqlite_setup(engine)
-            return engine
-        return create_engine(url, pool_pre_ping=True)
-    except (ModuleNotFoundError, NoSuchModuleError) as exc:
-        driver = getattr(exc, "name", None) or str(exc).split(":")[-1].strip()
-        raise StoreError(f"the catalog URL {url.split('@')[-1]!r} needs the database driver "
-                         f"{driver!r}, which is not installed (for PostgreSQL: pip install "
-                         "'psycopg[binary]')") from None
-    except ArgumentError:
-        raise StoreError(f"the catalog URL {url!r} (ICL_CATALOG_URL) is not a database URL, "
-                         "e.g. postgresql+psycopg://user@host/db") from None
-
-
-def create_schema(engine: Engine) -> None:
-    """Create missing tables and stamp the schema version (idempotent)."""
-    check_schema(engine, missing_ok=True)
-    Base.metadata.create_all(engine)
-    with write_session(engine) as s:
-        if s.scalar(select(SchemaVersion.version)) is None:
-            s.add(SchemaVersion(version=SCHEMA_VERSION))
-    upgrade_schema(engine)
-
-
-def _version(engine: Engine) -> int | None:
-    with Session(engine) as s:
-        return s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Bring a catalog of an older schema to ``SCHEMA_VERSION`` in one transaction (the
-    same statements on SQLite and PostgreSQL); a current catalog is left untouched."""
-    found = _version(engine)
-    if found is None or found >= SCHEMA_VERSION:
-        return
-    # The write lock first (SQLite: BEGIN IMMEDIATE), then the version again: of two
-    # processes opening an old catalog at once, the second finds it upgraded.
-    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
-        found = conn.scalar(select(SchemaVersion.version).order_by(
-            SchemaVersion.version.desc()))
-        if found is None or found >= SCHEMA_VERSION:
-            return
-        columns = {c["name"] for c in inspect(conn).get_columns(Experiment.__tablename__)}
-        if "data_fingerprint" not in columns:
-            conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN data_fingerprint "
-                                 "VARCHAR(64)")
-        Base.metadata.create_all(conn, tables=[RoundMetric.__table__])
-        columns = {c["name"] for c in inspect(conn).get_columns(Attack.__tablename__)}
-        if "method" not in columns:
-            _rebuild_attacks(conn)
-        conn.execute(SchemaVersion.__table__.delete())
-        conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
-
-
-def _rebuild_attacks(conn: Any) -> None:
-    """Version 3's ``attacks`` (``method`` joins the unique key, which no ALTER TABLE can
-    change on SQLite): copy the rows, re-create the table, put them back as ``fgsm``."""
-    table = Attack.__table__
-    # Without their ids (nothing refers to an attack row), so that PostgreSQL's new id
-    # sequence does not hand out one of theirs again; in id order, as they were listed.
-    old = ("experiment_id", "round", "against_experiment", "against_round", "eps", "counts",
-           "created_at")
-    rows = [dict(r._mapping) for r in conn.execute(
-        select(*(table.c[c] for c in old)).select_from(table).order_by(table.c.id))]
-    table.drop(conn)
-    table.create(conn)
-    if rows:
-        conn.execute(table.insert(), [{**r, "method": "fgsm", "params": None} for r in rows])
-
-
-def check_schema(engine: Engine, missing_ok: bool = False) -> None:
-    """Refuse a catalog written by a newer icl; a missing version table is an error unless
-    ``missing_ok`` (a fresh catalog being created)."""
-    if not inspect(engine).has_table(SchemaVersion.__tablename__):
-        if missing_ok:
-            return
-        raise StoreError(f"catalog {engine.url} has no icl schema; run `icl init` to create it")
-    found = _version(engine)
-    if found is not None and found > SCHEMA_VERSION:
-        raise StoreError(
-            f"catalog schema {found} is newer than this icl ({SCHEMA_VERSION}); upgrade icl"
-        )
-
-
-def _is_locked(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
-@contextmanager
-def catalog_errors() -> Iterator[None]:
-    """SQLAlchemy's errors as the store's own: CatalogUnusable (unreadable, read-only or
-    full disk; busy is retried by ``run_write``) or CatalogDamaged. Nothing above the store
-    sees an SQLAlchemy exception."""
-    try:
-        yield
-    except OperationalError as exc:
-        raise CatalogUnusable(f"cannot use the workspace catalog: {_first_line(exc)} "
-                              "(check the workspace's permissions and free space)") from exc
-    except DatabaseError as exc:
-        raise CatalogDamaged(f"the workspace catalog is damaged: {_first_line(exc)}") from exc
-
-
-@contextmanager
-def write_session(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction holds the write lock from its first statement and
-    commits on exit (rolls back on error)."""
-    bound = engine.execution_options(sqlite_begin="IMMEDIATE")
-    with Session(bound, expire_on_commit=False) as s, s.begin():
-        yield s
-
-
-def run_write(engine: Engine, fn: Callable[[Session], T], attempts: int = 8) -> T:
-    """Run ``fn(session)`` in one write transaction, retrying the whole transaction when
-    the database stays locked past the busy timeout (a long writer elsewhere), so that
-    "database is locked" never reaches the user while progress is possible."""
-    with catalog_errors():
-        for attempt in range(attempts):
-            try:
-                with write_session(engine) as s:
-                    return fn(s)
-            except OperationalError as exc:
-                if not _is_locked(exc) or attempt == attempts - 1:
-                    if _is_locked(exc):
-                        raise StoreError(
-                            f"catalog {engine.url} stayed locked by another process; "
-                            "retry when it finishes (see `icl status`)"
-                        ) from exc
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (1 + random.random()))
-    raise AssertionError("unreachable")
-
-
-@contextmanager
-def read_session(engine: Engine) -> Iterator[Session]:
-    """A plain session for reads (WAL readers never block writers)."""
-    with catalog_errors(), Session(engine, expire_on_commit=False) as s:
-        yield s
 
 
 def to_info(cls: type[InfoT], row: Any, **given: Any) -> InfoT:
@@ -380,16 +67,24 @@ def to_info(cls: type[InfoT], row: Any, **given: Any) -> InfoT:
     return cls(**values)
 
 
-def experiment_info(row: Experiment) -> ExperimentInfo:
-    return to_info(ExperimentInfo, row, parent=row.parent_name, config=dict(row.config or {}))
+def __getattr__(name: str) -> Any:
+    """The ORM's names (tables, sessions, schema functions), imported on first use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from . import orm
+
+    try:
+        return getattr(orm, name)
+    except AttributeError:
+        raise AttributeError(f"module 'store.catalog' has no attribute {name!r}") from None
 
 
 class Catalog:
     """The catalog part of a store: one database (``url``) for the workspace at ``root``.
 
-    Owns the engine, sessions and schema, and resolves experiment names for the other
-    parts (``row``: the ORM row inside a session; ``experiment``: the info, or the most
-    recent one for None).
+    ``reader`` answers every read (``store.reader``); ``engine`` (SQLAlchemy, made on first
+    use) takes the writes. ``row`` is the ORM row of an experiment inside a write;
+    ``experiment`` its info (None: the most recent one).
 
     Example:
         >>> cat = Catalog(f"sqlite:///{tmp_path}/catalog.db", tmp_path)   # doctest: +SKIP
@@ -399,69 +94,99 @@ class Catalog:
 
     def __init__(self, url: str, root: Path) -> None:
         self.url, self.root = url, root
-        self.engine = make_engine(url)
+        path = sqlite_file(url)
+        if path is None:  # a server: SQLAlchemy now (a URL that cannot work fails here)
+            self.reader = CatalogReader(EngineSource(self.engine), root)
+        else:
+            self.reader = CatalogReader(SqliteFile(path), root)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (writes, schema, a server's reads and advisory locks)."""
+        from .orm import make_engine
+
+        return make_engine(self.url)
+
+    @property
+    def server(self) -> Engine | None:
+        """The engine when the catalog lives on a database server (not a SQLite file)."""
+        return None if self.url.startswith("sqlite") else self.engine
 
     def create(self) -> None:
         """Create the schema (idempotent) and bring an older one up to date."""
+        from .orm import catalog_errors, create_schema
+
         with catalog_errors():
             create_schema(self.engine)
 
     def open(self) -> None:
-        """Check the schema (refuse a newer one or none) and upgrade an older one."""
+        """Check the schema (refuse a newer one or none) and upgrade an older one; a
+        current one is only read (no SQLAlchemy)."""
+        if self.reader.version() == SCHEMA_VERSION:
+            return
+        from .orm import catalog_errors, check_schema, upgrade_schema
+
         with catalog_errors():
             check_schema(self.engine)
             upgrade_schema(self.engine)
 
     def has_schema(self) -> bool:
         """True if the database holds icl's tables (an emptied or new file does not)."""
-        with catalog_errors():
-            return inspect(self.engine).has_table(SchemaVersion.__tablename__)
+        return self.reader.has_schema()
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.reader.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
 
     def read(self):
-        """A read session (context manager)."""
+        """An ORM read session (context manager), for reads inside the write path."""
+        from .orm import read_session
+
         return read_session(self.engine)
 
     def write(self, fn: Callable[[Session], T]) -> T:
         """``fn(session)`` in one write transaction (retried while the database is busy)."""
+        from .orm import run_write
+
         return run_write(self.engine, fn)
 
+    def _not_found(self, name: str, known: list[str]) -> ExperimentNotFound:
+        return ExperimentNotFound(
+            f"no experiment '{name}' in {self.root}; known: {', '.join(known) or 'none'} "
+            "(create one with `icl init`)"
+        )
+
     def row(self, s: Session, name: str) -> Experiment:
-        """The experiment row named ``name``; ExperimentNotFound lists the known names."""
+        """The experiment row named ``name`` in session ``s``; ExperimentNotFound lists the
+        known names."""
+        from sqlalchemy import select
+
+        from .orm import Experiment
+
         row = s.scalar(select(Experiment).where(Experiment.name == name))
         if row is None:
-            known = s.scalars(select(Experiment.name).order_by(Experiment.name)).all()
-            raise ExperimentNotFound(
-                f"no experiment '{name}' in {self.root}; known: {', '.join(known) or 'none'} "
-                "(create one with `icl init`)"
-            )
+            raise self._not_found(name, s.scalars(
+                select(Experiment.name).order_by(Experiment.name)).all())
         return row
 
     def experiment(self, name: str | None = None) -> ExperimentInfo:
         """The named experiment; None: the only one, or the most recently created."""
-        with self.read() as s:
-            if name is not None:
-                return experiment_info(self.row(s, validate_name(name)))
-            row = s.scalar(
-                select(Experiment).order_by(Experiment.created_at.desc(), Experiment.id.desc())
-            )
-            if row is None:
-                raise ExperimentNotFound(
-                    f"no experiments in {self.root} yet; create one with `icl init`"
-                )
-            return experiment_info(row)
+        if name is not None:
+            found = self.reader.experiment(validate_name(name))
+            if found is None:
+                raise self._not_found(name, self.reader.names())
+            return found
+        found = self.reader.latest_experiment()
+        if found is None:
+            raise ExperimentNotFound(
+                f"no experiments in {self.root} yet; create one with `icl init`")
+        return found
 
     def experiments(self) -> list[ExperimentInfo]:
         """All experiments, oldest first."""
-        with self.read() as s:
-            rows = s.scalars(select(Experiment).order_by(Experiment.created_at, Experiment.id))
-            return [experiment_info(r) for r in rows]
+        return self.reader.experiments()
 
     def names(self) -> set[str]:
         """The names of all experiments (empty when there is no schema yet)."""
-        if not self.has_schema():
-            return set()
-        with self.read() as s:
-            return set(s.scalars(select(Experiment.name)))
+        return set(self.reader.names()) if self.has_schema() else set()

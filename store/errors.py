@@ -48,6 +48,19 @@ class CatalogDamaged(IntegrityError):
     """The catalog database is damaged (not a database, corrupt pages)."""
 
 
+def catalog_unusable(detail: str) -> CatalogUnusable:
+    """The one-line refusal for a catalog that cannot be used (``detail``: the database's
+    own first line, e.g. "attempt to write a readonly database")."""
+    return CatalogUnusable(f"cannot use the workspace catalog: {detail} "
+                           "(check the workspace's permissions and free space)")
+
+
+def catalog_damaged(detail: str) -> CatalogDamaged:
+    """The one-line report of a damaged catalog (``detail``: e.g. "file is not a
+    database")."""
+    return CatalogDamaged(f"the workspace catalog is damaged: {detail}")
+
+
 class CatalogMissing(StoreError):
     """The catalog is missing or empty while ``experiments/`` holds shards or checkpoints:
     ``icl verify --rebuild`` re-creates it from the files; nothing else may write."""

@@ -8,15 +8,17 @@ of adding a second one: evaluations by (experiment, round, split), attacks by
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from .catalog import Attack, Catalog, Evaluation, Experiment, RoundMetric, to_info, utcnow
+from .catalog import Catalog, to_info, utcnow
 from .errors import StoreError
 from .hashing import config_hash
 from .infos import AttackInfo, EvaluationInfo
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .orm import Attack, Evaluation
 
 
 class Results:
@@ -29,6 +31,10 @@ class Results:
         self, experiment: str, round: int, split: str, error: float, per_class: list, n: int
     ) -> EvaluationInfo:
         """Record (replacing any earlier one) the error of round ``round`` on ``split``."""
+        from sqlalchemy import select
+
+        from .orm import Evaluation
+
         name = self.catalog.experiment(experiment).name
 
         def record(s: Session) -> EvaluationInfo:
@@ -56,7 +62,7 @@ class Results:
 
     def evaluations(self, experiment: str | None = None) -> list[EvaluationInfo]:
         """Evaluations by experiment, round, split."""
-        return self._results(Evaluation, experiment, self._eval_info, Evaluation.split)
+        return self.catalog.reader.evaluations(self._name(experiment))
 
     def record_attack(
         self,
@@ -77,6 +83,9 @@ class Results:
         if not isinstance(method, str) or not 0 < len(method) <= 16:
             raise StoreError(f"attack method must be a name of 1 to 16 characters, got {method!r}")
         config_hash(params or {})  # plain JSON data, or a one-line StoreError
+        from sqlalchemy import select
+
+        from .orm import Attack
 
         def record(s: Session) -> AttackInfo:
             exp_id = self.catalog.row(s, name).id
@@ -99,11 +108,15 @@ class Results:
 
     def attacks(self, experiment: str | None = None) -> list[AttackInfo]:
         """Attack records by experiment, round."""
-        return self._results(Attack, experiment, self._attack_info, Attack.id)
+        return self.catalog.reader.attacks(self._name(experiment))
 
     def record_metrics(self, experiment: str, round: int, metrics: dict[str, float]) -> None:
         """Record (replacing earlier values of the same names) round ``round``'s metrics;
         a value that is not finite is kept as NULL (JSON null), never as NaN text."""
+        from sqlalchemy import select
+
+        from .orm import RoundMetric
+
         name = self.catalog.experiment(experiment).name
 
         def record(s: Session) -> None:
@@ -121,19 +134,8 @@ class Results:
 
     def metrics(self, experiment: str) -> dict[int, dict[str, float | None]]:
         """{round: {name: value}} of one experiment's recorded round metrics."""
-        name = self.catalog.experiment(experiment).name
-        q = (select(RoundMetric).join(Experiment).where(Experiment.name == name)
-             .order_by(RoundMetric.round, RoundMetric.name))
-        out: dict[int, dict[str, float | None]] = {}
-        with self.catalog.read() as s:
-            for row in s.scalars(q):
-                out.setdefault(row.round, {})[row.name] = row.value
-        return out
+        return self.catalog.reader.metrics(self.catalog.experiment(experiment).name)
 
-    def _results(self, table: type, experiment: str | None, conv, last) -> list:
-        q = select(table, Experiment.name).join(Experiment)
-        if experiment is not None:
-            q = q.where(Experiment.name == self.catalog.experiment(experiment).name)
-        with self.catalog.read() as s:
-            rows = s.execute(q.order_by(Experiment.name, table.round, last)).all()
-            return [conv(r, e) for r, e in rows]
+    def _name(self, experiment: str | None) -> str | None:
+        """``experiment`` as recorded (ExperimentNotFound if unknown); None: every one."""
+        return None if experiment is None else self.catalog.experiment(experiment).name

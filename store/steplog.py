@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from .catalog import Catalog, Experiment, Step, to_info, utcnow
+from .catalog import Catalog, to_info, utcnow
 from .hashing import config_hash
 from .infos import StepInfo
 from .locking import Locks
 from .workspace import pid_alive
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .orm import Step
 
 
 class StepLog:
@@ -37,6 +40,10 @@ class StepLog:
               config: dict[str, Any]) -> StepInfo:
         """Add a ``running`` row (the caller holds the experiment's lock), marking any other
         ``running`` row of the experiment interrupted: its process died."""
+        from sqlalchemy import select
+
+        from .orm import Step
+
         digest = config_hash(config)
 
         def start(s: Session) -> StepInfo:
@@ -61,6 +68,8 @@ class StepLog:
 
     def finish(self, step_id: int, state: str, message: str | None, seconds: float) -> None:
         """Mark step ``step_id`` ok, failed or interrupted after ``seconds``."""
+        from .orm import Step
+
         def finish(s: Session) -> None:
             row = s.get(Step, step_id)
             row.state, row.message = state, message
@@ -70,6 +79,10 @@ class StepLog:
 
     def mark_interrupted(self, step_id: int | None, message: str) -> None:
         """Mark a ``running`` row interrupted (a row that ended meanwhile is left alone)."""
+        from sqlalchemy import update
+
+        from .orm import Step
+
         def mark(s: Session) -> None:
             s.execute(update(Step).where(Step.id == step_id, Step.state == "running")
                       .values(state="interrupted", finished_at=utcnow(), message=message))
@@ -77,32 +90,35 @@ class StepLog:
         self.catalog.write(mark)
 
     def steps(self, experiment: str | None = None, name: str | None = None,
-              round: int | None = None) -> list[StepInfo]:
+              round: int | None = None, last: int | None = None,
+              state: str | None = None) -> list[StepInfo]:
         """Step log, oldest first, optionally filtered; stale ``running`` rows read as
-        ``interrupted``."""
-        q = select(Step, Experiment.name).join(Experiment)
-        if experiment is not None:
-            q = q.where(Experiment.name == self.catalog.experiment(experiment).name)
-        if name is not None:
-            q = q.where(Step.name == name)
-        if round is not None:
-            q = q.where(Step.round == round)
-        with self.catalog.read() as s:
-            rows = s.execute(q.order_by(Step.started_at, Step.id)).all()
-            return [self._info(r, e, "interrupted" if self._stale(r, e) else r.state)
-                    for r, e in rows]
+        ``interrupted``. ``last``: only the newest N rows (``steps()[-N:]`` without reading
+        the whole log); ``state``: only rows that read so (e.g. "running": running now)."""
+        exp = None if experiment is None else self.catalog.experiment(experiment).name
+        # A row reads "interrupted" when it says so, or when it says "running" and is stale.
+        stored = None if state is None else \
+            ("interrupted", "running") if state == "interrupted" else (state,)
+        rows = self.catalog.reader.steps(exp, name, round, stored,
+                                         last=last if state is None else None)
+        found = [replace(info, state="interrupted") if self._stale(info, host) else info
+                 for info, host in rows]
+        if state is None:
+            return found
+        found = [s for s in found if s.state == state]
+        return found if last is None else found[max(0, len(found) - max(0, last)):]
 
-    def _stale(self, row: Step, exp: str) -> bool:
+    def _stale(self, row: StepInfo, host: str | None) -> bool:
         """A ``running`` row whose process is gone. A live step always holds the lock, so
         a free lock means stale even if the pid was reused."""
         if row.state != "running":
             return False
-        here = row.host in (None, socket.gethostname())
+        here = host in (None, socket.gethostname())
         if here and row.pid == os.getpid():
             return False
         if here and not pid_alive(row.pid):
             return True
-        return not self.locks.held_elsewhere(exp)
+        return not self.locks.held_elsewhere(row.experiment)
 
     @staticmethod
     def _info(row: Step, exp: str, state: str) -> StepInfo:

@@ -29,10 +29,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property, wraps
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from .artifacts import ArtifactFiles
 from .catalog import Catalog
@@ -54,6 +51,9 @@ from .workspace import (
     refuse_unrecorded,
     validate_name,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = ["Store", "config_hash"]
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -112,7 +112,7 @@ class Store:
         self.catalog = Catalog(catalog_url, self.root)
         self.files = ArtifactFiles(self.root, self.catalog)
         self.results = Results(self.catalog)
-        self.locks = Locks(self.root, self.catalog.engine)
+        self.locks = Locks(self.root, self.catalog.server)  # a server adds advisory locks
         self.log = StepLog(self.catalog, self.locks)
         self.rebuilt: list[str] = []  # what :meth:`rebuild` recorded (shown by ``verify``)
 
@@ -254,7 +254,9 @@ class Store:
         the same; else ConflictError. ``parent``/``parent_round``: where ``--from`` started
         it; ``data_fingerprint``: which images it uses (recorded on an older row that has
         none)."""
-        from .catalog import Experiment, experiment_info
+        from sqlalchemy import select
+
+        from .orm import Experiment, experiment_info
 
         validate_name(name)
         digest = config_hash(config)

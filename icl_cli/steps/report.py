@@ -159,9 +159,8 @@ class ExperimentRow:
 def experiment_rows(store) -> list[ExperimentRow]:
     rows = []
     running = {}
-    for s in store.steps():
-        if s.state == "running":
-            running.setdefault(s.experiment, []).append(f"{s.name} --round {s.round}")
+    for s in store.steps(state="running"):  # only those rows, not the whole step log
+        running.setdefault(s.experiment, []).append(f"{s.name} --round {s.round}")
     for exp in store.experiments():
         cfg = exp.config
         errs = errors_by_round(store, exp.name)
