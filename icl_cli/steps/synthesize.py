@@ -120,12 +120,16 @@ def draw(model, sc: SamplerConfig, num_classes: int, shape, seed: int, device,
          block: int | None = None) -> Synthesis:
     """Rows ``rows`` (default: all) of the round's K * count pseudo-negatives: reference
     draws, then (gradient kind) Adam ascent, block by block (``block`` samples per batch;
-    None: the whole round in one batch). Row i is the same whatever ``rows`` holds it."""
+    None: the whole round in one batch). Row i is the same whatever ``rows`` holds it;
+    ``rows`` must therefore start and end on block boundaries (or the round's end)."""
     target = targets_per_class(num_classes, sc.count)
     n = len(target)
     rows = range(n) if rows is None else rows
-    x0 = reference_noise(n, shape, sc.reference_std, torch.Generator().manual_seed(seed))
     size = block or max(n, 1)
+    if rows.start % size or (rows.stop % size and rows.stop != n) or rows.stop > n:
+        raise ValueError(f"rows {rows.start}-{rows.stop} are not whole blocks of {size} "
+                         f"of a round of {n}")
+    x0 = reference_noise(n, shape, sc.reference_std, torch.Generator().manual_seed(seed))
     outs = []
     for r in block_ranges(rows, size) or [rows]:
         outs.append(_ascend(model, sc, x0[r.start:r.stop].to(device), target[r.start:r.stop],

@@ -1,0 +1,201 @@
+"""Issue 12, synthesis in parts: ``icl synthesize --round t --part i/N`` draws whole blocks of
+the round into a part file; the last part recorded joins them into the round's shard, bit
+for bit the shard one process draws; a missing or corrupt part refuses the join in one line.
+
+Every experiment here starts ``--from whole:0`` (the same C_0, seed and settings), so its
+round-1 shard must equal ``whole``'s, drawn at once. 60 per class x 10 classes = 600
+samples: 3 blocks of 256 (256, 256, 88).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store import Store
+from tests.cli.clikit import COMMON, icl
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
+            "--epochs", "1", "--count", "60", "--max-steps", "15", "--sampler-lr", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace whose experiment ``whole`` has round 1 drawn by one process."""
+    ws = tmp_path_factory.mktemp("ws")
+    icl("init", "-w", ws, "-e", "whole", *SETTINGS, *COMMON)
+    icl("synthesize", "-w", ws, "-e", "whole", "-r", 1, *COMMON)
+    return ws
+
+
+def paired(ws, name):
+    icl("init", "-w", ws, "-e", name, "--from", "whole:0", *COMMON)
+    return name
+
+
+def shard(ws, name, round_=1):
+    with Store.open(ws) as st:
+        return st.read_shard(st.active_shard(name, round_))
+
+
+def assert_same_shard(ws, name):
+    want, got = shard(ws, "whole"), shard(ws, name)
+    assert want["samples"].shape == (600, 1, 28, 28)
+    for key in want:  # bit for bit, every array
+        assert np.array_equal(want[key], got[key]), key
+
+
+def part(ws, name, spec, *extra, code=0):
+    return icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--part", spec, *extra, *COMMON,
+               code=code)
+
+
+def part_files(ws, name):
+    return sorted(p.name for p in (ws / "experiments" / name / "shards").glob("*.part-*"))
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+def test_three_parts_as_three_processes_equal_the_whole_round(ws):
+    name = paired(ws, "procs")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "icl_cli", "synthesize", "-w", str(ws), "-e", name, "-r", "1",
+         "--part", f"{i}/3", *COMMON], env=env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in (1, 2, 3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert_same_shard(ws, name)
+    assert part_files(ws, name) == []  # joined, then removed
+    with Store.open(ws) as st:
+        steps = st.steps(name, round=1)
+    assert sorted(s.config["part"][0] for s in steps if s.name == "synthesize-part") == [1, 2, 3]
+    assert [s.config["parts"] for s in steps if s.name == "synthesize"] == [3]
+
+
+def test_parts_in_any_order_join_into_the_whole_rounds_shard(ws):
+    name = paired(ws, "ordered")
+    first = part(ws, name, "3/3")
+    assert "parts 1/3, 2/3 of round 1 still to draw" in first.stderr
+    assert part_files(ws, name) == ["round-0001.v1.part-3-of-3.h5"]
+    part(ws, name, "1/3")
+    last = part(ws, name, "2/3")
+    assert "'ordered' round 1 shard v1" in last.stdout  # the last part joined the shard
+    assert_same_shard(ws, name)
+    assert part_files(ws, name) == []
+    assert "workspace consistent" in icl("verify", "-w", ws).stdout
+    # Done: a part again, or --merge, reports the shard and changes nothing.
+    again = part(ws, name, "2/3")
+    assert "already synthesized" in again.stderr
+    assert "already synthesized" in icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--merge",
+                                        *COMMON).stderr
+    with Store.open(ws) as st:
+        assert [s.version for s in st.shards(name, 1)] == [1]
+
+
+@pytest.mark.parametrize("spec", ["0/3", "4/3", "x", "1/", "/3", "2", "1/0", "-1/3"])
+def test_part_must_be_i_of_n(ws, spec):
+    out = part(ws, "whole", spec, code=3)
+    assert "--part must be i/N with 1 <= i <= N" in out.stderr
+    assert out.stderr.count("\n") == 1
+
+
+def test_more_parts_than_blocks_are_refused(ws):
+    name = paired(ws, "toomany")
+    out = part(ws, name, "1/4", code=3)
+    assert "round of 600 samples is 3 block(s) of 256: it splits into 3 part(s) at most, " \
+           "not 4" in out.stderr
+    assert part_files(ws, name) == []
+
+
+def test_a_missing_part_refuses_the_merge(ws):
+    name = paired(ws, "missing")
+    part(ws, name, "1/3")
+    part(ws, name, "3/3")
+    out = icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--merge", *COMMON, code=3)
+    assert out.stderr.strip() == (
+        f"error: part 2/3 of round 1 of '{name}' is missing (not drawn, or drawn for other "
+        f"settings): run `icl synthesize --round 1 --part 2/3 -e {name}`")
+    with Store.open(ws) as st:
+        assert st.active_shard(name, 1) is None
+    part(ws, name, "2/3")  # the command it names completes the round
+    assert_same_shard(ws, name)
+
+
+def test_a_corrupt_part_refuses_the_merge(ws):
+    name = paired(ws, "corrupt")
+    part(ws, name, "1/3")
+    part(ws, name, "2/3")
+    path = ws / "experiments" / name / "shards" / "round-0001.v1.part-1-of-3.h5"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    out = part(ws, name, "3/3", code=4)  # the last part tries to join them
+    line = out.stderr.strip()
+    assert line.startswith(f"error: part 1/3 of round 1 (experiments/{name}/shards/"
+                           "round-0001.v1.part-1-of-3.h5) failed its sha256 check")
+    assert line.endswith(f"draw it again with `icl synthesize --round 1 --part 1/3 -e {name}`")
+    with Store.open(ws) as st:
+        assert st.active_shard(name, 1) is None
+        assert [s.name for s in st.steps(name, round=1)].count("synthesize") == 0
+    icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--merge", *COMMON, code=4)
+    part(ws, name, "1/3")  # drawn again, and now the last one: joined
+    assert_same_shard(ws, name)
+
+
+def test_parts_of_other_settings_are_not_joined(ws):
+    name = paired(ws, "mixed")
+    part(ws, name, "1/3", "--max-steps", "10")
+    part(ws, name, "2/3")
+    last = part(ws, name, "3/3")
+    assert "parts 1/3 of round 1 still to draw" in last.stderr  # 1/3 was another config
+    with Store.open(ws) as st:
+        assert st.active_shard(name, 1) is None
+    assert "part 1/3 of round 1" in icl("synthesize", "-w", ws, "-e", name, "-r", 1,
+                                        "--merge", *COMMON, code=3).stderr
+    part(ws, name, "1/3")
+    assert_same_shard(ws, name)
+
+
+def test_a_part_being_drawn_elsewhere_is_refused(ws):
+    name = paired(ws, "claimed")
+    lock = ws / ".icl" / "locks" / f"{name}.part-2-of-3.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = part(ws, name, "2/3", code=5)
+        assert f"part 2/3 of '{name}' is being drawn by another icl process" in out.stderr
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert part_files(ws, name) == []
+    part(ws, name, "2/3")  # free again
+    assert part_files(ws, name) == ["round-0001.v1.part-2-of-3.h5"]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_ranks_split_the_round_by_themselves(ws):
+    name = paired(ws, "ranks")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "icl_cli", "synthesize", "-w", str(ws), "-e", name, "-r", "1", *COMMON],
+        env=env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count(f"'{name}' round 1 shard v1") == 1  # rank 0 alone prints
+    assert_same_shard(ws, name)
+    with Store.open(ws) as st:
+        steps = st.steps(name, round=1)
+    parts = sorted(tuple(s.config["part"]) for s in steps if s.name == "synthesize-part")
+    assert parts == [(1, 2), (2, 2)]  # rank r drew part r+1 of 2
+    assert part_files(ws, name) == []
