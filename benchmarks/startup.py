@@ -6,13 +6,18 @@ as synthesis produces) to a temporary name, fsyncs, renames, hashes it and recor
 the catalog. ``icl --help`` runs in a fresh process (median of 5), beside ``python -c
 pass`` for the interpreter's own start-up on this machine. ``icl status``, ``icl report``
 and ``icl verify`` run in a fresh process each on a three-experiment workspace (baseline,
-ICL-noise, ICL; a tiny net, 2 rounds), and each must not import torch or MLflow.
+ICL-noise, ICL; a tiny net, 2 rounds): each under 0.5 s (verify: plus the time to hash the
+workspace's files), and none may import SQLAlchemy (a SQLite catalog is read with the
+standard library's sqlite3), torch, MLflow, h5py or matplotlib. Each is reported with its
+CPU seconds (the steadier figure on a loaded machine), the interpreter's bare start-up
+measured between its runs, and the load average at the time.
 
     python -m benchmarks.startup [WORKSPACE]   # the read-only commands and --help
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -91,7 +96,8 @@ def run_help(repeats: int = 5) -> Result:
 
 
 READ_ONLY = (["status"], ["report"], ["verify"])  # report: its plot drawn by the first run
-HEAVY = ("torch", "mlflow", "h5py", "matplotlib")  # a read-only command imports none of them
+# A read-only command imports none of them (matplotlib: only to redraw report's plot).
+HEAVY = ("sqlalchemy", "torch", "mlflow", "h5py", "matplotlib")
 
 
 def three_experiments(root: Path) -> Path:
@@ -156,24 +162,38 @@ def run_read_only(repeats: int = 5, ws: Path | None = None) -> list[Result]:
         out = []
         for argv in READ_ONLY:
             cmd = [sys.executable, "-m", "icl_cli", *argv, "-w", str(ws)]
-            times, cpu = _spawn_cpu(cmd, repeats)
+            times, cpu, bare = [], [], []
+            for _ in range(repeats):  # interleaved with the interpreter's bare start-up
+                wall, used = _spawn_cpu(cmd, 1)
+                times += wall
+                cpu += used
+                bare += _spawn([sys.executable, "-c", "pass"], 1)
             heavy = sorted(imported(cmd) & set(HEAVY))
             t = median(times)
             limit = 0.5 + (hashing if argv[0] == "verify" else 0.0)
             out.append(Result(f"icl {argv[0]}", "seconds (fresh process, 3 experiments)", t,
-                              None, "s", t, f"< {limit:.2f} s, no {'/'.join(HEAVY)}",
+                              median(bare), "s", t, f"< {limit:.2f} s, no {'/'.join(HEAVY)}",
                               t < limit and not heavy,
                               {"command": " ".join(cmd), "seconds": times,
-                               "cpu_seconds": cpu,
+                               "cpu_seconds": cpu, "python_c_pass_seconds": bare,
                                "heavy_imports": heavy, "hash_seconds": hashing,
-                               "files": len(files)}))
+                               "files": len(files), "load_average": _load()}))
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS does not say)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def main(argv: list[str]) -> None:
     """``python -m benchmarks.startup [WORKSPACE]``: an existing workspace, or a new one."""
+    print(f"load average {_load()}")
     results = [run_help(), *run_read_only(ws=Path(argv[0]) if argv else None)]
     for r in results:
         d = r.details

