@@ -237,12 +237,13 @@ class ArtifactFiles:
     @contextmanager
     def part_claim(self, experiment: str, round: int, index: int, parts: int) -> Iterator[None]:
         """Hold the claim on part ``index``/``parts`` of an experiment while drawing it
-        (``.icl/locks/<exp>.part-<i>-of-<N>.lock``, an flock: this machine only), so two
-        processes never draw the same part at once: the second gets BusyError."""
+        (``.icl/locks/<exp>@part-<i>-of-<N>.lock``, an flock: this machine only; ``@`` is
+        never in an experiment's name), so two processes never draw the same part at once:
+        the second gets BusyError."""
         from .errors import BusyError
 
         name = self._name(experiment)
-        path = self.root / ICL_DIR / LOCKS_DIR / f"{name}.part-{index}-of-{parts}.lock"
+        path = self.root / ICL_DIR / LOCKS_DIR / f"{name}@part-{index}-of-{parts}.lock"
         with ExitStack() as stack:
             try:  # only the claim itself is rephrased, not a BusyError of the body
                 stack.enter_context(experiment_lock(path, name))

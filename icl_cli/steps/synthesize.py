@@ -189,6 +189,9 @@ def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: 
     changes = changes or SamplerChanges()
     if sum([part is not None, merge, replay]) > 1:
         raise StepError("--part, --merge and --replay are one each: pass only one of them")
+    if merge and force:
+        raise StepError("--merge joins the parts recorded; --force goes with the parts "
+                        "(`--part i/N --force` draws a new version)")
     from icl_cli import distributed
 
     if distributed.from_env().active:

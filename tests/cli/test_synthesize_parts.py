@@ -98,6 +98,10 @@ def test_parts_in_any_order_join_into_the_whole_rounds_shard(ws):
                                         *COMMON).stderr
     with Store.open(ws) as st:
         assert [s.version for s in st.shards(name, 1)] == [1]
+    # One process replays the joined shard bit for bit (blocks recorded in its settings).
+    replay = icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--replay", *COMMON)
+    assert "matches bit for bit" in replay.stdout
+    icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--merge", "--force", *COMMON, code=3)
 
 
 @pytest.mark.parametrize("spec", ["0/3", "4/3", "x", "1/", "/3", "2", "1/0", "-1/3"])
@@ -166,7 +170,7 @@ def test_parts_of_other_settings_are_not_joined(ws):
 
 def test_a_part_being_drawn_elsewhere_is_refused(ws):
     name = paired(ws, "claimed")
-    lock = ws / ".icl" / "locks" / f"{name}.part-2-of-3.lock"
+    lock = ws / ".icl" / "locks" / f"{name}@part-2-of-3.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a+'); "
          "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
