@@ -191,7 +191,8 @@ class ArtifactFiles:
         atomically (a part drawn again replaces its file) and return it with its sha256.
 
         arrays: as for :meth:`write_shard`; attrs: seed, sampler_config, source_checkpoint,
-        row_start, row_stop, round_count. The caller records it (a step-log entry).
+        row_start, row_stop, round_count, draw_seconds, device. The caller records it (a
+        step-log entry).
         """
         name = self._name(experiment)
         data = shard_files.prepare_arrays(arrays)
@@ -201,6 +202,17 @@ class ArtifactFiles:
         atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
         return PartInfo(name, round, version, index, parts, path, sha256_file(path),
                         int(data["samples"].shape[0]))
+
+    def part_on_disk(self, experiment: str, round: int, version: int, index: int,
+                     parts: int) -> tuple[PartInfo, dict[str, Any]] | None:
+        """The part file of that name, if there is one: its PartInfo (sha256 of the bytes
+        there now) and its own attributes (``shards.read_meta``), unchecked."""
+        path = self.part_path(experiment, round, version, index, parts)
+        if not path.is_file():
+            return None
+        meta = shard_files.read_meta(path, self.rel(path))
+        return (PartInfo(self._name(experiment), round, version, index, parts, path,
+                         sha256_file(path), meta["count"]), meta)
 
     def read_part(self, info: PartInfo, expect: dict[str, Any],
                   fix: str) -> dict[str, np.ndarray]:

@@ -22,10 +22,10 @@ Attributes: ``round`` (int), ``version`` (int), ``seed`` (int), ``sampler_config
 
 Parts (``icl synthesize --round t --part i/N``): ``round-0007.v1.part-2-of-3.h5`` beside
 the shards, the same datasets for rows ``row_start:row_stop`` of the round, and the same
-attributes plus ``part_index``, ``part_count``, ``row_start``, ``row_stop`` and
-``round_count`` (the samples of the whole round). A part is not a shard: the catalog has no
-row for it (the step log records it), and the N parts of a round are joined into its shard,
-then removed.
+attributes plus ``part_index``, ``part_count``, ``row_start``, ``row_stop``,
+``round_count`` (the samples of the whole round), ``draw_seconds`` and ``device``. A part
+is not a shard: the catalog has no row for it (the step log records it), and the N parts
+of a round are joined into its shard, then removed.
 
 Reading one with plain h5py::
 
@@ -154,6 +154,9 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
         for name in PART_ATTRS:
             if name in attrs:
                 f.attrs[name] = int(attrs[name])
+        if "draw_seconds" in attrs:  # a part's own note of how it was drawn
+            f.attrs["draw_seconds"] = float(attrs["draw_seconds"])
+            f.attrs["device"] = str(attrs.get("device", ""))
 
 
 def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[str, np.ndarray]:
@@ -231,6 +234,8 @@ def read_meta(path: Path, rel: str) -> dict[str, Any]:
                 "count": int(f["samples"].shape[0]),
                 "created_at": str(a["created_at"]), "experiment": str(a.get("experiment", "")),
                 **{k: int(a[k]) for k in PART_ATTRS if k in a},
+                **({"draw_seconds": float(a["draw_seconds"]), "device": str(a["device"])}
+                   if "draw_seconds" in a else {}),
             }
     except (OSError, ValueError, KeyError) as exc:
         raise IntegrityError(f"shard {rel} is not a readable icl shard ({exc})") from None

@@ -378,20 +378,16 @@ def _intact(store, exp: str, plan: Plan, c: dict) -> bool:
 
 
 def _synthesize_part(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
-                     force: bool, changes: SamplerChanges, index: int, parts: int,
-                     device=None, plan: Plan | None = None, join: bool = True
+                     force: bool, changes: SamplerChanges, index: int, parts: int
                      ) -> SynthesisResult:
-    """Draw part ``index`` of ``parts`` of round t, write and record it; with ``join``,
-    join the round's shard once this part was the last one missing."""
-    device = runtime.apply() if device is None else device
+    """Draw part ``index`` of ``parts`` of round t, write and record it, and join the
+    round's shard when this part was the last one missing."""
+    device = runtime.apply()
     data = experiment_data(exp)
-    if plan is None:
-        with store.lock(exp.name, wait=True):
-            planned = _plan(store, exp, cfg, t, runtime, force, changes,
-                            lambda: data.num_classes)
-        if not isinstance(planned, Plan):
-            return _summary(store, planned, reused=True)
-        plan = planned
+    with store.lock(exp.name, wait=True):
+        plan = _plan(store, exp, cfg, t, runtime, force, changes, lambda: data.num_classes)
+    if not isinstance(plan, Plan):
+        return _summary(store, plan, reused=True)
     rows = part_rows(plan.count, index, parts)
     what = f"{index}/{parts}"
     with store.files.part_claim(exp.name, t, index, parts):
@@ -418,7 +414,7 @@ def _synthesize_part(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime
                                     seconds, device)
             recorded = _recorded_parts(store, exp.name, plan, parts)
             missing = tuple(i for i in range(1, parts + 1) if i not in recorded)
-            shard = _merge(store, exp, plan, parts, runtime) if join and not missing else None
+            shard = None if missing else _merge(store, exp, plan, parts, runtime)
     sc = SamplerConfig.from_dict(plan.sampler)
     summary = _summary_of(exp.name, t, plan.version, arrays, sc.max_steps, seconds, reused,
                           str(info.path))
@@ -432,21 +428,35 @@ def _part_expect(plan: Plan, index: int, parts: int, rows: range) -> dict:
             "row_start": rows.start, "row_stop": rows.stop, "round_count": plan.count}
 
 
-def _record_part(store, exp: str, plan: Plan, index: int, parts: int, rows: range,
-                 arrays, seconds: float, device):
-    """Write the part file, then record it in the step log (the caller holds the lock)."""
+def _write_part(store, exp: str, plan: Plan, index: int, parts: int, rows: range,
+                arrays, seconds: float, device):
+    """The part file, written atomically (not recorded yet)."""
     attrs = {**_shard_attrs(plan), "row_start": rows.start, "row_stop": rows.stop,
-             "round_count": plan.count}
-    info = store.files.write_part(exp, plan.round, plan.version, index, parts, arrays, attrs)
-    record = {"round": plan.round, "part": [index, parts], "rows": [rows.start, rows.stop],
-              "plan": plan.record(), "path": store.rel(info.path), "sha256": info.sha256,
-              "count": info.count, "seconds": seconds, "device": str(device)}
+             "round_count": plan.count, "draw_seconds": seconds, "device": str(device)}
+    return store.files.write_part(exp, plan.round, plan.version, index, parts, arrays, attrs)
+
+
+def _log_part(store, exp: str, plan: Plan, info, rows: range, seconds: float,
+              device: str) -> None:
+    """Record a written part in the step log (the caller holds the lock); a part that
+    could not be recorded is removed, so none is left behind unrecorded."""
+    record = {"round": plan.round, "part": [info.index, info.parts],
+              "rows": [rows.start, rows.stop], "plan": plan.record(),
+              "path": store.rel(info.path), "sha256": info.sha256, "count": info.count,
+              "seconds": seconds, "device": str(device)}
     try:
         with store.step(exp, PART_STEP, plan.round, record):
             pass
     except BaseException:
-        info.path.unlink(missing_ok=True)  # not recorded: not left behind
+        info.path.unlink(missing_ok=True)
         raise
+
+
+def _record_part(store, exp: str, plan: Plan, index: int, parts: int, rows: range,
+                 arrays, seconds: float, device):
+    """Write the part file, then record it in the step log (the caller holds the lock)."""
+    info = _write_part(store, exp, plan, index, parts, rows, arrays, seconds, device)
+    _log_part(store, exp, plan, info, rows, seconds, str(device))
     return info
 
 
@@ -522,44 +532,63 @@ def _merge_command(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
 def _synthesize_ranks(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
                       force: bool, replay: bool, changes: SamplerChanges) -> SynthesisResult:
     """Under torchrun: rank r draws part r+1 of N (N: the world size, or fewer where the
-    round has fewer blocks), rank 0 joins them; a round of one block, and a replay, run on
-    rank 0 alone. Every rank returns rank 0's result; a failure on one rank fails all."""
+    round has fewer blocks) and writes its part file; rank 0, which holds the lock for the
+    whole step, records the parts and joins them. A round of one block, and a replay, run
+    on rank 0 alone. Every rank returns rank 0's result; a failure on one fails all."""
     from icl_cli import distributed
 
     world, device = join_ranks(runtime)
-    num_classes = _num_classes(exp)
+    data = experiment_data(exp)
+    with distributed.main_only(store.lock, exp.name):
+        planned = None if replay else distributed.from_main(lambda: _plan(
+            store, exp, cfg, t, runtime, force, changes, lambda: data.num_classes))
+        if planned is not None and not isinstance(planned, Plan):
+            return distributed.from_main(lambda: _summary(store, planned, reused=True))
+        parts = 1 if planned is None else min(world.size, max(1, -(-planned.count // BLOCK)))
+        if parts == 1:
+            return distributed.from_main(lambda: _synthesize(store, exp, cfg, t, runtime,
+                                                             force, replay, changes))
+        quiet = runtime if world.main else replace(runtime, progress=Progress())
+        error = None
+        if world.rank < parts:
+            try:
+                _part_file(store, exp, cfg, data, planned, world.rank + 1, parts, quiet,
+                           device)
+            except Exception as exc:
+                error = exc
+        distributed.agree(error)
+        return distributed.from_main(lambda: _log_and_merge(store, exp, planned, parts,
+                                                            runtime))
 
-    def plan_on_main():
-        with store.lock(exp.name, wait=True):
-            return _plan(store, exp, cfg, t, runtime, force, changes, num_classes)
 
-    def whole():
-        with store.lock(exp.name, wait=True):
-            return _synthesize(store, exp, cfg, t, runtime, force, replay, changes)
+def _part_file(store, exp, cfg, data, plan: Plan, index: int, parts: int, runtime: Runtime,
+               device) -> None:
+    """A rank's part: drawn and written, unless its recorded file is intact already."""
+    with store.files.part_claim(exp.name, plan.round, index, parts):
+        done = _recorded_parts(store, exp.name, plan, parts).get(index)
+        if done is not None and _intact(store, exp.name, plan, done):
+            return
+        rows = part_rows(plan.count, index, parts)
+        arrays, seconds = _draw_rows(store, exp, cfg, data, plan, runtime, device, rows,
+                                     f"synthesize part {index}/{parts} of round")
+        _write_part(store, exp.name, plan, index, parts, rows, arrays, seconds, device)
 
-    if replay:
-        return distributed.from_main(whole)
-    planned = distributed.from_main(plan_on_main)
-    if not isinstance(planned, Plan):
-        return distributed.from_main(lambda: _summary(store, planned, reused=True))
-    parts = min(world.size, max(1, -(-planned.count // BLOCK)))
-    if parts == 1:
-        return distributed.from_main(whole)
-    quiet = runtime if world.main else replace(runtime, progress=Progress())
-    error = None
-    if world.rank < parts:
-        try:
-            _synthesize_part(store, exp, cfg, t, quiet, force, changes, world.rank + 1, parts,
-                             device=device, plan=planned, join=False)
-        except Exception as exc:
-            error = exc
-    distributed.agree(error)
 
-    def join_on_main() -> SynthesisResult:
-        with store.lock(exp.name, wait=True):
-            return _merge(store, exp, planned, parts, runtime)
-
-    return distributed.from_main(join_on_main)
+def _log_and_merge(store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:
+    """Rank 0: record the parts the ranks wrote (from their files' own attributes; the
+    join checks them against the plan), then join them."""
+    recorded = _recorded_parts(store, exp.name, plan, parts)
+    for i in range(1, parts + 1):
+        if i in recorded and _intact(store, exp.name, plan, recorded[i]):
+            continue
+        found = store.files.part_on_disk(exp.name, plan.round, plan.version, i, parts)
+        if found is None:
+            raise StepError(f"part {i}/{parts} of round {plan.round} of '{exp.name}' was not "
+                            "written by its rank: run the command again")
+        info, meta = found
+        _log_part(store, exp.name, plan, info, part_rows(plan.count, i, parts),
+                  meta.get("draw_seconds", 0.0), meta.get("device", ""))
+    return _merge(store, exp, plan, parts, runtime)
 
 
 # --------------------------------------------------------------------------- summaries
