@@ -138,9 +138,13 @@ def _spawn_cpu(cmd: list[str], repeats: int) -> tuple[list[float], list[float]]:
 
 
 def imported(cmd: list[str]) -> set[str]:
-    """Top-level modules a fresh process imports to run ``cmd`` (``-X importtime``)."""
+    """Top-level modules a fresh ``python CMD...`` imports (``-X importtime``); ``cmd`` is
+    the interpreter's arguments, e.g. ``["-m", "icl_cli", "status"]``."""
     res = subprocess.run([sys.executable, "-X", "importtime", *cmd], capture_output=True,
                          text=True)
+    if res.returncode != 0:  # a command that failed early says nothing of what it imports
+        tail = [ln for ln in res.stderr.splitlines() if not ln.startswith("import time:")]
+        raise RuntimeError(f"python {' '.join(cmd)} exited {res.returncode}: {tail[-1:]}")
     return {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines()
             if line.startswith("import time:") and "|" in line}
 
@@ -168,7 +172,7 @@ def run_read_only(repeats: int = 5, ws: Path | None = None) -> list[Result]:
                 times += wall
                 cpu += used
                 bare += _spawn([sys.executable, "-c", "pass"], 1)
-            heavy = sorted(imported(cmd) & set(HEAVY))
+            heavy = sorted(imported(cmd[1:]) & set(HEAVY))  # cmd without the interpreter
             t = median(times)
             limit = 0.5 + (hashing if argv[0] == "verify" else 0.0)
             out.append(Result(f"icl {argv[0]}", "seconds (fresh process, 3 experiments)", t,

@@ -97,6 +97,58 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def coerce_without_pydantic() -> bool:
+    """Let Typer coerce flags and plain ``Path`` options (``--json``, ``--workspace``)
+    without importing pydantic; True if installed (once per process).
+
+    Typer 0.2x builds a pydantic TypeAdapter for every option it processes, even a flag
+    left at its default, and importing pydantic costs ~0.15 s: a third of ``icl status``,
+    whose options are a flag and ``--workspace``. Here a ``bool`` option's value that is
+    already a bool is kept, and a ``Path`` option's string becomes ``Path(value)`` (what the
+    adapter does) and then goes through Typer's own path check (``coerce_cli_path``:
+    exists, resolve_path...). Every other value, and every other type, still goes to
+    Typer's adapter, built when first needed. Under a Typer without these internals,
+    nothing changes.
+    """
+    try:
+        from typer._coercion import RuntimeParam, build_runtime_param
+        from typer._param_types import coerce_cli_path
+        from typer.core import _TyperParameter
+    except ImportError:
+        return False
+    typer_own = _TyperParameter.get_runtime_param
+    if getattr(typer_own, "icl_light", False):
+        return True
+
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    @dataclass(frozen=True)
+    class LightParam(RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if self.annotation is bool and isinstance(value, bool):
+                return value
+            if self.annotation is Path and isinstance(value, str | Path):
+                return coerce_cli_path(Path(value), self.parameter_info, path_type=Path,
+                                       param=param, ctx=ctx)
+            full = build_runtime_param(param.type_descriptor)  # pydantic, now needed
+            return full._coerce_value(value, param=param, ctx=ctx)
+
+    def get_runtime_param(self: Any) -> Any:
+        desc = getattr(self, "type_descriptor", None)
+        info = getattr(desc, "parameter_info", None)
+        if (self._runtime_param is None and desc is not None
+                and desc.annotation in (bool, Path) and desc.file_annotation is None
+                and getattr(info, "parser", 1) is None
+                and getattr(info, "path_type", 1) is None):
+            self._runtime_param = LightParam(parameter_info=info, annotation=desc.annotation)
+        return typer_own(self)
+
+    get_runtime_param.icl_light = True
+    _TyperParameter.get_runtime_param = get_runtime_param
+    return True
+
+
 class OneLineErrors(TyperGroup):
     """The app's click group: every way out is one line on stderr and a documented code.
 
@@ -107,6 +159,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
+        coerce_without_pydantic()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         _reported.clear()

@@ -1,6 +1,7 @@
 """benchmarks/startup.py's read-only check: which modules a fresh ``icl status``, ``icl
-report`` and ``icl verify`` import (none of SQLAlchemy, torch, MLflow, h5py, matplotlib),
-on a small workspace recorded through the store (no training: seconds)."""
+report`` and ``icl verify`` import (none of SQLAlchemy, torch, MLflow, h5py, matplotlib,
+nor Typer's pydantic), on a small workspace recorded through the store (no training:
+seconds); flags and paths coerced without pydantic exactly as Typer's adapter does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.startup import HEAVY, READ_ONLY, imported
+from icl_cli.ui import coerce_without_pydantic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_imported_names_the_top_level_modules_a_command_loads():
     found = imported(["-c", "import json.decoder, email.utils"])
     assert {"json", "email"} <= found and "torch" not in found
+    with pytest.raises(RuntimeError, match="exited 3"):  # a failed command proves nothing
+        imported(["-c", "import sys; sys.exit(3)"])
 
 
 @pytest.fixture
@@ -48,4 +52,27 @@ def test_the_read_only_commands_import_nothing_heavy(workspace, monkeypatch):
                *(["--no-plot"] if argv == ["report"] else [])]
         done = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
         assert done.returncode == 0, (argv, done.stderr)
-        assert sorted(imported(cmd) & set(HEAVY)) == [], argv
+        found = imported(cmd)
+        assert sorted(found & set(HEAVY)) == [], argv
+        assert "pydantic" not in found or not coerce_without_pydantic(), argv
+
+
+def test_flags_and_paths_coerce_as_typer_does_without_pydantic():
+    import typer.main
+
+    from icl_cli.app import app
+
+    if not coerce_without_pydantic():
+        pytest.skip("this Typer coerces without pydantic adapters of its own")
+    from typer._coercion import build_runtime_param
+
+    status = typer.main.get_command(app).commands["status"]
+    params = {p.name: p for p in status.params}
+    for name, values in (("workspace", ["", "a b", "~/x", "/tmp", Path("/tmp")]),
+                         ("json", [True, False, "true", "0"])):
+        param = params[name]
+        light = param.get_runtime_param()
+        assert type(light).__name__ == "LightParam", name
+        for value in values:
+            typers = build_runtime_param(param.type_descriptor).coerce(value, param, None)
+            assert light.coerce(value, param, None) == typers, (name, value)
