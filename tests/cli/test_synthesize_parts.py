@@ -129,7 +129,18 @@ def test_a_missing_part_refuses_the_merge(ws):
         f"settings): run `icl synthesize --round 1 --part 2/3 -e {name}`")
     with Store.open(ws) as st:
         assert st.active_shard(name, 1) is None
-    part(ws, name, "2/3")  # the command it names completes the round
+    # A recorded part whose file is gone is missing too (exit 3), named with its command.
+    (ws / "experiments" / name / "shards" / "round-0001.v1.part-3-of-3.h5").unlink()
+    out = icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--merge", *COMMON, code=3)
+    assert out.stderr.strip() == (
+        f"error: part 2/3 of round 1 of '{name}' is missing (not drawn, or drawn for other "
+        f"settings): run `icl synthesize --round 1 --part 2/3 -e {name}`")
+    # The command it names records part 2; its join then finds part 3's file gone.
+    out = part(ws, name, "2/3", code=3)
+    assert out.stderr.strip() == (
+        f"error: part 3/3 of round 1 (experiments/{name}/shards/round-0001.v1.part-3-of-3.h5)"
+        f" is missing: draw it again with `icl synthesize --round 1 --part 3/3 -e {name}`")
+    part(ws, name, "3/3")  # which completes the round
     assert_same_shard(ws, name)
 
 
