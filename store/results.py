@@ -83,6 +83,7 @@ class Results:
         if not isinstance(method, str) or not 0 < len(method) <= 16:
             raise StoreError(f"attack method must be a name of 1 to 16 characters, got {method!r}")
         config_hash(params or {})  # plain JSON data, or a one-line StoreError
+
         from sqlalchemy import select
 
         from .orm import Attack
