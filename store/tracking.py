@@ -37,7 +37,8 @@ import sqlite3
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,11 @@ def _give_up(tracking_uri: str, exc: Exception) -> None:
     if _failure is not None:
         return
     _failure = _reason(exc)
-    if os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri:
+    from .workspace import says_disk_full
+
+    if says_disk_full(exc):
+        fix = "free some space: the next icl run or init logs what MLflow missed"
+    elif os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri:
         fix = "check MLFLOW_TRACKING_URI, or pass --no-mlflow"
     else:  # the workspace's own mlflow.db: damaged, locked, unwritable...
         fix = "check or move away that file, or pass --no-mlflow"
@@ -175,6 +180,7 @@ class Tracker(NullTracker):
 
     new_run_params: Mapping[str, Any] | None = None
     open_steps: int = 0
+    _fresh = False  # this tracker made the run, and no sync has said so yet
 
     def __init__(
         self,
@@ -210,11 +216,12 @@ class Tracker(NullTracker):
             _give_up(self.tracking_uri, exc)
 
     def _connect(self) -> None:
-        self._client = _import_mlflow()(tracking_uri=self.tracking_uri)
         self._own = _own_db(self.tracking_uri, self._where[0])
         try:
             if self._own is not None:
                 self._open_own_db(self._own)
+            else:
+                self._client = _import_mlflow()(tracking_uri=self.tracking_uri)
             self._run_id, self._status = self._resolve_run(*self._where)
         except BaseException:
             self._client = None
@@ -224,18 +231,29 @@ class Tracker(NullTracker):
 
     def _open_own_db(self, db: Path) -> None:
         """Open the workspace's ``mlflow.db``: made again if its creation was cut short
-        and it holds no run; its artifact locations pointed at this workspace."""
-        try:
-            self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)  # creates, upgrades
-        except Exception:
-            if not _unfinished(db):
+        and it holds no run; its artifact locations pointed at this workspace. One icl
+        process at a time (an flock on its folder): MLflow's own creation of the file is
+        not safe against a second process doing the same, and a file made again must be
+        one that nobody is making."""
+        with _folder_lock(db.parent):
+            self._open_own_db_locked(db)
+
+    def _open_own_db_locked(self, db: Path) -> None:
+        client = _import_mlflow()
+        try:  # the client creates (or upgrades) the file's tables, now or on first use
+            self._client = client(tracking_uri=self.tracking_uri)
+            self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        except Exception as exc:
+            from .workspace import says_disk_full
+
+            if says_disk_full(exc) or not _unfinished(db):  # (full: made again next time)
                 raise
             for leftover in (db, *(db.with_name(db.name + s) for s in ("-journal", "-wal",
                                                                        "-shm"))):
                 leftover.unlink(missing_ok=True)
             print(f"note: {db} was left half-made (its creation was cut short, e.g. by a "
                   "full disk) and held no run: made again", file=sys.stderr, flush=True)
-            self._client = _import_mlflow()(tracking_uri=self.tracking_uri)
+            self._client = client(tracking_uri=self.tracking_uri)
             self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)
         _rebase(db, self._where[0])
 
@@ -282,6 +300,7 @@ class Tracker(NullTracker):
         if winner != run.info.run_id:
             client.delete_run(run.info.run_id)
             return winner, None
+        self._fresh = True
         if self.new_run_params:
             self._run_id = winner
             self._log_params(self.new_run_params)
@@ -370,12 +389,12 @@ class Tracker(NullTracker):
         self._safely(log)
 
     def sync(self, params: Mapping[str, Any], points: Mapping[tuple[str, int], float]
-             ) -> tuple[int, list[int]] | None:
+             ) -> tuple[int, list[int], bool] | None:
         """Log the ``params`` and the ``{(metric, step): value}`` points that the run does
         not hold yet (a metric whose latest value at that step differs counts as missing).
-        Returns (params logged, the step of each metric value logged), or None when
-        tracking is off."""
-        done: list[tuple[int, list[int]]] = []
+        Returns (params logged, the step of each metric value logged, whether the run is
+        new: made by this tracker since the last sync), or None when tracking is off."""
+        done: list[tuple[int, list[int], bool]] = []
 
         def log() -> None:
             from mlflow.entities import Metric, Param
@@ -392,7 +411,9 @@ class Tracker(NullTracker):
                 self._client.log_batch(self._run_id, metrics=missing[i : i + 1000])
             if params_ or missing:
                 self._logged()
-            done.append((len(params_), [m.step for m in missing]))
+            fresh, self._fresh = self._fresh, False
+            made = len(flatten(self.new_run_params or {})) if fresh else 0
+            done.append((made + len(params_), [m.step for m in missing], fresh))
 
         self._safely(log)
         return done[0] if done else None
@@ -424,18 +445,46 @@ def _own_db(tracking_uri: str, artifact_location: str) -> Path | None:
     return db if named and db.parent == artifacts.parent else None
 
 
+@contextmanager
+def _folder_lock(folder: Path, timeout: float = 60.0) -> Iterator[None]:
+    """An exclusive flock on ``folder`` (waiting up to ``timeout`` s, then going on
+    without it: tracking must not hang a step)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    break
+                time.sleep(0.05)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
 def _unfinished(db: Path) -> bool:
-    """True if ``db`` is an SQLite file whose schema creation stopped half-way (Alembic's
-    ``_alembic_tmp_*`` tables left over) and that holds no MLflow run."""
+    """True if ``db`` is an SQLite file (one MLflow failed to open: its creation stopped
+    half-way, leaving e.g. "table _alembic_tmp_jobs already exists" or "table secrets
+    already exists" ever after) that holds no MLflow run and no registered model."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     except sqlite3.Error:
         return False
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not any(t.startswith("_alembic_tmp_") for t in tables):
-            return False
-        return "runs" not in tables or con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+        return all(t not in tables or not con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
+                   for t in ("runs", "registered_models"))
     except sqlite3.Error:
         return False
     finally:
@@ -503,11 +552,14 @@ def sync_from_catalog(store, experiments: list[str] | None = None) -> list[str]:
             if _failure is not None:
                 lines.append(f"{exp.name}: not re-logged, MLflow tracking failed ({_failure})")
             continue
-        n_params, steps = counts
+        n_params, steps, fresh = counts
         if n_params or steps:
-            span = f" (rounds {min(steps)}-{max(steps)})" if steps else ""
+            first, last = (min(steps), max(steps)) if steps else (None, None)
+            span = ("" if not steps else f" (round {first})" if first == last
+                    else f" (rounds {first}-{last})")
+            run = f"{'a new ' if fresh else ''}MLflow run {tracker.run_id}"
             lines.append(f"{exp.name}: re-logged {n_params} params and {len(steps)} metric "
-                         f"values{span} into MLflow run {tracker.run_id}")
+                         f"values{span} into {run}")
     return lines
 
 

@@ -200,7 +200,7 @@ def free_bytes(folder: Path) -> int | None:
     return blocks * st.f_frsize
 
 
-def _says_full(exc: BaseException) -> bool:
+def says_disk_full(exc: BaseException) -> bool:
     """True if ``exc`` or one of its causes says the disk is full."""
     seen = 0
     while exc is not None and seen < 20:
@@ -222,7 +222,7 @@ def no_space(folder: Path | None, exc: BaseException | None = None) -> DiskFull 
     low = free is not None and free < FREE_FLOOR
     if exc is None and not low:
         return None
-    if exc is not None and not _says_full(exc) and not (
+    if exc is not None and not says_disk_full(exc) and not (
             low and type(exc) in (OSError, RuntimeError, CatalogUnusable)):
         return None
     where = "" if folder is None else f" of {folder}"

@@ -207,3 +207,183 @@ def test_steps_and_null_trackers_never_import_mlflow(tmp_path):
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# ------------------------------------------------ a moved workspace, a lost mlflow.db
+
+
+def _all_files(root) -> dict:
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_copied_workspace_logs_artifacts_into_itself(store, tmp_path, monkeypatch):
+    """MLflow records its artifact location as an absolute path: after ``cp -a`` the copy
+    must point it at itself, never write into the original (nor after ``mv`` outside)."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(tracking_mod, "_failure", None)
+    fig = tmp_path / "round-0001.png"
+    fig.write_bytes(b"\x89PNG one")
+    store.tracker("icl").log_artifact(fig)
+    store.close()
+    copy = tmp_path / "copy"
+    shutil.copytree(store.root, copy, symlinks=True)
+    before = _all_files(store.root)
+
+    with Store.open(copy) as st:
+        fig.write_bytes(b"\x89PNG two")
+        st.tracker("icl").log_artifact(fig, "later")
+        run_id = st.experiment("icl").mlflow_run_id
+    assert _all_files(store.root) == before  # the original, byte for byte
+    client = MlflowClient(tracking_uri=f"sqlite:///{copy}/.icl/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri == (copy / ".icl" / "mlartifacts").as_uri() + \
+        f"/{run_id}/artifacts"
+    assert client.get_experiment_by_name("icl").artifact_location == \
+        (copy / ".icl" / "mlartifacts").as_uri()
+    got = copy / ".icl" / "mlartifacts" / run_id / "artifacts"
+    assert (got / "round-0001.png").read_bytes() == b"\x89PNG one"
+    assert (got / "later" / "round-0001.png").read_bytes() == b"\x89PNG two"
+
+
+def test_a_location_the_user_chose_is_left_alone(tmp_path, monkeypatch):
+    """Only the workspace's own mlflow.db is re-pointed: a tracking URI of the user's
+    (another file, a server) keeps the locations it has."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(tracking_mod, "_failure", None)
+    uri = f"sqlite:///{tmp_path}/mine.db"
+    MlflowClient(tracking_uri=uri).create_experiment("icl", artifact_location="file:///x/y")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with Store.init(tmp_path / "ws") as st:
+        st.create_experiment("icl", {"method": "icl"})
+        assert st.tracker("icl").run_id
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("icl").artifact_location \
+        == "file:///x/y"
+
+
+def _record(st: Store) -> None:
+    """What the measuring steps record in the catalog (no MLflow call)."""
+    st.record_evaluation("icl", 0, "test", 0.25, [0.25] * 10, 100)
+    st.record_evaluation("icl", 1, "test", 0.125, [0.125] * 10, 100)
+    st.record_evaluation("icl", 1, "val", 0.5, [0.5] * 10, 10)
+    st.record_metrics("icl", 1, {"test_nll": 0.75, "ece_bins": 15.0, "grad_norm_max": 3.5,
+                                 "never_passed": float("nan")})
+    st.create_experiment("base", {"method": "baseline", "seed": 0})
+    st.record_attack("icl", 1, "base", 1, 0.1, {"a_made": [80, 30, 20],
+                                                "b_made": [70, 40, 10], "n": 100})
+    st.record_attack("icl", 1, "base", 1, 0.05, {"a_made": [80, 10, 5],
+                                                 "b_made": [70, 20, 8], "n": 100},
+                     method="pgd", params={"steps": 10})
+
+
+def test_sync_from_catalog_relogs_what_mlflow_missed(store, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from store.tracking import catalog_points, sync_from_catalog
+
+    monkeypatch.setattr(tracking_mod, "_failure", None)
+    _record(store)
+    points = catalog_points(store, "icl")
+    assert points == {  # the names the steps log (evaluate.py), by hand
+        ("test_error", 0): 25.0, ("test_error", 1): 12.5, ("val_error", 1): 50.0,
+        ("test_nll", 1): 0.75, ("grad_norm_max", 1): 3.5,  # NaN (kept as NULL) skipped
+        ("fgsm_fool_self", 1): 30, ("fgsm_fool_other", 1): 20,
+        ("fgsm_robust_accuracy", 1): 0.5,
+        ("pgd_eps0.05_fool_self", 1): 10, ("pgd_eps0.05_fool_other", 1): 5,
+        ("pgd_eps0.05_robust_accuracy", 1): 0.7,
+    }
+    lines = sorted(sync_from_catalog(store), reverse=True)  # icl, base
+    run_id = store.experiment("icl").mlflow_run_id
+    assert lines == [f"icl: re-logged 2 params and 11 metric values (rounds 0-1) into a "
+                     f"new MLflow run {run_id}",  # (the params: as the run was made)
+                     f"base: re-logged 2 params and 0 metric values into a new MLflow run "
+                     f"{store.experiment('base').mlflow_run_id}"]
+    client = MlflowClient(tracking_uri=store.tracking_uri)
+    run = client.get_run(run_id)
+    assert run.data.params == {"method": "icl", "seed": "0"}
+    held = {(k, m.step): m.value for k in {k for k, _ in points}
+            for m in client.get_metric_history(run_id, k)}
+    assert held == points
+    assert run.info.status == "FINISHED"
+    assert sync_from_catalog(store) == []  # idempotent: nothing is logged twice
+    assert len(client.get_metric_history(run_id, "test_error")) == 2
+
+    # A round evaluated again: only the changed value is logged, and it reads latest.
+    store.record_evaluation("icl", 1, "test", 0.0625, [0.0625] * 10, 100)
+    assert sync_from_catalog(store, ["icl"]) == [
+        f"icl: re-logged 0 params and 1 metric values (round 1) into MLflow run {run_id}"]
+    assert client.get_run(run_id).data.metrics["test_error"] == 6.25
+
+
+def test_sync_after_mlflow_lost_the_run_makes_one_with_everything(store, monkeypatch):
+    """mlflow.db deleted (or MLFLOW_TRACKING_URI switched): the catalog names a run that
+    MLflow does not have; the sync makes a new one holding the config and every metric."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from store.tracking import catalog_points, sync_from_catalog
+
+    monkeypatch.setattr(tracking_mod, "_failure", None)
+    _record(store)
+    con = sqlite3.connect(store.root / ".icl" / "catalog.db")
+    with con:
+        con.execute("UPDATE experiments SET mlflow_run_id = ?", ("0" * 32,))
+    con.close()
+    lines = sorted(sync_from_catalog(store))  # base, icl
+    new = store.experiment("icl").mlflow_run_id
+    assert new != "0" * 32
+    assert lines[1] == f"icl: re-logged 2 params and 11 metric values (rounds 0-1) into a " \
+        f"new MLflow run {new}"
+    client = MlflowClient(tracking_uri=store.tracking_uri)
+    run = client.get_run(new)
+    assert run.data.params == {"method": "icl", "seed": "0"}
+    assert run.data.metrics == {k: v for (k, t), v in catalog_points(store, "icl").items()
+                                if t == 1}  # the latest value of each: round 1's
+    assert sync_from_catalog(store) == []
+
+
+def test_a_half_made_mlflow_db_is_made_again(store, monkeypatch, capfd):
+    """A full disk cut MLflow's creation of mlflow.db short: every later open failed with
+    "table _alembic_tmp_... already exists". A file holding no run is made again."""
+    import sqlite3
+
+    monkeypatch.setattr(tracking_mod, "_failure", None)
+    db = store.root / ".icl" / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE _alembic_tmp_experiments (x)")  # as the cut-short upgrade
+    con.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, x)")
+    con.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    con.commit()
+    con.close()
+    t = store.tracker("icl")
+    t.log_metrics({"test_error": 1.0}, step=0)
+    assert t.run_id and tracking_mod._failure is None
+    err = capfd.readouterr().err
+    assert "was left half-made" in err and "warning" not in err
+
+
+def test_a_damaged_mlflow_db_with_runs_is_never_deleted(store, monkeypatch, capfd):
+    import sqlite3
+
+    monkeypatch.setattr(tracking_mod, "_failure", None)
+    db = store.root / ".icl" / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE _alembic_tmp_experiments (x)")
+    con.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, x)")
+    con.execute("CREATE TABLE runs (run_uuid TEXT)")
+    con.execute("INSERT INTO runs VALUES ('a run of the user')")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    store.tracker("icl").log_metrics({"test_error": 1.0}, step=0)
+    assert tracking_mod._failure is not None  # tracking off, one warning
+    assert db.read_bytes() == before
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: MLflow tracking at ")

@@ -77,6 +77,78 @@ def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path):
     assert target.read_bytes() == b"old"
 
 
+def test_a_full_disk_during_a_write_is_one_line_and_leaves_nothing(tmp_path):
+    import errno
+
+    from store.workspace import DiskFull
+
+    target = tmp_path / "d" / "f.bin"
+
+    def enospc(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(DiskFull) as info:
+        atomic_write(target, enospc)
+    msg = str(info.value)
+    assert msg.startswith(f"no space left on the device of {target.parent} (")
+    assert "KiB free): free some space, then run the command again" in msg
+    assert "\n" not in msg and isinstance(info.value, StoreError)  # one line; exit 3 today
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_disk_under_1_mib_free_is_full_before_anything_is_written(tmp_path, monkeypatch):
+    """HDF5 crashes (segfault at exit) when it meets ENOSPC, so a write is refused up
+    front when the file system has under 1 MiB left."""
+    from store import workspace
+    from store.workspace import DiskFull
+
+    monkeypatch.setattr(workspace, "free_bytes", lambda folder: 512 * 1024)
+    called = []
+    with pytest.raises(DiskFull, match=r"\(512 KiB free\)"):
+        atomic_write(tmp_path / "f.bin", called.append)
+    assert called == [] and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(workspace, "free_bytes", lambda folder: 2 << 20)
+    atomic_write(tmp_path / "f.bin", lambda tmp: tmp.write_bytes(b"ok"))
+    assert (tmp_path / "f.bin").read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize("free", [512 * 1024, 10 << 30])
+def test_no_space_tells_a_full_disk_from_other_failures(tmp_path, monkeypatch, free):
+    import errno
+
+    from store import CatalogUnusable, workspace
+    from store.workspace import no_space
+
+    monkeypatch.setattr(workspace, "free_bytes", lambda folder: free)
+    low = free < (1 << 20)
+    sqlite_full = sqlite3.OperationalError("database or disk is full")
+    wrapped = CatalogUnusable("cannot use the workspace catalog: disk I/O error")
+    h5py_text = RuntimeError("Can't decrement id ref count (file write failed: errno = 28, "
+                             "error message = 'No space left on device')")
+    for exc, full in [
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+        (sqlite_full, True),
+        (h5py_text, True),
+        (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+         low),  # torch says nothing of the cause: the free space does
+        (wrapped, low),  # SQLite's "disk I/O error" when its WAL cannot grow
+        (PermissionError(errno.EACCES, "Permission denied"), False),
+        (StoreError("invalid experiment name 'a/b'"), False),
+        (ValueError("diverged"), False),
+    ]:
+        assert (no_space(tmp_path, exc) is not None) is full, (exc, free)
+    try:  # a cause further down the chain counts too
+        try:
+            raise sqlite_full
+        except sqlite3.OperationalError as inner:
+            raise StoreError("cannot use the workspace catalog") from inner
+    except StoreError as outer:
+        assert no_space(tmp_path, outer) is not None
+    assert (no_space(tmp_path) is not None) is low
+
+
 def test_init_is_idempotent_and_open_checks_schema(tmp_path):
     st = Store.init(tmp_path / "ws")
     st.create_experiment("icl", {"a": 1})
