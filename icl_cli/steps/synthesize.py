@@ -549,29 +549,35 @@ def _synthesize_ranks(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtim
             return distributed.from_main(lambda: _synthesize(store, exp, cfg, t, runtime,
                                                              force, replay, changes))
         quiet = runtime if world.main else replace(runtime, progress=Progress())
-        error = None
+        error, written = None, None
         if world.rank < parts:
             try:
-                _part_file(store, exp, cfg, data, planned, world.rank + 1, parts, quiet,
-                           device)
+                written = _part_file(store, exp, cfg, data, planned, world.rank + 1, parts,
+                                     quiet, device)
             except Exception as exc:
                 error = exc
-        distributed.agree(error)
+        try:
+            distributed.agree(error)
+        except BaseException:
+            if written is not None:  # not recorded: not left behind
+                written.path.unlink(missing_ok=True)
+            raise
         return distributed.from_main(lambda: _log_and_merge(store, exp, planned, parts,
                                                             runtime))
 
 
 def _part_file(store, exp, cfg, data, plan: Plan, index: int, parts: int, runtime: Runtime,
-               device) -> None:
-    """A rank's part: drawn and written, unless its recorded file is intact already."""
+               device):
+    """A rank's part: drawn and written (its PartInfo), unless its recorded file is intact
+    already (None)."""
     with store.files.part_claim(exp.name, plan.round, index, parts):
         done = _recorded_parts(store, exp.name, plan, parts).get(index)
         if done is not None and _intact(store, exp.name, plan, done):
-            return
+            return None
         rows = part_rows(plan.count, index, parts)
         arrays, seconds = _draw_rows(store, exp, cfg, data, plan, runtime, device, rows,
                                      f"synthesize part {index}/{parts} of round")
-        _write_part(store, exp.name, plan, index, parts, rows, arrays, seconds, device)
+        return _write_part(store, exp.name, plan, index, parts, rows, arrays, seconds, device)
 
 
 def _log_and_merge(store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:

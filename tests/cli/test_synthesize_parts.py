@@ -214,3 +214,27 @@ def test_torchrun_ranks_split_the_round_by_themselves(ws):
     parts = sorted(tuple(s.config["part"]) for s in steps if s.name == "synthesize-part")
     assert parts == [(1, 2), (2, 2)]  # rank r drew part r+1 of 2
     assert part_files(ws, name) == []
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_rank_killed_while_drawing_fails_every_rank_and_records_nothing(ws):
+    name = paired(ws, "killed")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", str(Path(__file__).with_name("synth_entry.py")), "synthesize", "-w", str(ws),
+         "-e", name, "-r", "1", *COMMON], env={**env(), "ICL_TEST_KILL_RANK": "1"},
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    # Rank 0's one line: the lost peer, or torchrun's SIGTERM if that came first.
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert "another rank stopped during the step" in errors[0] or \
+        errors[0].startswith("error: terminated (SIGTERM)"), errors
+    with Store.open(ws) as st:
+        assert st.active_shard(name, 1) is None
+        assert [s.name for s in st.steps(name, round=1)] == []
+    assert part_files(ws, name) == []  # rank 0's part was not recorded: removed
+    assert "workspace consistent" in icl("verify", "-w", ws).stdout
+    part(ws, name, "1/1")  # the lock went with the step
+    assert_same_shard(ws, name)

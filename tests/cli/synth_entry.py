@@ -1,0 +1,19 @@
+"""torchrun entry for test_synthesize_parts.py: the ``icl`` command line, where rank
+``ICL_TEST_KILL_RANK`` kills itself (SIGKILL) as it starts drawing its part."""
+
+import os
+import signal
+import sys
+
+from icl_cli.app import main
+from icl_cli.steps import synthesize
+
+if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
+    def dying(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    synthesize.synthesize = dying
+
+if __name__ == "__main__":
+    sys.argv[0] = "icl"
+    main()
