@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from icl_cli.config import ExperimentConfig
-from icl_cli.steps.common import Runtime, StepError, dataset, experiment_data
+from icl_cli.config import ExperimentConfig, check_sampler_fits
+from icl_cli.steps.common import Runtime, StepError, dataset, experiment_data, new_model
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
 from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round
@@ -92,15 +92,24 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
                              for k in SHARED})
         data = experiment_data(parent)  # the parent's images, checked against its record
+        _check_count(cfg, data, runtime)
     else:
         parent = parent_round = None
         cfg = compose(overrides)
         data = dataset(cfg)  # a missing or broken data folder fails here, before any write
+        _check_count(cfg, data, runtime)
         with disk_full_as_one_line(None):
             store = open_store()
     # A full disk on the way is one line (DiskFull); the next `icl init` finishes the job.
     with disk_full_as_one_line(store.root):
         return _create(store, name, cfg, data, parent, parent_round, runtime, from_)
+
+
+def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
+    """A ``--count`` whose synthesis batch cannot fit in memory: refused before any work."""
+    if cfg.method != "baseline":
+        check_sampler_fits(cfg.sampler, lambda: new_model(cfg, data), data.num_classes,
+                           data.shape, runtime.torch_device(), cfg.model.arch)
 
 
 def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,

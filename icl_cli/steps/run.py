@@ -6,8 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from icl_cli.config import ExperimentConfig, SamplerChanges, TrainChanges
-from icl_cli.steps.common import Runtime, StepError, release_freed_memory
+from icl_cli.config import ExperimentConfig, SamplerChanges, TrainChanges, check_sampler_fits
+from icl_cli.steps.common import (
+    Runtime,
+    StepError,
+    dataset,
+    new_model,
+    release_freed_memory,
+)
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.reclassify import train_round
@@ -41,7 +47,13 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     if rounds < 0:
         raise StepError(f"--rounds must be >= 0, got {rounds}")
     exp = store.experiment(name)
-    runtime.apply()
+    device = runtime.apply()
+    cfg = ExperimentConfig.from_dict(exp.config)
+    if cfg.method != "baseline" and rounds > 0:  # a --count that cannot fit: refused now
+        data = dataset(cfg)  # (its fingerprint is checked by each step, under the lock)
+        check_sampler_fits((sampler or SamplerChanges()).apply(cfg.sampler),
+                           lambda: new_model(cfg, data), data.num_classes, data.shape, device,
+                           cfg.model.arch)
     # One lock for the whole loop: a second `icl run` of this experiment gets BusyError
     # at once instead of interleaving its steps with ours.
     # The MLflow run stays RUNNING for the whole loop and ends as the command does
