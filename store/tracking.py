@@ -248,6 +248,7 @@ class Tracker(NullTracker):
 
             if says_disk_full(exc) or not _unfinished(db):  # (full: made again next time)
                 raise
+            _forget_engine(self.tracking_uri)  # MLflow keeps one per URI, on the old file
             for leftover in (db, *(db.with_name(db.name + s) for s in ("-journal", "-wal",
                                                                        "-shm"))):
                 leftover.unlink(missing_ok=True)
@@ -471,6 +472,19 @@ def _folder_lock(folder: Path, timeout: float = 60.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def _forget_engine(tracking_uri: str) -> None:
+    """Drop MLflow's cached SQLAlchemy engine of ``tracking_uri`` (its pooled connections
+    would go on using a file deleted under them); a no-op where MLflow keeps none."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:
+        return
+    engines = getattr(SqlAlchemyStore, "_engine_map", None)
+    engine = engines.pop(tracking_uri, None) if isinstance(engines, dict) else None
+    if engine is not None:
+        engine.dispose()
 
 
 def _unfinished(db: Path) -> bool:

@@ -1,0 +1,96 @@
+"""Running out of a resource: a --count whose batch cannot fit in memory is refused up
+front; a full disk is one line, and the retry, once there is space, finishes the job
+(MLflow included)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from relkit import COMMON, INIT, TINY, icl, one_line, rows, run_child, snapshot
+
+import icl_cli.config
+from icl_cli.config import sampler_bytes
+
+
+def test_the_sampler_estimate_by_hand():
+    # 20 samples of 3136 bytes (MNIST, float32), 18984 bytes of activations each:
+    # 20 * (10 * 3136 + 1.5 * 18984) = 20 * 59836
+    assert sampler_bytes(20, 3136, 18984) == 1_196_720
+
+
+def test_a_count_that_cannot_fit_is_refused_before_init_writes(tmp_path):
+    ws = tmp_path / "ws"
+    res = icl(*INIT[:-len(COMMON)], "--count", "100000", *COMMON, "-w", ws, code=3)
+    line = one_line(res)
+    assert "--count 100000 does not fit in memory: synthesis takes all 1000000 samples" in line
+    assert "GiB is available (MemAvailable in /proc/meminfo); use a smaller --count" in line
+    assert not ws.exists()
+
+
+def test_a_count_that_cannot_fit_is_refused_before_run_works(templates, tmp_path,
+                                                             monkeypatch):
+    ws = templates.copy("round0", tmp_path / "ws")
+    before = snapshot(ws)
+    monkeypatch.setattr(icl_cli.config, "available_memory",
+                        lambda device: (1 << 20, "test"))  # 1 MiB: 4 samples a class do not fit
+    line = one_line(icl("run", "-w", ws, "--rounds", "1", *COMMON, code=3))
+    assert line.startswith("error: --count 4 does not fit in memory: synthesis takes all 40 "
+                           "samples at once, about ")
+    assert "and 0.0 GiB is available (test); use a smaller --count (at most about" in line
+    after = snapshot(ws)
+    assert after["files"] == before["files"] and after["catalog"] == before["catalog"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (root only; skipped elsewhere), unmounted at the end."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path, leave_kib: int) -> Path:
+    """A file that leaves about ``leave_kib`` KiB free on ``disk``."""
+    import os
+
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bfree * st.f_frsize - leave_kib * 1024))
+    return filler
+
+
+@pytest.mark.parametrize("leave_kib", [300, 700])
+def test_a_full_disk_during_init_is_one_line_and_the_retry_finishes(small_disk, logs,
+                                                                     leave_kib):
+    from mlflow.tracking import MlflowClient
+
+    ws = small_disk / "ws"
+    init = ["init", "-w", ws, "-e", "icl", "--method", "icl", *TINY, "--threads", "1",
+            "--device", "cpu"]  # MLflow on
+    filler = fill(small_disk, leave_kib)
+    res = run_child(init, logs, code=None)
+    assert res.code == 3, res  # (DiskFull is a StoreError: exit 3 until ui.py maps it)
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr and len(lines) <= 2, res.stderr
+    assert lines[-1].startswith("error: no space left on the device"), lines
+    assert all(w.startswith("warning: MLflow tracking at ") for w in lines[:-1])
+
+    filler.unlink()
+    again = run_child(init, logs)
+    assert "warning" not in again.stderr, again.stderr  # mlflow.db is not stuck
+    assert {s for _, s in rows(ws, "SELECT round, split FROM evaluations")} == {"test", "val"}
+    run_child(["run", "-w", ws, "-e", "icl", "--rounds", "1", "--threads", "1",
+               "--device", "cpu"], logs)
+    run_id, = rows(ws, "SELECT mlflow_run_id FROM experiments")[0]
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws}/.icl/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.data.params["sampler.count"] == "4"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "test_error")) == [0, 1]
+    run_child(["verify", "-w", ws], logs)
