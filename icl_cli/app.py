@@ -375,6 +375,13 @@ def run(
     parallel: Annotated[int, typer.Option(
         help="With several -e: how many experiments run at once (each with --threads).")]
     = 1,
+    executor: Annotated[str | None, typer.Option(
+        help="With several -e: run them as one submitit job array, on 'slurm' or 'local' "
+        "(subprocesses, the same path); the workspace must be on storage every node sees.")]
+    = None,
+    executor_param: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE for submitit's AutoExecutor (repeatable), e.g. slurm_partition=gpu, "
+        "timeout_min=240, gpus_per_node=1.")] = None,
     experiment: Experiments = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
     progress_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
@@ -396,7 +403,10 @@ def run(
             if parallel < 1:
                 raise ui.fail(f"--parallel must be >= 1, got {parallel}", 3)
             return _run_many(names, rounds, parallel, workspace, json, sampler, train,
-                             device=device, threads=threads, amp=amp, no_mlflow=no_mlflow)
+                             (executor, executor_param), device=device, threads=threads,
+                             amp=amp, no_mlflow=no_mlflow)
+        if executor is not None:
+            raise ui.fail("--executor runs several experiments: give two or more -e", 3)
         from icl_cli.steps.run import run_rounds
 
         store = _store(workspace)
@@ -426,7 +436,8 @@ def _run_table(name: str, rows: list[dict]) -> None:
 
 
 def _run_many(names: list[str], rounds: int, parallel: int, workspace: Path | None,
-              json: bool, sampler, train, **run_options) -> None:
+              json: bool, sampler, train, submit: tuple[str | None, list[str] | None],
+              **run_options) -> None:
     """One ``icl run -e NAME`` child per experiment, a live table on stderr, then each
     experiment's table (or one JSON document, name -> rows) on stdout."""
     import sys
@@ -443,7 +454,15 @@ def _run_many(names: list[str], rounds: int, parallel: int, workspace: Path | No
               "--rounds", str(rounds), "--json", *_flags({**sampler.given(),
                                                           **train.given(), **run_options})]
     store.close()
-    lanes = Board([Lane(n, [*common, "-e", n]) for n in names], parallel, ui.err).run()
+    lanes = [Lane(n, [*common, "-e", n]) for n in names]
+    kind, pairs = submit
+    if kind is None:
+        lanes = Board(lanes, parallel, ui.err).run()
+    else:  # one submitit job array; its logs under .icl/submitit (icl_cli.cluster)
+        from icl_cli import cluster
+
+        lanes = cluster.run_lanes(lanes, kind, store.root, parallel,
+                                  cluster.parse_params(pairs), ui.err)
     failed = [lane for lane in lanes if lane.code != 0]
     if json:
         ui.emit_json({lane.name: lane.result() if lane.code == 0 else
@@ -479,7 +498,7 @@ def status(workspace: Workspace = None, json: Json = False) -> None:
     with ui.user_errors():
         store = _store(workspace)
         rows = experiment_rows(store)
-        steps = store.steps()[-5:]
+        steps = store.steps(last=5)
     if json:
         return ui.emit_json({"workspace": str(store.root), "experiments": rows,
                              "recent_steps": steps})

@@ -20,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
 from . import checkpoints as ckpt_files
 from . import shards as shard_files
-from .catalog import Catalog, Checkpoint, Experiment, Shard, to_info, utcnow
+from .catalog import Catalog, to_info, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
 from .hashing import config_hash
 from .infos import CheckpointInfo, ExperimentInfo, ShardInfo
@@ -34,6 +31,9 @@ from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, atomic_write, sha256
 
 if TYPE_CHECKING:
     import numpy as np
+    from sqlalchemy.orm import Session
+
+    from .orm import Checkpoint, Shard
 
 
 def shard_fix(experiment: str, round: int) -> str:
@@ -121,12 +121,7 @@ class ArtifactFiles:
             raise StoreError(f"shards belong to rounds >= 1, got round {round}")
         data = shard_files.prepare_arrays(arrays)
         folder = self.root / "experiments" / name / "shards"
-        with self.catalog.read() as s:
-            known = s.scalars(
-                select(Shard.version)
-                .join(Experiment)
-                .where(Experiment.name == name, Shard.round == round)
-            ).all()
+        known = [sh.version for sh in self.catalog.reader.shards(name, round)]
         # Skip versions whose file exists without a row (a crash after rename): never
         # overwrite a file, so an orphan stays as evidence until the user removes it.
         pattern = re.compile(rf"round-{round:04d}\.v(\d+)\.h5$")
@@ -142,6 +137,10 @@ class ArtifactFiles:
             "experiment": name,
         }
         atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
+
+        from sqlalchemy import update
+
+        from .orm import Shard
 
         def record(s: Session) -> ShardInfo:
             exp = self.catalog.row(s, name)
@@ -175,6 +174,8 @@ class ArtifactFiles:
             raise
 
     def _path_recorded(self, table: type, path: Path) -> bool:
+        from sqlalchemy import select
+
         with self.catalog.read() as s:
             return s.scalar(select(table.id).where(table.path == self.rel(path))) is not None
 
@@ -269,15 +270,7 @@ class ArtifactFiles:
         self, experiment: str, round: int | None = None, active_only: bool = False
     ) -> list[ShardInfo]:
         """Shards of an experiment, by round then version."""
-        name = self._name(experiment)
-        q = select(Shard).join(Experiment).where(Experiment.name == name)
-        if round is not None:
-            q = q.where(Shard.round == round)
-        if active_only:
-            q = q.where(Shard.active.is_(True))
-        with self.catalog.read() as s:
-            rows = s.scalars(q.order_by(Shard.round, Shard.version)).all()
-            return [self._shard_info(r, name) for r in rows]
+        return self.catalog.reader.shards(self._name(experiment), round, active_only)
 
     def active_shard(self, experiment: str, round: int) -> ShardInfo | None:
         """The active version of round ``round``'s shard, or None if there is none."""
@@ -413,6 +406,10 @@ class ArtifactFiles:
         atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload))
         sha = sha256_file(path)
 
+        from sqlalchemy import select
+
+        from .orm import Checkpoint, Experiment
+
         def record(s: Session) -> CheckpointInfo:
             exp = self.catalog.row(s, name)
             parent_id = None
@@ -457,11 +454,7 @@ class ArtifactFiles:
 
     def checkpoints(self, experiment: str) -> list[CheckpointInfo]:
         """All checkpoints of an experiment, by round."""
-        name = self._name(experiment)
-        q = select(Checkpoint).join(Experiment).where(Experiment.name == name)
-        with self.catalog.read() as s:
-            rows = s.scalars(q.order_by(Checkpoint.round)).all()
-            return [self._ckpt_info(r, name) for r in rows]
+        return self.catalog.reader.checkpoints(self._name(experiment))
 
     def load_checkpoint(self, info: CheckpointInfo, map_location: Any = "cpu") -> dict[str, Any]:
         """Check (exists, sha256) and load a checkpoint with ``weights_only=True``; the

@@ -74,3 +74,27 @@ def test_parameters_and_executor_checks(tmp_path):
         cluster.executor("pbs", tmp_path, 1, {})
     with pytest.raises(StepError, match="--executor-param: .*no_such_thing"):
         cluster.executor("local", tmp_path, 1, {"no_such_thing": 1})
+
+
+def test_icl_run_executor_local_through_the_command_line(ws):
+    """``icl run -e A -e B --executor local``: the tasks' results on stdout as with
+    --parallel (round 1 is done by the test above, so the tasks find it done)."""
+    res = subprocess.run([*ICL, "run", "-w", ws, "-e", "base", "-e", "icl", "--rounds", "1",
+                          "--executor", "local", "--executor-param", "timeout_min=10",
+                          "--json", *COMMON], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert set(out) == {"base", "icl"} and [r["round"] for r in out["icl"]] == [0, 1]
+    assert "submitted 2 task(s) to local" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-e", "base", "-e", "icl", "--executor", "pbs"], "--executor must be one of local, slurm"),
+    (["-e", "base", "--executor", "local"], "--executor runs several experiments"),
+    (["-e", "base", "-e", "icl", "--executor", "local", "--executor-param", "x"],
+     "--executor-param takes KEY=VALUE"),
+])
+def test_icl_run_executor_refusals_are_one_line(ws, args, message):
+    res = subprocess.run([*ICL, "run", "-w", ws, "--rounds", "1", *args, *COMMON],
+                         capture_output=True, text=True)
+    assert res.returncode == 3 and message in res.stderr and "Traceback" not in res.stderr
