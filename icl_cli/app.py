@@ -556,6 +556,9 @@ def verify(
             ui.out.print(f"temporary{' (removed)' if repair else ''}: {p}", highlight=False)
         for p in report.orphans:
             ui.out.print(f"orphan: {p}", highlight=False)
+        for p in report.parts:
+            ui.out.print(f"part not joined yet: {p} (the round's last part joins it, or "
+                         "`icl synthesize --round t --merge`)", highlight=False)
         for line in report.repaired:
             ui.out.print(f"repaired: {line}", highlight=False)
         for line in report.stale:

@@ -122,7 +122,9 @@ class VerifyReport:
     problems: one line each (missing or altered files, stale running steps);
     temporary: leftover ``*.tmp-*`` files still on disk (after ``repair``, only those a
     live process may still be writing); orphans: shard/checkpoint files no catalog row
-    names (never deleted); repaired: what ``repair=True`` did;
+    names (never deleted); parts: part files of rounds drawn ``--part i/N`` whose parts
+    are not all drawn yet (joined by the last part, or ``icl synthesize --merge``);
+    repaired: what ``repair=True`` did;
     ok: no problems and no temporaries left by a dead writer (orphans, and a file a live
     icl process is writing right now, do not make it fail).
     """
@@ -134,3 +136,4 @@ class VerifyReport:
     repaired: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # rounds downstream of a replaced file
     rebuilt: list[str] = field(default_factory=list)  # what ``Store.rebuild`` recorded
+    parts: list[Path] = field(default_factory=list)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .artifacts import ArtifactFiles, checkpoint_fix, shard_fix
 from .errors import IntegrityError
+from .shards import PART_FILE
 from .infos import VerifyReport
 from .steplog import StepLog
 from .workspace import EXPERIMENTS_DIR, TMP_MARK, pid_alive
@@ -76,7 +77,10 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
 
     on_disk = ([*base.glob("*/shards/*.h5"), *base.glob("*/checkpoints/*.pt")]
                if base.is_dir() else [])
-    orphans = sorted(p for p in on_disk if files.rel(p) not in referenced)
+    # A part file (``--part i/N``) waits for the round's other parts: not an orphan.
+    parts = sorted(p for p in on_disk if PART_FILE.match(p.name))
+    orphans = sorted(p for p in on_disk
+                     if files.rel(p) not in referenced and not PART_FILE.match(p.name))
 
     dead = [s for s in log.steps() if s.state == "interrupted" and s.finished_at is None]
     for s in dead:
@@ -100,6 +104,7 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
         temporary=temporary,
         orphans=orphans,
         ok=not problems and not leftovers,
+        parts=parts,
         repaired=repaired,
         stale=stale,
     )

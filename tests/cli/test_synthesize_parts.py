@@ -85,6 +85,10 @@ def test_parts_in_any_order_join_into_the_whole_rounds_shard(ws):
     first = part(ws, name, "3/3")
     assert "parts 1/3, 2/3 of round 1 still to draw" in first.stderr
     assert part_files(ws, name) == ["round-0001.v1.part-3-of-3.h5"]
+    waiting = icl("verify", "-w", ws).stdout  # a part waiting for the others: no orphan
+    assert f"part not joined yet: experiments/{name}/shards/round-0001.v1.part-3-of-3.h5" \
+        in waiting.replace(str(ws) + "/", "")
+    assert "part-3-of-3" not in "".join(x for x in waiting.splitlines() if "orphan" in x)
     part(ws, name, "1/3")
     last = part(ws, name, "2/3")
     assert "'ordered' round 1 shard v1" in last.stdout  # the last part joined the shard
