@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .artifacts import ArtifactFiles, checkpoint_fix, shard_fix
 from .errors import IntegrityError
-from .shards import PART_FILE
 from .infos import VerifyReport
+from .shards import PART_FILE
 from .steplog import StepLog
 from .workspace import EXPERIMENTS_DIR, TMP_MARK, pid_alive
 
