@@ -16,7 +16,7 @@ import time
 from benchmarks.common import Result, Scale, load_average, machine
 
 ALL = ("hardware", "reclassify", "synthesis", "early-stop", "ova", "store", "startup",
-       "read-only", "processes", "memory")
+       "read-only", "processes", "scale", "memory")
 GPU_PASS = ("hardware", "reclassify", "synthesis", "ova")
 
 
@@ -49,6 +49,9 @@ def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = 
     if name == "processes":  # each step's fresh-process start-up against `import torch`
         from benchmarks import processes
         return processes.run(1 if scale.smoke else 3 if scale.quick else 5)
+    if name == "scale":  # 2 gloo ranks against 1 process, 2 synthesis parts against 1
+        from benchmarks import scale as scale_out
+        return scale_out.run(scale)
     if name == "memory":
         from benchmarks import memory
         return [memory.run(scale.memory_rounds, scale.memory_train_size, threads,
