@@ -381,7 +381,10 @@ class Store:
 
             return self.catalog.write(cas)
 
-        artifacts = (self.root / ICL_DIR / "mlartifacts").as_uri()
+        # A tracking server keeps the artefacts where it serves them from (every machine can
+        # reach them); a file URI keeps them in the workspace.
+        artifacts = None if uri.startswith(("http://", "https://")) else (
+            self.root / ICL_DIR / "mlartifacts").as_uri()
         tracker = Tracker(uri, artifacts, exp.name, exp.mlflow_run_id, save_run_id)
         return self._runs.add(exp.name, uri, tracker, exp.config)
 

@@ -169,7 +169,8 @@ class NullTracker:
 class Tracker(NullTracker):
     """Logs into the MLflow run of one icl experiment; connects on first use.
 
-    tracking_uri, artifact_location: where MLflow keeps runs and artifacts.
+    tracking_uri, artifact_location: where MLflow keeps runs and artifacts (None: where the
+    tracking server puts them).
     run_name: the icl experiment name. run_id: the run recorded in the catalog (None: a
     new run is created). save_run_id(new, old) -> run id to use: records a new run id
     in the catalog unless another process recorded one first (then that one wins).
@@ -185,7 +186,7 @@ class Tracker(NullTracker):
     def __init__(
         self,
         tracking_uri: str,
-        artifact_location: str,
+        artifact_location: str | None,
         run_name: str,
         run_id: str | None,
         save_run_id: Callable[[str, str | None], str],
@@ -258,7 +259,7 @@ class Tracker(NullTracker):
             self._client.get_experiment_by_name(MLFLOW_EXPERIMENT)
         _rebase(db, self._where[0])
 
-    def _experiment_id(self, artifact_location: str) -> str:
+    def _experiment_id(self, artifact_location: str | None) -> str:
         from mlflow.exceptions import MlflowException
 
         client = self._client
@@ -276,7 +277,7 @@ class Tracker(NullTracker):
 
     def _resolve_run(
         self,
-        artifact_location: str,
+        artifact_location: str | None,
         run_name: str,
         run_id: str | None,
         save_run_id: Callable[[str, str | None], str],
@@ -432,13 +433,14 @@ def _same(held: float | None, value: float) -> bool:
     return held is not None and math.isclose(held, float(value), rel_tol=1e-12, abs_tol=0.0)
 
 
-def _own_db(tracking_uri: str, artifact_location: str) -> Path | None:
+def _own_db(tracking_uri: str, artifact_location: str | None) -> Path | None:
     """The workspace's own ``mlflow.db`` (``sqlite:///<ws>/.icl/mlflow.db`` used with
     ``file://<ws>/.icl/mlartifacts``), else None: a server's, or a file the user chose."""
     from urllib.parse import urlparse
     from urllib.request import url2pathname
 
-    if not tracking_uri.startswith("sqlite:///") or not artifact_location.startswith("file:"):
+    if not tracking_uri.startswith("sqlite:///") or not (artifact_location or "").startswith(
+            "file:"):
         return None
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     artifacts = Path(url2pathname(urlparse(artifact_location).path))
