@@ -536,9 +536,10 @@ def verify(
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Re-create a lost or emptied catalog from the shards' and "
         "checkpoints' own metadata (no file is changed).")] = False,
-    workspace: Workspace = None, json: Json = False,
+    workspace: Workspace = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
-    """Check every shard and checkpoint hash, list orphans and temporary leftovers."""
+    """Check every shard and checkpoint hash, list orphans and temporary leftovers. With
+    --repair, also log into MLflow what the catalog holds and MLflow lost."""
     with ui.user_errors():
         if rebuild:
             from store import Store
@@ -547,6 +548,10 @@ def verify(
         else:
             store = _store(workspace)
         report = store.verify(repair=repair)
+        if repair and not no_mlflow:
+            from store.tracking import sync_from_catalog
+
+            report.repaired.extend(f"mlflow: {line}" for line in sync_from_catalog(store))
     if json:
         ui.emit_json(report)
     else:

@@ -337,16 +337,27 @@ INPUT_COPIES = 10
 ACTIVATION_FACTOR = 1.5
 
 
-def sampler_bytes(samples: int, input_bytes: int, activation_bytes: int) -> int:
-    """Estimated peak bytes of a synthesis batch of ``samples``, each ``input_bytes``
-    large, through a network whose activations for one sample take ``activation_bytes``.
+ROUND_COPIES = 4
+"""Copies of a whole round's samples held while it is drawn in blocks (its starting
+points, the samples, the shard's arrays; measured 2.3 a sample: tiny, 50,000 samples)."""
+
+
+def sampler_bytes(samples: int, input_bytes: int, activation_bytes: int,
+                  block: int | None = None) -> int:
+    """Estimated peak bytes of synthesising ``samples``, each ``input_bytes`` large,
+    through a network whose activations for one sample take ``activation_bytes``: a batch
+    of ``block`` samples at a time (None: all at once) works through the network, and the
+    whole round's samples are held beside it.
 
     Example:
         >>> sampler_bytes(10, 3136, 18984)  # tiny on MNIST: ~59 KiB a sample
-        598360
+        723800
+        >>> sampler_bytes(1000, 3136, 18984, block=256)  # blocks: ~27 KiB a sample
+        27862016
     """
+    batch = samples if block is None else min(samples, block)
     per = INPUT_COPIES * input_bytes + ACTIVATION_FACTOR * activation_bytes
-    return int(samples * per)
+    return int(batch * per + samples * ROUND_COPIES * input_bytes)
 
 
 def activation_bytes(model, shape: tuple[int, ...], heads_alone: bool) -> int:
@@ -396,9 +407,11 @@ def available_memory(device) -> tuple[int | None, str]:
 
 
 def check_sampler_fits(sc: SamplerConfig, make_model, num_classes: int,
-                       shape: tuple[int, ...], device, arch: str) -> None:
-    """Refuse (ConfigError, exit 3) a ``--count`` whose synthesis batch would not fit in
-    the memory available on ``device`` now, by the estimate of :func:`sampler_bytes`.
+                       shape: tuple[int, ...], device, arch: str,
+                       block: int | None = None) -> None:
+    """Refuse (ConfigError, exit 3) a ``--count`` whose synthesis would not fit in the
+    memory available on ``device`` now, by the estimate of :func:`sampler_bytes` (batches
+    of ``block`` samples, the round's size by default).
     ``make_model()`` builds the network (on the CPU; torch's global RNG is left as it
     was, so nothing downstream draws other numbers)."""
     import math
@@ -410,13 +423,13 @@ def check_sampler_fits(sc: SamplerConfig, make_model, num_classes: int,
     if sc.kind != "noise":
         with torch.random.fork_rng(devices=[]):
             act = activation_bytes(make_model(), shape, heads_alone=sc.stop_rule != "argmax")
-    need = sampler_bytes(samples, 4 * math.prod(shape), act)
+    need = sampler_bytes(samples, 4 * math.prod(shape), act, block)
     have, source = available_memory(device)
     if have is None or need <= have:
         return
     per = need / samples / 1024
     raise ConfigError(
-        f"--count {sc.count} does not fit in memory: synthesis takes all {samples} samples "
-        f"at once, about {need / 2**30:.1f} GiB ({per:.0f} KiB a sample for {arch}, "
+        f"--count {sc.count} does not fit in memory: synthesis of {samples} samples "
+        f"takes about {need / 2**30:.1f} GiB ({per:.0f} KiB a sample for {arch}, "
         f"estimated), and {have / 2**30:.1f} GiB is available ({source}); use a smaller "
         f"--count (at most about {sc.count * have // need})")

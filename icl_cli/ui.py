@@ -8,6 +8,7 @@ Exit codes (also in ``icl --help``):
   4 an integrity problem: a shard or checkpoint failed its checks
   5 busy: another icl process is running a step of the same experiment
   6 not an icl workspace
+  7 no space left on the workspace's device (free some, rerun: it finishes what was missing)
   130 interrupted (Ctrl-C); nothing half-written is left behind
   143 terminated (SIGTERM, as Ctrl-C)
 """
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 EXIT_CODES_HELP = (
     "Exit codes: 0 done (or already done), 1 internal error, 2 usage error, 3 bad request "
     "(wrong round, missing step, bad data), 4 integrity failure, 5 busy, 6 not a workspace, "
-    "130 interrupted, 143 terminated (SIGTERM)."
+    "7 disk full, 130 interrupted, 143 terminated (SIGTERM)."
 )
 
 out = Console(soft_wrap=True)  # results only
@@ -197,6 +198,7 @@ def user_errors() -> Iterator[None]:
     StoreError, exit 3; a damaged one an IntegrityError, exit 4), never as SQLAlchemy's."""
     from icl_cli.errors import DataError, StepError
     from store import BusyError, IntegrityError, NotAWorkspace, StoreError, Terminated
+    from store.workspace import DiskFull, no_space
 
     try:
         yield
@@ -208,6 +210,8 @@ def user_errors() -> Iterator[None]:
         raise fail(str(exc), 5) from None
     except IntegrityError as exc:
         raise fail(str(exc), 4) from None
+    except DiskFull as exc:
+        raise fail(str(exc), 7) from None
     except (StoreError, StepError, DataError) as exc:
         raise fail(str(exc), 3) from None
     except Terminated:
@@ -215,6 +219,9 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         raise fail(INTERRUPTED, 130) from None
     except OSError as exc:
+        full = no_space(None, exc)
+        if full is not None:
+            raise fail(str(full), 7) from None
         raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 3) from None
     except Exception as exc:
         if os.environ.get("ICL_DEBUG"):

@@ -123,11 +123,18 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
     ``arrays`` as returned by :func:`prepare_arrays`; ``attrs`` holds round, version, seed,
     sampler_config (dict), source_checkpoint and experiment, and for a part file the
     integers of ``PART_ATTRS``; the rest is filled in here.
+
+    The HDF5 file is built in memory and written in one go: HDF5 running out of disk
+    space part-way through its own writes crashed the process (exit 139), where a plain
+    write fails with an OSError (ENOSPC) that the command reports in one line.
     """
+    import io
+
     import h5py
 
     n = arrays["samples"].shape[0]
-    with h5py.File(path, "w") as f:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         for name, data in arrays.items():
             if n == 0:  # HDF5 cannot chunk an empty extent
                 f.create_dataset(name, data=data)
@@ -157,6 +164,7 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
         if "draw_seconds" in attrs:  # a part's own note of how it was drawn
             f.attrs["draw_seconds"] = float(attrs["draw_seconds"])
             f.attrs["device"] = str(attrs.get("device", ""))
+    Path(path).write_bytes(buf.getbuffer())
 
 
 def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[str, np.ndarray]:

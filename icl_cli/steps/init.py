@@ -108,8 +108,10 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
 def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
     """A ``--count`` whose synthesis batch cannot fit in memory: refused before any work."""
     if cfg.method != "baseline":
+        from icl_cli.steps.synthesize import BLOCK
+
         check_sampler_fits(cfg.sampler, lambda: new_model(cfg, data), data.num_classes,
-                           data.shape, runtime.torch_device(), cfg.model.arch)
+                           data.shape, runtime.torch_device(), cfg.model.arch, BLOCK)
 
 
 def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,

@@ -18,7 +18,7 @@ from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round, plot_errors
-from icl_cli.steps.synthesize import synthesize_round
+from icl_cli.steps.synthesize import BLOCK, synthesize_round
 from store.tracking import sync_from_catalog
 from store.workspace import disk_full_as_one_line
 
@@ -53,7 +53,7 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
         data = dataset(cfg)  # (its fingerprint is checked by each step, under the lock)
         check_sampler_fits((sampler or SamplerChanges()).apply(cfg.sampler),
                            lambda: new_model(cfg, data), data.num_classes, data.shape, device,
-                           cfg.model.arch)
+                           cfg.model.arch, BLOCK)
     # One lock for the whole loop: a second `icl run` of this experiment gets BusyError
     # at once instead of interleaving its steps with ours.
     # The MLflow run stays RUNNING for the whole loop and ends as the command does

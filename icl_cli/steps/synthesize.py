@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from icl_cli.algo.ascent import Synthesis, reference_noise, synthesize, targets_per_class
-from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig
+from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig, check_sampler_fits
 from icl_cli.steps.common import (
     Progress,
     Runtime,
@@ -270,6 +270,9 @@ def _draw_round(store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
     t, sc = plan.round, SamplerConfig.from_dict(plan.sampler)
     device = runtime.apply()
     data = experiment_data(exp)
+    # A --count that cannot fit in memory: refused before any work (exit 3, one line).
+    check_sampler_fits(sc, lambda: new_model(cfg, data), data.num_classes, data.shape,
+                       device, cfg.model.arch, BLOCK)
     step_cfg = {"round": t, "sampler": plan.sampler, "seed": plan.seed,
                 "source": plan.source, "device": str(device), "replay": replay is not None}
     # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).

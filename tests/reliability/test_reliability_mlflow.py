@@ -101,3 +101,18 @@ def test_a_deleted_mlflow_db_is_logged_again_from_the_catalog(templates, tmp_pat
     assert run.info.run_id == new
     assert sorted(m.step for m in client.get_metric_history(new, "test_error")) == [0, 1, 2]
     run_child(["verify", "-w", ws], logs)
+
+
+def test_verify_repair_logs_again_what_mlflow_lost(templates, tmp_path, logs):
+    """The command a user runs: ``icl verify --repair`` after ``mlflow.db`` was lost."""
+    ws = templates.copy("round0", tmp_path / "ws")
+    (ws / ".icl" / "mlflow.db").unlink(missing_ok=True)
+    out = run_child(["verify", "-w", ws, "--repair"], logs).stdout
+    lines = [x for x in out.splitlines() if x.startswith("repaired: mlflow: ")]
+    assert lines and all("re-logged" in x and "into a new MLflow run" in x for x in lines)
+    client, run = mlflow_run(ws)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_error")] == [0]
+    again = run_child(["verify", "-w", ws, "--repair"], logs).stdout
+    assert "repaired: mlflow:" not in again  # nothing left to log
+    quiet = run_child(["verify", "-w", ws, "--repair", "--no-mlflow"], logs).stdout
+    assert "mlflow" not in quiet

@@ -15,16 +15,19 @@ from icl_cli.config import sampler_bytes
 
 
 def test_the_sampler_estimate_by_hand():
-    # 20 samples of 3136 bytes (MNIST, float32), 18984 bytes of activations each:
-    # 20 * (10 * 3136 + 1.5 * 18984) = 20 * 59836
-    assert sampler_bytes(20, 3136, 18984) == 1_196_720
+    # 20 samples of 3136 bytes (MNIST, float32), 18984 bytes of activations each, all in
+    # one batch: 20 * (10 * 3136 + 1.5 * 18984) = 20 * 59836, plus the round's 4 copies
+    # of its samples, 20 * 4 * 3136 = 250880
+    assert sampler_bytes(20, 3136, 18984) == 1_196_720 + 250_880
+    # In blocks of 8: the network works on 8 at a time, the round's copies stay whole.
+    assert sampler_bytes(20, 3136, 18984, block=8) == 8 * 59836 + 250_880
 
 
 def test_a_count_that_cannot_fit_is_refused_before_init_writes(tmp_path):
     ws = tmp_path / "ws"
-    res = icl(*INIT[:-len(COMMON)], "--count", "100000", *COMMON, "-w", ws, code=3)
+    res = icl(*INIT[:-len(COMMON)], "--count", "1000000", *COMMON, "-w", ws, code=3)
     line = one_line(res)
-    assert "--count 100000 does not fit in memory: synthesis takes all 1000000 samples" in line
+    assert "--count 1000000 does not fit in memory: synthesis of 10000000 samples" in line
     assert "GiB is available (MemAvailable in /proc/meminfo); use a smaller --count" in line
     assert not ws.exists()
 
@@ -36,8 +39,8 @@ def test_a_count_that_cannot_fit_is_refused_before_run_works(templates, tmp_path
     monkeypatch.setattr(icl_cli.config, "available_memory",
                         lambda device: (1 << 20, "test"))  # 1 MiB: 4 samples a class do not fit
     line = one_line(icl("run", "-w", ws, "--rounds", "1", *COMMON, code=3))
-    assert line.startswith("error: --count 4 does not fit in memory: synthesis takes all 40 "
-                           "samples at once, about ")
+    assert line.startswith("error: --count 4 does not fit in memory: synthesis of 40 "
+                           "samples takes about ")
     assert "and 0.0 GiB is available (test); use a smaller --count (at most about" in line
     after = snapshot(ws)
     assert after["files"] == before["files"] and after["catalog"] == before["catalog"]
@@ -76,7 +79,7 @@ def test_a_full_disk_during_init_is_one_line_and_the_retry_finishes(small_disk, 
             "--device", "cpu"]  # MLflow on
     filler = fill(small_disk, leave_kib)
     res = run_child(init, logs, code=None)
-    assert res.code == 3, res  # (DiskFull is a StoreError: exit 3 until ui.py maps it)
+    assert res.code == 7, res  # no space left: its own exit code
     lines = res.stderr.strip().splitlines()
     assert "Traceback" not in res.stderr and len(lines) <= 2, res.stderr
     assert lines[-1].startswith("error: no space left on the device"), lines
@@ -94,3 +97,14 @@ def test_a_full_disk_during_init_is_one_line_and_the_retry_finishes(small_disk, 
     assert run.data.params["sampler.count"] == "4"
     assert sorted(m.step for m in client.get_metric_history(run_id, "test_error")) == [0, 1]
     run_child(["verify", "-w", ws], logs)
+
+
+def test_a_count_that_cannot_fit_is_refused_by_synthesize_too(templates, tmp_path,
+                                                              monkeypatch):
+    ws = templates.copy("round0", tmp_path / "ws")
+    before = snapshot(ws)
+    monkeypatch.setattr(icl_cli.config, "available_memory", lambda device: (1 << 20, "test"))
+    line = one_line(icl("synthesize", "-w", ws, "--round", "1", *COMMON, code=3))
+    assert line.startswith("error: --count 4 does not fit in memory: synthesis of 40 ")
+    after = snapshot(ws)
+    assert after["files"] == before["files"]
