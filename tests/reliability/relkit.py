@@ -60,9 +60,18 @@ def icl(*args, code: int | None = 0, env: dict | None = None) -> Result:
     return res
 
 
+def _default_sigint() -> None:
+    """In a cold child before exec: SIGINT back to its default, so Python installs its
+    KeyboardInterrupt handler (it leaves an inherited SIG_IGN alone)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _child(argv: list[str], out: str, err: str, uid: int | None) -> None:
     """Body of a forked ``icl`` process: redirect stdout/stderr, run main(), exit. The
     output files appear just before main() runs (``Child.started`` waits for them)."""
+    # Ctrl-C as in a terminal, even when the test runner itself was started in the
+    # background (a shell's `cmd &` starts it with SIGINT ignored, and children inherit it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     fds = [os.open(p, flags, 0o644) for p in (out + ".tmp", err + ".tmp")]
     sys.argv = ["icl", *argv]
@@ -178,7 +187,8 @@ class Child:
         if exec_:
             with open(self.out, "wb") as o, open(self.err, "wb") as e:
                 self._popen = subprocess.Popen([sys.executable, "-m", "icl_cli", *self.argv],
-                                               stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+                                               stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                               preexec_fn=_default_sigint)
             self.pid, self._proc = self._popen.pid, None
         else:
             target, last = (_child, uid) if fault is None else (_faulty_child, fault)
