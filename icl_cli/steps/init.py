@@ -6,8 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from icl_cli import distributed
 from icl_cli.config import ExperimentConfig, check_sampler_fits
-from icl_cli.steps.common import Runtime, StepError, dataset, experiment_data, new_model
+from icl_cli.steps.common import (
+    Runtime,
+    StepError,
+    dataset,
+    experiment_data,
+    join_ranks,
+    new_model,
+)
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
 from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round
@@ -75,6 +83,8 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
 
     validate_name(name)
     runtime.apply()  # --device cuda without a GPU, --threads 0: refused before any write
+    if distributed.from_env().active:  # under torchrun: C_0 trains on every rank (DDP)
+        join_ranks(runtime)
     if from_:
         parent_name, parent_round = parse_from(from_)
         clash = [k for k in SHARED if k in overrides]
@@ -82,7 +92,7 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
             raise StepError(f"--from {from_} shares {', '.join(clash)} with '{parent_name}'; "
                             "drop those options to keep the comparison paired")
         with disk_full_as_one_line(None):
-            store = open_store()
+            store = _opened(open_store)
         parent = store.experiment(parent_name)
         source = store.checkpoint(parent.name, parent_round)
         if source is None:
@@ -99,10 +109,17 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         data = dataset(cfg)  # a missing or broken data folder fails here, before any write
         _check_count(cfg, data, runtime)
         with disk_full_as_one_line(None):
-            store = open_store()
+            store = _opened(open_store)
     # A full disk on the way is one line (DiskFull); the next `icl init` finishes the job.
     with disk_full_as_one_line(store.root):
         return _create(store, name, cfg, data, parent, parent_round, runtime, from_)
+
+
+def _opened(open_store: Callable[[], Any]):
+    """The workspace: made or opened by rank 0 first, then by the other ranks (one
+    process: simply ``open_store()``)."""
+    store = distributed.from_main(open_store, send=lambda s: None)
+    return open_store() if store is None else store
 
 
 def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
@@ -116,30 +133,39 @@ def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
 
 def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,
             runtime: Runtime, from_: str | None) -> InitResult:
+    # Under torchrun rank 0 records and evaluates (``from_main``); every rank trains C_0.
     existed = any(e.name == name for e in store.experiments())
-    exp = store.create_experiment(name, cfg.to_dict(), parent=parent.name if parent else None,
-                                  parent_round=parent_round, data_fingerprint=data.fingerprint)
+    exp = distributed.from_main(lambda: store.create_experiment(
+        name, cfg.to_dict(), parent=parent.name if parent else None,
+        parent_round=parent_round, data_fingerprint=data.fingerprint))
     # C_0: trained from scratch, or copied from the parent (see train_round). An init that
     # fails before C_0 exists (diverged, interrupted) leaves no experiment behind, so the
     # same name can be tried again with other settings.
     try:
         reused = train_round(store, exp.name, 0, runtime).reused
     except BaseException:
-        if not existed and store.checkpoint(exp.name, 0) is None:
+        if (distributed.current().main and not existed
+                and store.checkpoint(exp.name, 0) is None):
             store.forget_experiment(exp.name)
         raise
     if reused and "test" in errors_by_round(store, exp.name).get(0, {}):
-        _track(store, exp.name, runtime)
+        distributed.from_main(lambda: _track(store, exp.name, runtime))
         return InitResult(exp.name, from_, True, [], exp.config)
-    # (a C_0 saved by an init cut short before its evaluation is evaluated now)
+    evaluations = distributed.from_main(
+        lambda: _evaluate(store, exp.name, parent, parent_round, runtime))
+    return InitResult(exp.name, from_, False, evaluations, exp.config)
+
+
+def _evaluate(store, name: str, parent, parent_round, runtime: Runtime) -> list[Evaluation]:
+    """C_0's evaluations (copied from the parent's C_0 when it is the same checkpoint; a
+    C_0 saved by an init cut short before its evaluation is evaluated now), then MLflow."""
     evaluations = None
     if parent is not None:
-        evaluations = copy_parent_evaluations(store, exp.name, parent.name, parent_round,
-                                              runtime)
+        evaluations = copy_parent_evaluations(store, name, parent.name, parent_round, runtime)
     if evaluations is None:
-        evaluations = evaluate_round(store, exp.name, 0, runtime)
-    _track(store, exp.name, runtime)
-    return InitResult(exp.name, from_, False, evaluations, exp.config)
+        evaluations = evaluate_round(store, name, 0, runtime)
+    _track(store, name, runtime)
+    return evaluations
 
 
 def _track(store, name: str, runtime: Runtime) -> None:

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from icl_cli import distributed
 from icl_cli.config import ExperimentConfig, SamplerChanges, TrainChanges, check_sampler_fits
 from icl_cli.steps.common import (
     Runtime,
     StepError,
     dataset,
+    join_ranks,
     new_model,
     release_freed_memory,
 )
@@ -48,6 +50,8 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
         raise StepError(f"--rounds must be >= 0, got {rounds}")
     exp = store.experiment(name)
     device = runtime.apply()
+    if distributed.from_env().active:  # under torchrun: every step splits over the ranks
+        _, device = join_ranks(runtime)
     cfg = ExperimentConfig.from_dict(exp.config)
     if cfg.method != "baseline" and rounds > 0:  # a --count that cannot fit: refused now
         data = dataset(cfg)  # (its fingerprint is checked by each step, under the lock)
@@ -60,11 +64,14 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     # (FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED), also when cut between two steps.
     # A full disk is one line (DiskFull); the next `icl run` resumes, and logs to MLflow
     # what it missed meanwhile (from the catalog).
-    with (disk_full_as_one_line(store.root), store.lock(exp.name),
-          store.tracker(exp.name, enabled=runtime.mlflow)):
+    # Under torchrun rank 0 alone holds the lock and talks to MLflow; each step inside
+    # (synthesize, reclassify) splits over the ranks, and rank 0 evaluates and draws.
+    main = distributed.current().main
+    with (disk_full_as_one_line(store.root), distributed.main_only(store.lock, exp.name),
+          store.tracker(exp.name, enabled=runtime.mlflow and main)):
         rows = _run_rounds(store, exp, rounds, runtime, sampler or SamplerChanges(),
                            train or TrainChanges(), watch or (lambda event: None))
-        if runtime.mlflow:
+        if runtime.mlflow and main:
             sync_from_catalog(store, [exp.name])
         return rows
 
@@ -76,7 +83,7 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
     # before any round runs; each value was checked as the changes were made.
     train.apply(cfg.train)
     sampler.apply(cfg.sampler)
-    rows = []
+    rows, main = [], distributed.current().main
     for t in range(0, rounds + 1):
         ran, synth = [], None
         if t == 0 and store.checkpoint(exp.name, 0) is None:
@@ -103,7 +110,8 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
             ran.append("reclassify")
         if t not in errors_by_round(store, exp.name):
             watch({"step": "evaluate", "round": t})
-            evaluate_round(store, exp.name, t, runtime)
+            distributed.from_main(lambda t=t: evaluate_round(store, exp.name, t, runtime),
+                                  send=lambda r: None)
             ran.append("evaluate")
         errs = errors_by_round(store, exp.name).get(t, {})
         shard = store.active_shard(exp.name, t) if t > 0 else None
@@ -112,12 +120,13 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
         rows.append(RoundRow(t, errs.get("test"), errs.get("val"),
                              synth.pass_rate if synth else None,
                              synth.mean_steps if synth else None, ran))
-        if ran and shard is not None:
+        if ran and shard is not None and main:
             grid = store.figure_path(exp.name, f"round-{t:04d}.v{shard.version}.png")
             if not grid.is_file():  # also after a run cut short between synthesis and grid
                 inspect_round(store, exp.name, t)
             store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(grid)
         release_freed_memory()
-    plot = plot_errors(store, [exp.name])
-    store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
+    if main:
+        plot = plot_errors(store, [exp.name])
+        store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
     return rows

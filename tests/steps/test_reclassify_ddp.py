@@ -136,3 +136,32 @@ def test_a_busy_lock_fails_every_rank_in_one_line(synthesized, tmp_path):
     with Store.open(ws) as st:
         assert st.checkpoint("icl", 1) is None
         assert not [s for s in st.steps("icl", name="reclassify") if s.round == 1]
+
+
+@pytest.mark.slow
+def test_init_and_run_under_torchrun_record_the_one_process_experiment(tmp_path):
+    """``icl init`` (C_0 on 2 ranks) and ``icl run --rounds 1`` (synthesis split by rank,
+    reclassify with DDP, rank 0 evaluating): the one-process experiment, recorded once."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    icl("init", "-w", one, "-e", "icl", "--method", "icl", *TINY, *COMMON)
+    icl("run", "-w", one, "-e", "icl", "--rounds", "1", *COMMON)
+    for argv in (["init", "-w", two, "-e", "icl", "--method", "icl", *TINY, *COMMON],
+                 ["run", "-w", two, "-e", "icl", "--rounds", "1", *COMMON, "--json"]):
+        ran = torchrun_icl(*argv)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    rows = json.loads(ran.stdout)  # rank 0 alone printed
+    assert [r["round"] for r in rows] == [0, 1]
+    with Store.open(one) as a, Store.open(two) as b:
+        assert [e.name for e in b.experiments()] == ["icl"]
+        for t in (0, 1):
+            wa = a.load_checkpoint(a.checkpoint("icl", t))["model"]
+            wb = b.load_checkpoint(b.checkpoint("icl", t))["model"]
+            assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+        assert len(b.shards("icl")) == 1
+        ea = {(e.round, e.split): e.error for e in a.evaluations("icl")}
+        eb = {(e.round, e.split): e.error for e in b.evaluations("icl")}
+        assert ea.keys() == eb.keys() and len(b.evaluations("icl")) == len(eb)
+        assert all(abs(ea[k] - eb[k]) <= 0.001 for k in ea)  # equal to 0.1 point
+        done = [(s.name, s.round) for s in b.steps() if s.state == "ok"]
+        assert len(done) == len(set(done))  # each step recorded once, by rank 0
+    assert "workspace consistent" in icl("verify", "-w", two).stdout
