@@ -83,7 +83,15 @@ paired() {
     if [ "$m" = icl ]; then names=(-e "$prefix-$m" "${names[@]}"); else names+=(-e "$prefix-$m"); fi
   done
   : > "$WS/$prefix.log"
-  _run "$WS/$prefix.log" "$prefix" --threads "$LANE_THREADS" --parallel "$LANES" "${names[@]}"
+  # EXECUTOR=slurm (or local) EXECUTOR_PARAMS="slurm_partition=gpu timeout_min=600": the
+  # group as one submitit job array instead of local processes (icl run --executor).
+  local submit=() kv
+  if [ -n "${EXECUTOR:-}" ]; then
+    submit=(--executor "$EXECUTOR")
+    for kv in ${EXECUTOR_PARAMS:-}; do submit+=(--executor-param "$kv"); done
+  fi
+  _run "$WS/$prefix.log" "$prefix" --threads "$LANE_THREADS" --parallel "$LANES" \
+    "${submit[@]}" "${names[@]}"
 }
 
 # _method NAME METHOD THREADS BASELINE [init options...]: unless METHOD is the baseline, init
