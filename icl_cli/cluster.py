@@ -54,7 +54,7 @@ def executor(kind: str, folder: Path, parallel: int, params: dict[str, Any]):
     except ImportError:
         raise StepError("--executor needs submitit: pip install 'icl-toolkit[cluster]' "
                         "(or pip install submitit)") from None
-    ex = submitit.AutoExecutor(folder=folder / "%j", cluster=kind)
+    ex = submitit.AutoExecutor(folder=folder, cluster=kind)  # logs: <job id>_<task>_log.*
     try:
         ex.update_parameters(**{"slurm_array_parallelism": parallel, **params})
     except (ValueError, TypeError, NameError) as exc:  # NameError: an unknown key
