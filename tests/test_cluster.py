@@ -76,6 +76,7 @@ def test_parameters_and_executor_checks(tmp_path):
         cluster.executor("local", tmp_path, 1, {"no_such_thing": 1})
 
 
+@pytest.mark.slow  # the same tasks as above, through the command line (~20 s)
 def test_icl_run_executor_local_through_the_command_line(ws):
     """``icl run -e A -e B --executor local``: the tasks' results on stdout as with
     --parallel (round 1 is done by the test above, so the tasks find it done)."""

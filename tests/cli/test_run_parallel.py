@@ -64,6 +64,7 @@ def test_two_experiments_side_by_side_print_both_results(ws):
     assert all(r["ran"] == [] for r in doc["base"])  # done already: nothing re-ran
 
 
+@pytest.mark.slow  # ~60 s; CI's 30 minutes (the side-by-side test covers the path)
 def test_a_failing_child_is_named_and_the_others_finish(ws):
     # A failure inside one child (bad settings are refused before any child starts, see
     # below): the icl experiment's round-1 shard is damaged, the baseline's rounds are fine.

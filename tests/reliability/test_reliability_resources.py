@@ -69,7 +69,7 @@ def fill(disk: Path, leave_kib: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("leave_kib", [300, 700])
+@pytest.mark.parametrize("leave_kib", [300, pytest.param(700, marks=pytest.mark.slow)])
 def test_a_full_disk_during_init_is_one_line_and_the_retry_finishes(small_disk, logs,
                                                                      leave_kib):
     from mlflow.tracking import MlflowClient
