@@ -69,6 +69,7 @@ def run(scale: Scale, ranks: int = 2) -> list[Result]:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     root = Path(tempfile.mkdtemp(prefix="icl-bench-scale-"))
     s = _sizes(scale)
+    pairs = 1 if scale.smoke else 2 if scale.quick else 3  # each call is a fresh start-up
     try:
         ws = _workspace(root, s, env)
         common = ["-w", str(ws), "--no-mlflow", "--threads", "1", "--device", "cpu"]
@@ -77,7 +78,7 @@ def run(scale: Scale, ranks: int = 2) -> list[Result]:
         many = [*TORCHRUN, "--nproc-per-node", str(ranks), "-m", "icl_cli", "reclassify",
                 "--round", "1", "--force", *common]
         t = interleave_until({"n": _call(many, env=env), "1": _call(one, env=env)},
-                             "1", "n", scale, min_pairs=3 if not scale.smoke else 1)
+                             "1", "n", scale, min_pairs=pairs)
         out = [paired_result(
             f"reclassify {ranks} ranks", "samples/s, fresh processes", samples / median(t["n"]),
             samples / median(t["1"]), "samples/s", t["1"], t["n"], f">= {0.85 * ranks:g}",
@@ -88,7 +89,7 @@ def run(scale: Scale, ranks: int = 2) -> list[Result]:
                   *common] for i in range(1, ranks + 1)]
         drawn = 10 * int(s["count"])
         t = interleave_until({"n": _call(*parts, env=env), "1": _call(whole, env=env)},
-                             "1", "n", scale, min_pairs=3 if not scale.smoke else 1)
+                             "1", "n", scale, min_pairs=pairs)
         out.append(paired_result(
             f"synthesis {ranks} parts", "samples/s, fresh processes", drawn / median(t["n"]),
             drawn / median(t["1"]), "samples/s", t["1"], t["n"], f">= {0.9 * ranks:g}",
