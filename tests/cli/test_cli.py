@@ -92,6 +92,7 @@ def test_attack_refuses_a_model_of_other_data(tmp_path):
 def test_force_makes_a_new_version_and_replay_matches(ws):
     first = icl_json("synthesize", "-w", ws, "-e", "icl", "--round", "1", "--count", "4",
                      *COMMON)
+    icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON)  # (or done already)
     forced = icl_json("synthesize", "-w", ws, "-e", "icl", "--round", "1", "--count", "4",
                       "--force", *COMMON)
     assert forced["version"] == first["version"] + 1
@@ -267,6 +268,25 @@ def test_version_and_json_errors(tmp_path):
     doc = json.loads(out.stdout)
     assert doc["exit_code"] == 6 and "not an icl workspace" in doc["error"]
     assert out.stderr.count("\n") == 1
+
+
+def test_main_builds_only_the_command_it_runs_and_answers_the_same(tmp_path):
+    from typer.testing import CliRunner
+
+    from icl_cli.app import _only_the_command, app
+
+    names = [c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert "status" in names and len(names) > 5
+    for line in (["status", "--help"], ["verify", "--bogus"], ["synthesize", "--round", "x"],
+                 ["status", "-w", str(tmp_path / "nowhere")]):
+        only = _only_the_command(line)
+        assert [c.callback.__name__ for c in only.registered_commands] == [line[0]]
+        whole, one = CliRunner().invoke(app, line), CliRunner().invoke(only, line)
+        assert (one.exit_code, one.stdout, one.stderr) == (
+            whole.exit_code, whole.stdout, whole.stderr), line
+    # No command first, or an unknown one: the whole app (its help lists every command).
+    for line in ([], ["--help"], ["--version"], ["statu"], ["-w", "x", "status"]):
+        assert _only_the_command(line) is app
 
 
 def test_report_redraws_its_plot_only_when_the_catalog_changed(ws, monkeypatch):
