@@ -9,7 +9,6 @@ is made first; each command runs ``repeats`` times in a fresh process, median ke
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Result, median
+from benchmarks.common import Result, child_env, median
 
 STEPS = {
     "synthesize": ["synthesize", "--round", "1"],
@@ -41,7 +40,7 @@ def _time(cmd: list[str], repeats: int, env: dict[str, str]) -> list[float]:
 
 
 def run(repeats: int = 3) -> list[Result]:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    env = child_env()
     ws = Path(tempfile.mkdtemp(prefix="icl-bench-proc-"))
     common = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
     try:

@@ -14,14 +14,13 @@ made first; every timed call redoes the round with ``--force``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import Result, Scale, interleave_until, median, paired_result
+from benchmarks.common import Result, Scale, child_env, interleave_until, median, paired_result
 
 ICL = [sys.executable, "-m", "icl_cli"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -66,7 +65,7 @@ def _call(*commands: list[str], env: dict[str, str]):
 
 
 def run(scale: Scale, ranks: int = 2) -> list[Result]:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    env = child_env()
     root = Path(tempfile.mkdtemp(prefix="icl-bench-scale-"))
     s = _sizes(scale)
     pairs = 1 if scale.smoke else 2 if scale.quick else 3  # each call is a fresh start-up

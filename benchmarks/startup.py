@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Result, median
+from benchmarks.common import Result, child_env, median
 
 
 def shard_arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -73,9 +73,7 @@ def run_store(repeats: int, n: int = 2000) -> list[Result]:
     ]
 
 
-# A user's second run finds its bytecode cached; an environment that forbids writing it (as
-# this machine's does) would make every run compile icl's modules again (~0.09 s here).
-CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+CHILD_ENV = child_env()
 
 
 def _spawn(cmd: list[str], repeats: int) -> list[float]:
