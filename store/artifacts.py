@@ -26,7 +26,7 @@ from .catalog import Catalog, to_info, utcnow
 from .errors import ConflictError, IntegrityError, StoreError
 from .hashing import config_hash
 from .infos import CheckpointInfo, ExperimentInfo, ShardInfo
-from .locking import experiment_lock
+from .locking import advisory_lock, experiment_lock
 from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -249,17 +249,22 @@ class ArtifactFiles:
 
     @contextmanager
     def part_claim(self, experiment: str, round: int, index: int, parts: int) -> Iterator[None]:
-        """Hold the claim on part ``index``/``parts`` of an experiment while drawing it
-        (``.icl/locks/<exp>@part-<i>-of-<N>.lock``, an flock: this machine only; ``@`` is
-        never in an experiment's name), so two processes never draw the same part at once:
-        the second gets BusyError."""
+        """Hold the claim on part ``index``/``parts`` of an experiment while drawing it, so
+        two processes never draw the same part at once: the second gets BusyError. The
+        claim is an flock on ``.icl/locks/<exp>@part-<i>-of-<N>.lock`` (``@`` is never in
+        an experiment's name), which holds on this machine only; with a PostgreSQL catalog
+        also the server's advisory lock of that name, which holds across machines."""
         from .errors import BusyError
 
         name = self._name(experiment)
-        path = self.root / ICL_DIR / LOCKS_DIR / f"{name}@part-{index}-of-{parts}.lock"
+        claim = f"{name}@part-{index}-of-{parts}"
+        server = self.catalog.server
         with ExitStack() as stack:
             try:  # only the claim itself is rephrased, not a BusyError of the body
-                stack.enter_context(experiment_lock(path, name))
+                stack.enter_context(experiment_lock(
+                    self.root / ICL_DIR / LOCKS_DIR / f"{claim}.lock", name))
+                if server is not None and server.dialect.name == "postgresql":
+                    stack.enter_context(advisory_lock(server, claim))
             except BusyError:
                 raise BusyError(f"part {index}/{parts} of '{name}' is being drawn by another "
                                 "icl process; wait for it to finish (it records the part) or "

@@ -133,3 +133,29 @@ def test_write_2000_sample_shard_time(store, make_arrays, attrs, capsys):
         print(f"\n[store] 2,000-sample 1x28x28 shard written+hashed+recorded in {seconds:.3f} s")
     assert info.count == 2000
     assert seconds < 5  # target 0.5 s; loose here so a busy CI machine does not flake
+
+
+def test_a_part_claim_holds_across_machines_on_postgresql(pg_server, tmp_path):
+    import psycopg
+
+    from store import BusyError, Store
+    from store.locking import advisory_key
+
+    with Store.init(tmp_path / "ws", pg_server.new_url()) as st:
+        st.create_experiment("icl", {"method": "icl"})
+        with st.files.part_claim("icl", 1, 1, 2):  # free: claimed, and released after
+            pass
+        # Another machine drawing part 2/2: the same workspace on shared storage, so no
+        # flock of ours sees it; the server's advisory lock does.
+        dsn = st.catalog.engine.url.set(drivername="postgresql").render_as_string(False)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (advisory_key("icl@part-2-of-2"),))
+            with pytest.raises(BusyError, match=r"^part 2/2 of 'icl' is being drawn by "
+                               r"another icl process"):
+                with st.files.part_claim("icl", 1, 2, 2):
+                    pass
+            with st.files.part_claim("icl", 1, 1, 2):  # another part is not held up
+                pass
+            other.execute("SELECT pg_advisory_unlock(%s)", (advisory_key("icl@part-2-of-2"),))
+        with st.files.part_claim("icl", 1, 2, 2):
+            pass
