@@ -14,28 +14,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from icl_cli.app import app
 from store import Store
+from tests.cli.clikit import COMMON, icl, icl_json
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = Path(__file__).with_name("ddp_entry.py")
 TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "2",
         "--epochs", "2", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05",
         "--lr", "0.05"]
-COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
 pytestmark = pytest.mark.ddp
-
-
-def icl(*args, code=0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
-    return result
-
-
-def icl_json(*args):
-    return json.loads(icl(*args, "--json").stdout)
 
 
 def torchrun_icl(*args, env=None):
