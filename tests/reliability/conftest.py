@@ -1,5 +1,5 @@
-"""Shared workspaces for the reliability tests, each built once per session by real
-``icl`` processes and copied by the tests that change them."""
+"""Shared workspaces for the reliability tests, each built once per session (and per
+catalog backend) by real ``icl`` processes and copied by the tests that change them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from relkit import COMMON, INIT, TINY, copy_ws, outcome, run_child, start_server
+from relkit import (
+    COMMON,
+    INIT,
+    TINY,
+    copy_ws,
+    outcome,
+    run_child,
+    start_server,
+    use_catalog,
+    widen_seed_column,
+)
 
 start_server()  # warms up in the background while the rest of the suite runs
 
@@ -25,30 +35,49 @@ def logs(tmp_path) -> Path:
     return tmp_path / "logs"
 
 
+@pytest.fixture
+def backend() -> str:
+    """The catalog backend of ``templates`` and ``pair``: SQLite unless a test
+    parametrises ``backend`` (over ``relkit.BACKENDS``)."""
+    return "sqlite"
+
+
 @dataclass
 class Templates:
     """Workspaces of experiment 'icl' (tiny net, tiny data) at known stages, and what an
-    uninterrupted ``icl run --rounds 1`` ends with."""
+    uninterrupted ``icl run --rounds 1`` ends with. On PostgreSQL each has a database of
+    its own, copied along with the folder (``relkit.copy_ws``)."""
 
     root: Path
+    server: object = None  # the PostgreSQL server (tests/conftest.py's pg_server), or None
     round0: Path = None  # C_0 only
     shard1: Path = None  # C_0 and the round-1 shard
     done: Path = None  # rounds 0 and 1 complete and evaluated (the reference)
     reference: dict = None  # outcome(done, "icl")
     seconds: dict = field(default_factory=dict)  # how long each command ran, uninterrupted
 
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.server is None else "postgresql"
+
     def copy(self, stage: str, dst: Path) -> Path:
         return copy_ws(getattr(self, stage), dst)
 
+    def fresh(self, ws: Path) -> Path:
+        """``ws``, not yet a workspace: on PostgreSQL, given an empty database."""
+        if self.server is not None:
+            use_catalog(ws, self.server.new_url())
+        return ws
 
-@pytest.fixture(scope="session")
-def templates(tmp_path_factory) -> Templates:
-    root = tmp_path_factory.mktemp("templates")
+
+def _build(root: Path, server) -> Templates:
     logs = root / "logs"
     run_child(["--help"], logs)  # start the warm fork server before timing anything
-    t = Templates(root)
-    t.round0 = root / "round0"
+    t = Templates(root, server)
+    t.round0 = t.fresh(root / "round0")
     t.seconds["init"] = run_child([*INIT, "-w", t.round0], logs).seconds
+    if server is not None:
+        widen_seed_column(t.round0)
     t.shard1 = copy_ws(t.round0, root / "shard1")
     t.seconds["synthesize"] = run_child(
         ["synthesize", "-w", t.shard1, "--round", "1", *COMMON], logs).seconds
@@ -63,12 +92,33 @@ def templates(tmp_path_factory) -> Templates:
 
 
 @pytest.fixture(scope="session")
-def pair(tmp_path_factory) -> Path:
+def _built() -> dict:
+    return {}  # backend -> Templates, pair workspace
+
+
+@pytest.fixture
+def templates(backend, _built, tmp_path_factory, request) -> Templates:
+    if ("templates", backend) not in _built:
+        server = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+        _built["templates", backend] = _build(
+            tmp_path_factory.mktemp(f"templates-{backend}"), server)
+    return _built["templates", backend]
+
+
+@pytest.fixture
+def pair(backend, _built, tmp_path_factory, request) -> Path:
     """A workspace with a baseline 'base' and an ICL experiment 'icl' started from it
     (``--from base:0``), both at round 0: the paired set-up of the recipes."""
-    ws = tmp_path_factory.mktemp("pair") / "ws"
-    logs = ws.parent / "logs"
-    run_child(["init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON], logs)
-    run_child(["init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON],
-              logs)
-    return ws
+    if ("pair", backend) not in _built:
+        ws = tmp_path_factory.mktemp(f"pair-{backend}") / "ws"
+        if backend == "postgresql":
+            use_catalog(ws, request.getfixturevalue("pg_server").new_url())
+        logs = ws.parent / "logs"
+        run_child(["init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON],
+                  logs)
+        if backend == "postgresql":
+            widen_seed_column(ws)
+        run_child(["init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0",
+                   *COMMON], logs)
+        _built["pair", backend] = ws
+    return _built["pair", backend]
