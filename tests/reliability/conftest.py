@@ -16,7 +16,6 @@ from relkit import (
     run_child,
     start_server,
     use_catalog,
-    widen_seed_column,
 )
 
 start_server()  # warms up in the background while the rest of the suite runs
@@ -76,8 +75,6 @@ def _build(root: Path, server) -> Templates:
     t = Templates(root, server)
     t.round0 = t.fresh(root / "round0")
     t.seconds["init"] = run_child([*INIT, "-w", t.round0], logs).seconds
-    if server is not None:
-        widen_seed_column(t.round0)
     t.shard1 = copy_ws(t.round0, root / "shard1")
     t.seconds["synthesize"] = run_child(
         ["synthesize", "-w", t.shard1, "--round", "1", *COMMON], logs).seconds
@@ -116,8 +113,6 @@ def pair(backend, _built, tmp_path_factory, request) -> Path:
         logs = ws.parent / "logs"
         run_child(["init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON],
                   logs)
-        if backend == "postgresql":
-            widen_seed_column(ws)
         run_child(["init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0",
                    *COMMON], logs)
         _built["pair", backend] = ws

@@ -124,7 +124,9 @@ def _child(argv: list[str], out: str, err: str, uid: int | None,
     runs (``Child.started`` waits for them)."""
     if url is not None:
         os.environ["ICL_CATALOG_URL"] = url
-        _widen_seed_type()
+        import pgseed  # a workaround for a store bug, see there
+
+        pgseed.widen()
     # Ctrl-C as in a terminal, even when the test runner itself was started in the
     # background (a shell's `cmd &` starts it with SIGINT ignored, and children inherit it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -225,7 +227,8 @@ def _context():
         ctx.set_forkserver_preload(["relkit", "relwarm", "icl_cli.steps.run",
                                     "icl_cli.steps.init", "store.verify", "h5py",
                                     "sqlalchemy.dialects.sqlite", "pytest",
-                                    "sqlalchemy.dialects.postgresql", "psycopg"])
+                                    "sqlalchemy.dialects.postgresql", "psycopg",
+                                    "pgseed"])
         # The server is a fresh `python -c` whose environment its children inherit: let
         # it import this folder's modules, and keep the user's icl settings out of it.
         saved = dict(os.environ)
@@ -255,9 +258,15 @@ class Child:
         self.t0 = time.monotonic()
         url = _argv_catalog(self.argv)
         if exec_:
-            env = dict(os.environ, **({"ICL_CATALOG_URL": url} if url else {}))
+            cmd, env = [sys.executable, "-m", "icl_cli"], dict(os.environ)
+            if url:  # `python -m icl_cli` with pgseed's workaround for a store bug first
+                here = str(Path(__file__).parent)
+                env.update(ICL_CATALOG_URL=url, PYTHONPATH=os.pathsep.join(
+                    p for p in (here, env.get("PYTHONPATH")) if p))
+                cmd[1:] = ["-c", "import pgseed, runpy; pgseed.widen(); runpy.run_module("
+                           "'icl_cli', run_name='__main__', alter_sys=True)"]
             with open(self.out, "wb") as o, open(self.err, "wb") as e:
-                self._popen = subprocess.Popen([sys.executable, "-m", "icl_cli", *self.argv],
+                self._popen = subprocess.Popen([*cmd, *self.argv],
                                                stdout=o, stderr=e, stdin=subprocess.DEVNULL,
                                                preexec_fn=_default_sigint, env=env)
             self.pid, self._proc = self._popen.pid, None
@@ -487,32 +496,6 @@ def check_after_crash(ws: Path, logs: Path) -> dict:
     assert clean["ok"] and not clean["temporary"] and not clean["problems"], clean
     assert not list(ws.rglob("*.tmp-*")), "temporary files left after --repair"
     return first
-
-
-def _widen_seed_type() -> None:
-    """WORKAROUND (see :func:`widen_seed_column`), in a child on a PostgreSQL catalog: the
-    ORM's type of ``shards.seed``, which SQLAlchemy's psycopg dialect casts every value
-    to (``$9::INTEGER``), made a BigInteger."""
-    from sqlalchemy import BigInteger
-
-    from store.orm import Shard
-
-    column = Shard.__table__.c.seed
-    if not isinstance(column.type, BigInteger):
-        column.type = BigInteger()
-
-
-def widen_seed_column(ws: Path) -> None:
-    """WORKAROUND, until store/orm.py declares ``shards.seed`` a BigInteger: on PostgreSQL
-    an ``Integer`` is 32 bits, and a synthesize step's seed (``derive_seed``: 63 bits) does
-    not fit ("integer out of range"). Widens the column of the workspace's PostgreSQL
-    catalog (and every child on one widens the ORM's type, :func:`_widen_seed_type`) so
-    the suites can test everything else; test_reliability_postgres.py's strict xfail says
-    when the store itself is fixed (then delete both)."""
-    if catalog_url(ws) is not None and rows(
-            ws, "SELECT data_type FROM information_schema.columns WHERE table_name = "
-                "'shards' AND column_name = 'seed'") == [("integer",)]:
-        execute(ws, "ALTER TABLE shards ALTER COLUMN seed TYPE bigint")
 
 
 def copy_ws(src: Path, dst: Path) -> Path:

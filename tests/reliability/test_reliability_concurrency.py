@@ -5,7 +5,8 @@ SQLite, a table lock on PostgreSQL) makes others wait, never reaches a user.
 
 Each runs on both catalog backends: SQLite in the workspace, and a database on a
 throwaway PostgreSQL server (``pg_server``), where the experiment lock is also the
-server's advisory lock, the one that holds between machines sharing the workspace."""
+server's advisory lock, the one that holds between machines sharing the workspace (two
+experiments in parallel on PostgreSQL, ~1 minute here, is ``slow``)."""
 
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def test_a_long_catalog_writer_makes_others_wait_not_fail(templates, tmp_path, l
     assert res.code == 0 and "locked" not in res.stderr, res
 
 
-@both
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def test_two_experiments_of_one_workspace_run_in_parallel(pair, templates, tmp_path, logs):
     ws = copy_ws(pair, tmp_path / "ws")
     runs = [spawn(["run", "-w", ws, "-e", e, "--rounds", "1", *COMMON], logs)

@@ -13,6 +13,11 @@ The moments are drawn from a seeded generator, uniformly over how long the comma
 takes when nobody interrupts it, so they fall anywhere: loading data, training, inside
 an HDF5 or torch.save write, between the rename and the catalog row, in the catalog
 transaction, while evaluating.
+
+Each case runs on both catalog backends, SQLite in the workspace and a database on a
+throwaway PostgreSQL server (``pg_server``). To stay in the default suite's time budget,
+PostgreSQL runs every kind of fault there once (a random SIGKILL, each narrow window, a
+Ctrl-C, SIGTERM through the console entry point); the rest of its matrix is ``slow``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 
 import pytest
 from relkit import (
+    BACKENDS,
     COMMON,
     INIT,
     TINY,
@@ -34,10 +40,23 @@ from relkit import (
     run_child,
     spawn,
     spawn_exec,
+    use_catalog,
 )
 
 SEED = 20240607
 STAGE = {"init": None, "synthesize": "round0", "reclassify": "shard1", "run": "round0"}
+
+
+def _cases(names: list, on_postgresql: list, ids=None) -> list:
+    """``(backend, *case)`` for every case on SQLite, and on PostgreSQL: those in
+    ``on_postgresql`` in the default suite, the others marked slow."""
+    names = [n if isinstance(n, tuple) else (n,) for n in names]
+    ids = ids or ["-".join(str(x) for x in n) for n in names]
+    out = [pytest.param("sqlite", *n, id=f"sqlite-{i}") for n, i in zip(names, ids, strict=True)]
+    for n, i in zip(names, ids, strict=True):
+        marks = () if i in on_postgresql else (pytest.mark.slow,)
+        out.append(pytest.param("postgresql", *n, id=f"postgresql-{i}", marks=marks))
+    return out
 
 
 def _command(name: str, ws) -> list:
@@ -56,6 +75,8 @@ def _signal_somewhere(templates, name, tmp_path, logs, rng, sig):
         ws = tmp_path / f"{name}-{attempt}"
         if STAGE[name]:
             templates.copy(STAGE[name], ws)
+        else:
+            templates.fresh(ws)
         child = spawn(_command(name, ws), logs)
         child.started()
         time.sleep(rng.uniform(0.0, 0.9 * templates.seconds[name]))
@@ -76,7 +97,8 @@ def _resume(ws, logs) -> None:
     run_child(["run", "-w", ws, "--rounds", "1", *COMMON], logs)
 
 
-@pytest.mark.parametrize("name", ["init", "synthesize", "reclassify"])
+@pytest.mark.parametrize("backend,name", _cases(["init", "synthesize", "reclassify"],
+                                                ["reclassify"]))
 def test_sigkill_at_a_random_moment_then_verify_and_resume(templates, name, tmp_path, logs):
     rng = random.Random(f"{SEED}-{name}")
     ws, res = _signal_somewhere(templates, name, tmp_path, logs, rng, signal.SIGKILL)
@@ -86,10 +108,10 @@ def test_sigkill_at_a_random_moment_then_verify_and_resume(templates, name, tmp_
     assert outcome(ws, "icl") == templates.reference
 
 
-@pytest.mark.parametrize("name,fault", [("synthesize", "tmp-written"),
-                                        ("synthesize", "renamed"),
-                                        ("reclassify", "renamed"),
-                                        ("reclassify", "recorded")])
+@pytest.mark.parametrize("backend,name,fault", _cases(
+    [("synthesize", "tmp-written"), ("synthesize", "renamed"), ("reclassify", "renamed"),
+     ("reclassify", "recorded")],
+    ["synthesize-tmp-written", "reclassify-renamed", "reclassify-recorded"]))
 def test_sigkill_in_the_narrowest_windows(templates, name, fault, tmp_path, logs):
     """Random moments rarely land in the microseconds between writing a file, renaming it
     and recording it; these kills land there on purpose."""
@@ -103,7 +125,8 @@ def test_sigkill_in_the_narrowest_windows(templates, name, fault, tmp_path, logs
     assert outcome(ws, "icl") == templates.reference
 
 
-@pytest.mark.parametrize("name", ["init", "synthesize", "reclassify", "run"])
+@pytest.mark.parametrize("backend,name", _cases(["init", "synthesize", "reclassify", "run"],
+                                                ["run"]))
 def test_ctrl_c_exits_cleanly_with_one_line(templates, name, tmp_path, logs):
     rng = random.Random(f"{SEED}-int-{name}")
     ws, res = _signal_somewhere(templates, name, tmp_path, logs, rng, signal.SIGINT)
@@ -114,9 +137,9 @@ def test_ctrl_c_exits_cleanly_with_one_line(templates, name, tmp_path, logs):
     assert check_after_crash(ws, logs).get("temporary", []) == []
 
 
-@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted"),
-                                            (signal.SIGTERM, 143, "terminated (SIGTERM)")],
-                         ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("backend,sig,code,words", _cases(
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ["sigterm"], ids=["ctrl-c", "sigterm"]))
 def test_ctrl_c_through_the_console_entry_point(templates, tmp_path, logs, sig, code, words):
     """A cold ``python -m icl_cli synthesize``, interrupted once its step is running: by
     Ctrl-C, or by SIGTERM (what ``timeout`` and Slurm send), which is handled the same."""
@@ -151,13 +174,21 @@ SLOW = [*TINY[:2], "--train-size", "1000", "--val-size", "100", "--init-epochs",
 
 
 @pytest.mark.slow
-def test_many_kills_at_random_moments(tmp_path, logs):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_kills_at_random_moments(backend, tmp_path, logs, request):
     """At least 20 SIGKILLs (and some Ctrl-Cs) across init, synthesize, reclassify and run
     on larger steps; each workspace is driven to round 3 through the kills and must end
     exactly as an uninterrupted one."""
+    server = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+
+    def fresh(ws):
+        if server is not None:
+            use_catalog(ws, server.new_url())
+        return ws
+
     rng = random.Random(SEED + 1)
     init = ["init", "-e", "icl", "--method", "icl", *SLOW, *COMMON]
-    ref = tmp_path / "ref"
+    ref = fresh(tmp_path / "ref")
     seconds = {"init": run_child([*init, "-w", ref], logs).seconds}
     seconds["run"] = run_child(["run", "-w", ref, "--rounds", "3", *COMMON], logs).seconds
     seconds["step"] = seconds["run"] / 6
@@ -166,7 +197,7 @@ def test_many_kills_at_random_moments(tmp_path, logs):
     kills = interrupts = 0
     left = {"temporary": 0, "orphans": 0, "dead step": 0}  # what the kills cut short
     for n in range(100):
-        ws = tmp_path / f"ws{n}"
+        ws = fresh(tmp_path / f"ws{n}")
         while not (rows(ws, "SELECT id FROM evaluations WHERE round = 3")
                    if has_experiment(ws, "icl") else False):
             argv, kind = _next_command(ws, init, rng)

@@ -12,7 +12,7 @@ from store import Store
 
 @pytest.mark.xfail(strict=True, reason="store/orm.py: shards.seed is an Integer, 32 bits on "
                    "PostgreSQL; a 63-bit derive_seed() seed is 'integer out of range' "
-                   "(relkit.widen_seed_column works around it until it is a BigInteger)")
+                   "(pgseed.py works around it in the suites' children until it is a BigInteger)")
 def test_a_synthesize_seed_fits_a_postgresql_catalog(pg_server, tmp_path):
     seed = derive_seed("synthesize", 0, 1, 1)  # what `icl synthesize --round 1` draws with
     assert seed > 2**31
