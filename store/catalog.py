@@ -8,8 +8,10 @@ standard library's ``sqlite3``) and writes, creates and upgrades through ``store
 (``icl status``, ``report``, ``verify``) never imports SQLAlchemy. The ORM's names
 (``Experiment``, ``Shard``, ``run_write``...) are still importable from here.
 
-The schema version is checked on open: a catalog written by a newer icl is refused, an
-older one is upgraded in place (``store.orm.upgrade_schema``), a current one is read as is.
+The schema is versioned by Alembic (``store/migrations``, one revision per schema
+version) and, for every icl old or new, by the number in its ``schema_version`` table. It is
+checked on open: a catalog written by a newer icl is refused, an older one is upgraded in
+place (``store.orm.migrate``), a current one is read as is, without SQLAlchemy or Alembic.
 """
 
 from __future__ import annotations
@@ -39,12 +41,24 @@ if TYPE_CHECKING:
 
     from .orm import Experiment
 
-__all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "Catalog", "first_line", "to_info", "utcnow"]
+__all__ = ["BUSY_TIMEOUT_MS", "KNOWN_REVISIONS", "SCHEMA_REVISION", "SCHEMA_VERSION",
+           "Catalog", "first_line", "schema_revision", "to_info", "utcnow"]
 
 SCHEMA_VERSION = 3
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
-``attacks.params``. ``upgrade_schema`` brings a version-1 or -2 catalog to 3 in place."""
+``attacks.params``. The migrations in ``store/migrations`` bring a version-1 or -2 catalog
+to 3 in place."""
+
+
+def schema_revision(version: int) -> str:
+    """The Alembic revision of schema ``version`` (``store/migrations/versions``)."""
+    return f"{version:04d}"
+
+
+SCHEMA_REVISION = schema_revision(SCHEMA_VERSION)
+"""The head revision: what a current catalog's ``alembic_version`` holds."""
+KNOWN_REVISIONS = frozenset(schema_revision(v) for v in range(1, SCHEMA_VERSION + 1))
 T = TypeVar("T")
 InfoT = TypeVar("InfoT")
 
@@ -113,22 +127,29 @@ class Catalog:
         return None if self.url.startswith("sqlite") else self.engine
 
     def create(self) -> None:
-        """Create the schema (idempotent) and bring an older one up to date."""
-        from .orm import catalog_errors, create_schema
+        """Create the schema (idempotent) and bring an older one up to date (stamping one
+        that an icl before Alembic made); a current one is only read."""
+        if self._schema() == (SCHEMA_VERSION, SCHEMA_REVISION):
+            return
+        from .orm import catalog_errors, migrate
 
         with catalog_errors():
-            create_schema(self.engine)
+            migrate(self.engine, create=True)
 
     def open(self) -> None:
         """Check the schema (refuse a newer one or none) and upgrade an older one; a
-        current one is only read (no SQLAlchemy)."""
-        if self.reader.version() == SCHEMA_VERSION:
+        current one is only read (no SQLAlchemy, no Alembic), stamped or not yet."""
+        version, revision = self._schema()
+        if version == SCHEMA_VERSION and revision in (None, SCHEMA_REVISION):
             return
-        from .orm import catalog_errors, check_schema, upgrade_schema
+        from .orm import catalog_errors, migrate
 
         with catalog_errors():
-            check_schema(self.engine)
-            upgrade_schema(self.engine)
+            migrate(self.engine, create=False)
+
+    def _schema(self) -> tuple[int | None, str | None]:
+        """The catalog's schema version and Alembic revision, as the reader finds them."""
+        return self.reader.version(), self.reader.revision()
 
     def has_schema(self) -> bool:
         """True if the database holds icl's tables (an emptied or new file does not)."""

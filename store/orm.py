@@ -17,14 +17,21 @@ SQLite (the default, ``<ws>/.icl/catalog.db``) runs in WAL mode with foreign key
 30 s busy timeout and ``BEGIN IMMEDIATE`` for writes, plus a retry loop, so concurrent icl
 processes queue instead of failing with "database is locked". Any other SQLAlchemy URL
 (``ICL_CATALOG_URL``, e.g. PostgreSQL) works too.
+
+The schema (:func:`migrate`) is versioned the same way on every backend: a new catalog is
+made by ``create_all`` and stamped at the head Alembic revision, an older one is brought to
+the head by the migrations of ``store/migrations`` (Alembic, imported only then), in one
+transaction that holds the catalog's write lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -44,11 +51,20 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .catalog import BUSY_TIMEOUT_MS, SCHEMA_VERSION, first_line, to_info, utcnow
+from .catalog import (
+    BUSY_TIMEOUT_MS,
+    KNOWN_REVISIONS,
+    SCHEMA_REVISION,
+    SCHEMA_VERSION,
+    first_line,
+    schema_revision,
+    to_info,
+    utcnow,
+)
 from .errors import StoreError, catalog_damaged, catalog_unusable
 from .infos import ExperimentInfo
 
@@ -226,74 +242,126 @@ def make_engine(url: str) -> Engine:
                          "e.g. postgresql+psycopg://user@host/db") from None
 
 
-def create_schema(engine: Engine) -> None:
-    """Create missing tables and stamp the schema version (idempotent)."""
-    check_schema(engine, missing_ok=True)
-    Base.metadata.create_all(engine)
-    with write_session(engine) as s:
-        if s.scalar(select(SchemaVersion.version)) is None:
-            s.add(SchemaVersion(version=SCHEMA_VERSION))
-    upgrade_schema(engine)
+# The key of the transaction-level advisory lock a PostgreSQL schema change holds (SQLite
+# has BEGIN IMMEDIATE), apart from every experiment's (store.locking.advisory_key).
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"icl:catalog:schema").digest()[:8], "big",
+                                 signed=True)
 
 
-def _version(engine: Engine) -> int | None:
-    with Session(engine) as s:
-        return s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
+@dataclass(frozen=True)
+class SchemaState:
+    """What a catalog says of its schema: whether it has icl's tables at all, the version in
+    ``schema_version`` (None: none recorded) and the Alembic revision (None: not stamped,
+    e.g. made by an icl before Alembic)."""
+
+    exists: bool
+    version: int | None
+    revision: str | None
+
+    def refuse(self, missing_ok: bool, url: Any) -> None:
+        """StoreError for a catalog a newer icl wrote (by version or by a revision this icl
+        does not know), or one without icl's tables unless ``missing_ok``."""
+        if not self.exists:
+            if missing_ok:
+                return
+            raise StoreError(f"catalog {url} has no icl schema; run `icl init` to create it")
+        if self.version is not None and self.version > SCHEMA_VERSION:
+            raise StoreError(f"catalog schema {self.version} is newer than this icl "
+                             f"({SCHEMA_VERSION}); upgrade icl")
+        if self.revision is not None and self.revision not in KNOWN_REVISIONS:
+            raise StoreError(f"catalog schema revision {self.revision!r} is newer than this "
+                             f"icl ({SCHEMA_REVISION}); upgrade icl")
+
+    def settled(self, create: bool) -> bool:
+        """True when nothing is to be done: the head schema, stamped at the head revision
+        (``create``) or not stamped yet (a read leaves that to the next ``create``), or,
+        when only opening, no version to upgrade from (a creation cut short, which the
+        next ``create`` finishes)."""
+        if self.version == SCHEMA_VERSION:
+            return self.revision == SCHEMA_REVISION or (not create and self.revision is None)
+        return not create and self.version is None
 
 
-def upgrade_schema(engine: Engine) -> None:
-    """Bring a catalog of an older schema to ``SCHEMA_VERSION`` in one transaction (the
-    same statements on SQLite and PostgreSQL); a current catalog is left untouched."""
-    found = _version(engine)
-    if found is None or found >= SCHEMA_VERSION:
-        return
-    # The write lock first (SQLite: BEGIN IMMEDIATE), then the version again: of two
-    # processes opening an old catalog at once, the second finds it upgraded.
+def schema_state(conn: Connection) -> SchemaState:
+    look = inspect(conn)
+    if not look.has_table(SchemaVersion.__tablename__):
+        return SchemaState(False, None, None)
+    version = conn.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
+    revision = None
+    if look.has_table("alembic_version"):
+        found = sorted(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+        revision = ",".join(found) or None  # several (branches): none this icl knows
+    return SchemaState(True, version, revision)
+
+
+@contextmanager
+def _schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction holding the catalog's write lock from its first statement: SQLite's
+    ``BEGIN IMMEDIATE``, PostgreSQL's transaction-level advisory lock (released at commit
+    or rollback). Of two processes creating or upgrading a catalog at once, the second
+    waits, then reads the schema the first left."""
     with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
-        found = conn.scalar(select(SchemaVersion.version).order_by(
-            SchemaVersion.version.desc()))
-        if found is None or found >= SCHEMA_VERSION:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        yield conn
+
+
+def _set_version(conn: Connection) -> None:
+    conn.execute(SchemaVersion.__table__.delete())
+    conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+
+
+def migrate(engine: Engine, create: bool) -> None:
+    """Bring the catalog to the head schema in one transaction, on SQLite and PostgreSQL
+    alike (``store/migrations``). ``create``: a catalog without icl's tables is made
+    (``create_all`` and stamped at the head revision, Alembic's recipe) and tables a
+    partial one lacks are added; else such a catalog is refused. A catalog of an older
+    version (made before Alembic or after) is stamped at that version's revision, then
+    upgraded; a newer one is refused, and a current one is left untouched."""
+    from . import migrations
+
+    with engine.connect() as conn:  # no lock to refuse, or to find nothing to do
+        state = schema_state(conn)
+    state.refuse(missing_ok=create, url=engine.url)
+    if state.settled(create):
+        return
+    with _schema_transaction(engine) as conn:
+        state = schema_state(conn)  # again, under the lock
+        state.refuse(missing_ok=create, url=engine.url)
+        if state.settled(create):
             return
-        columns = {c["name"] for c in inspect(conn).get_columns(Experiment.__tablename__)}
-        if "data_fingerprint" not in columns:
-            conn.exec_driver_sql("ALTER TABLE experiments ADD COLUMN data_fingerprint "
-                                 "VARCHAR(64)")
-        Base.metadata.create_all(conn, tables=[RoundMetric.__table__])
-        columns = {c["name"] for c in inspect(conn).get_columns(Attack.__tablename__)}
-        if "method" not in columns:
-            _rebuild_attacks(conn)
-        conn.execute(SchemaVersion.__table__.delete())
-        conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+        if not state.exists or state.version is None:  # new, or its creation cut short
+            Base.metadata.create_all(conn)
+            _set_version(conn)
+            migrations.stamp(conn, SCHEMA_REVISION)
+            return
+        # The recorded version wins over a stamp that disagrees with it: each revision
+        # writes both, and an icl before Alembic changed the schema by the version alone.
+        start = schema_revision(state.version)
+        if state.revision != start:
+            migrations.stamp(conn, start)
+        if start != SCHEMA_REVISION:
+            migrations.upgrade(conn, SCHEMA_REVISION)
+        if create:
+            Base.metadata.create_all(conn)  # checkfirst: only tables a partial catalog lacks
 
 
-def _rebuild_attacks(conn: Any) -> None:
-    """Version 3's ``attacks`` (``method`` joins the unique key, which no ALTER TABLE can
-    change on SQLite): copy the rows, re-create the table, put them back as ``fgsm``."""
-    table = Attack.__table__
-    # Without their ids (nothing refers to an attack row), so that PostgreSQL's new id
-    # sequence does not hand out one of theirs again; in id order, as they were listed.
-    old = ("experiment_id", "round", "against_experiment", "against_round", "eps", "counts",
-           "created_at")
-    rows = [dict(r._mapping) for r in conn.execute(
-        select(*(table.c[c] for c in old)).select_from(table).order_by(table.c.id))]
-    table.drop(conn)
-    table.create(conn)
-    if rows:
-        conn.execute(table.insert(), [{**r, "method": "fgsm", "params": None} for r in rows])
+def create_schema(engine: Engine) -> None:
+    """Create the schema (idempotent) and bring an older one to the head."""
+    migrate(engine, create=True)
 
 
 def check_schema(engine: Engine, missing_ok: bool = False) -> None:
-    """Refuse a catalog written by a newer icl; a missing version table is an error unless
+    """Refuse a catalog written by a newer icl; a missing schema is an error unless
     ``missing_ok`` (a fresh catalog being created)."""
-    if not inspect(engine).has_table(SchemaVersion.__tablename__):
-        if missing_ok:
-            return
-        raise StoreError(f"catalog {engine.url} has no icl schema; run `icl init` to create it")
-    found = _version(engine)
-    if found is not None and found > SCHEMA_VERSION:
-        raise StoreError(
-            f"catalog schema {found} is newer than this icl ({SCHEMA_VERSION}); upgrade icl"
-        )
+    with engine.connect() as conn:
+        schema_state(conn).refuse(missing_ok=missing_ok, url=engine.url)
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring a catalog of an older schema to the head in place (refusing a newer one or
+    none); a current one is left untouched."""
+    migrate(engine, create=False)
 
 
 def _is_locked(exc: OperationalError) -> bool:

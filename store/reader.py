@@ -208,6 +208,15 @@ class CatalogReader:
         found = self.source.rows("SELECT version FROM schema_version ORDER BY version DESC")
         return found[0][0] if found else None
 
+    def revision(self) -> str | None:
+        """The Alembic revision the catalog is stamped at (``store/migrations``); None where
+        it is not (no schema yet, or made by an icl before Alembic). Several (branches,
+        which icl never makes) come back joined, as one revision no icl knows."""
+        if not self.source.has_table("alembic_version"):
+            return None
+        found = sorted(r[0] for r in self.source.rows("SELECT version_num FROM alembic_version"))
+        return ",".join(found) or None
+
     # ----------------------------------------------------------- experiments
     def _experiments(self, rest: str, params: Sequence[Any] = ()) -> list[ExperimentInfo]:
         rows = self._select(EXPERIMENT, f"FROM experiments x {rest}", params)

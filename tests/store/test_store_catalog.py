@@ -1,14 +1,22 @@
 """Catalog schema 3: attacks keyed by method too, and catalogs of schema 1 and 2 upgraded in
-place (their attack rows read as FGSM with no params)."""
+place (their attack rows read as FGSM with no params) by the Alembic migrations of
+``store/migrations``, whose head schema is the models'. PostgreSQL's side of the same is in
+test_store_postgres.py."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from store import AttackInfo, Store, StoreError
+from store.catalog import KNOWN_REVISIONS, SCHEMA_REVISION, SCHEMA_VERSION, schema_revision
 
 V2_DUMP = Path(__file__).parent / "data" / "catalog-v2.sql"
 PGD = {"steps": 40, "step_size": 0.01, "restarts": 1, "random_start": True}
@@ -46,6 +54,7 @@ def test_an_old_catalog_is_upgraded_in_place_and_its_attacks_read_as_fgsm(tmp_pa
             (0.125, "fgsm"), (0.125, "pgd"), (0.25, "fgsm")]
     with sqlite3.connect(ws / ".icl" / "catalog.db") as con:
         assert con.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
         cols = {r[1]: r for r in con.execute("PRAGMA table_info(attacks)")}
         assert cols["method"][3] == 1  # NOT NULL
     with Store.open(ws) as st:  # opening again changes nothing
@@ -79,3 +88,177 @@ def test_attack_method_and_params_are_checked(store):
     with pytest.raises(StoreError, match="not plain JSON"):
         store.record_attack("icl", 1, "base", 1, 0.1, {}, method="pgd", params={"s": {1}})
     assert store.attacks() == []
+
+
+# ------------------------------------------------------------------ Alembic
+def _db(ws: Path) -> Path:
+    return ws / ".icl" / "catalog.db"
+
+
+def _rows(db: Path, table: str, columns: list[str]) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid").fetchall()
+
+
+def _columns(db: Path, table: str) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+
+
+def _tables(db: Path) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = "
+                                          "'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+
+def _differences(url: str) -> list:
+    """What Alembic's autogenerate finds between the database at ``url`` and the models
+    (types and server defaults compared too): what a new revision would have to do."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from store.orm import Base
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as con:
+            context = MigrationContext.configure(con, opts={"compare_type": True,
+                                                            "compare_server_default": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_the_migrations_are_one_revision_per_schema_version_up_to_the_head():
+    from store.migrations import revisions
+
+    assert revisions() == ["0001", "0002", "0003"]
+    assert [schema_revision(v) for v in range(1, SCHEMA_VERSION + 1)] == revisions()
+    assert SCHEMA_REVISION == revisions()[-1] and KNOWN_REVISIONS == set(revisions())
+
+
+def test_a_fresh_catalog_is_made_at_the_alembic_head(tmp_path):
+    from alembic.migration import MigrationContext
+
+    with Store.init(tmp_path / "ws") as st:
+        with st.engine.connect() as con:
+            assert MigrationContext.configure(con).get_current_revision() == "0003"
+    db = _db(tmp_path / "ws")
+    assert _rows(db, "schema_version", ["version"]) == [(3,)]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    assert _differences(f"sqlite:///{db}") == []
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_catalog_is_stamped_then_migrated_to_the_head_and_keeps_every_row(tmp_path,
+                                                                                 version):
+    ws = _old_workspace(tmp_path, version)
+    db = _db(ws)
+    before = {t: (_columns(db, t), _rows(db, t, _columns(db, t))) for t in _tables(db)}
+    assert "alembic_version" not in before  # made by an icl before Alembic
+    with Store.open(ws):
+        pass
+    assert _rows(db, "schema_version", ["version"]) == [(3,)]
+    assert _rows(db, "alembic_version", ["version_num"]) == [("0003",)]
+    for table, (columns, rows) in before.items():
+        if table == "attacks":  # re-created (new key): the same rows in order, new ids
+            kept = [c for c in columns if c != "id"]
+            assert _rows(db, table, kept) == [r[1:] for r in rows]
+            assert _rows(db, table, ["id", "method", "params"]) == [(1, "fgsm", None),
+                                                                   (2, "fgsm", None)]
+        elif table != "schema_version":
+            assert _rows(db, table, columns) == rows, table
+    assert set(_tables(db)) == {*before, "alembic_version", "round_metrics"}
+
+
+def test_the_migrated_schema_is_the_models_schema(tmp_path):
+    # The proof that migrations and models agree: a version-1 catalog (raw SQL, as icl
+    # 0.1 made it) migrated to the head has exactly the tables, columns, types, keys,
+    # indexes and server defaults that create_all makes of the models.
+    ws = _old_workspace(tmp_path, 1)
+    url = f"sqlite:///{_db(ws)}"
+    missing = {(d[0], d[2] if d[0] == "add_column" else None) for d in _differences(url)
+               if isinstance(d, tuple)}
+    assert {("add_column", "experiments"), ("add_column", "attacks"),
+            ("add_table", None)} <= missing  # the comparison sees what version 1 lacks
+    with Store.open(ws):
+        pass
+    assert _differences(url) == []
+
+
+def test_the_migrations_alone_make_the_models_schema_from_nothing(tmp_path):
+    from store.migrations import upgrade
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    with engine.begin() as con:
+        upgrade(con)
+    engine.dispose()
+    assert _differences(f"sqlite:///{tmp_path / 'new.db'}") == []
+    assert _rows(tmp_path / "new.db", "alembic_version", ["version_num"]) == [("0003",)]
+    assert _rows(tmp_path / "new.db", "schema_version", ["version"]) == [(3,)]
+
+
+def test_a_catalog_of_the_head_schema_made_before_alembic_is_read_as_is_and_stamped_by_init(
+        tmp_path):
+    with Store.init(tmp_path / "ws") as st:
+        st.create_experiment("icl", {"method": "icl"})
+    db = _db(tmp_path / "ws")
+    with sqlite3.connect(db) as con:
+        con.execute("DROP TABLE alembic_version")  # as every icl before Alembic left it
+    with Store.open(tmp_path / "ws") as st:  # a read writes nothing
+        assert [e.name for e in st.experiments()] == ["icl"]
+    assert "alembic_version" not in _tables(db)
+    with Store.init(tmp_path / "ws") as st:
+        assert [e.name for e in st.experiments()] == ["icl"]
+    assert _rows(db, "alembic_version", ["version_num"]) == [("0003",)]
+
+
+def test_a_revision_this_icl_does_not_know_is_refused_in_one_line(tmp_path):
+    with Store.init(tmp_path / "ws") as st:
+        st.create_experiment("icl", {"method": "icl"})
+    with sqlite3.connect(_db(tmp_path / "ws")) as con:
+        con.execute("UPDATE alembic_version SET version_num = '0004'")  # a newer icl's
+    for how in (Store.open, Store.init):
+        with pytest.raises(StoreError, match=r"^catalog schema revision '0004' is newer than "
+                           r"this icl \(0003\); upgrade icl$"):
+            how(tmp_path / "ws")
+    done = subprocess.run([sys.executable, "-m", "icl_cli", "status", "-w", tmp_path / "ws"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert done.returncode == 3 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "error: catalog schema revision '0004' is newer than this icl (0003); upgrade icl"]
+    assert _rows(_db(tmp_path / "ws"), "alembic_version", ["version_num"]) == [("0004",)]
+
+
+OPEN = """
+import sys
+import alembic.command, store.orm  # imported before saying ready: the race is what follows
+from store import Store
+print("ready", flush=True)
+with Store.open(sys.argv[1]) as st:
+    print(len(st.attacks("icl")), st.experiment("base").data_fingerprint)
+"""
+
+
+def test_two_processes_opening_an_old_catalog_at_once_upgrade_it_once(tmp_path):
+    ws = _old_workspace(tmp_path, 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    holder = sqlite3.connect(_db(ws), isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")  # as icl keeps its catalog: readers go on
+    holder.execute("BEGIN IMMEDIATE")  # both find the old schema, then queue for the lock
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, str(ws)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=Path(__file__).parents[2]) for _ in range(2)]
+    try:
+        assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2
+        time.sleep(1.0)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert (out, err) == (f"2 {'cd' * 32}\n", "")  # and Alembic printed nothing
+    assert _rows(_db(ws), "alembic_version", ["version_num"]) == [("0003",)]
+    assert _rows(_db(ws), "attacks", ["id", "eps"]) == [(1, 0.125), (2, 0.25)]

@@ -1,0 +1,1 @@
+"""One Alembic revision per catalog schema version (see ``store.migrations``)."""
