@@ -1,5 +1,6 @@
 """``python -m benchmarks [--quick] [--json] [--threads N] [--only a,b]``: run the
 benchmarks, print a table (stderr gets progress), or one JSON document with ``--json``.
+``--quick`` leaves out ``scale`` (fresh torchrun processes: ``--only scale`` runs it).
 
 Paired ratios come with a 95 % bootstrap interval and a verdict read from it: "met",
 "not met" or "undecided". ``--gpu-pass --device cuda --out FILE`` is the unattended GPU
@@ -18,6 +19,10 @@ from benchmarks.common import Result, Scale, load_average, machine
 ALL = ("hardware", "reclassify", "synthesis", "early-stop", "ova", "store", "startup",
        "read-only", "processes", "scale", "memory")
 GPU_PASS = ("hardware", "reclassify", "synthesis", "ova")
+# scale times fresh torchrun and icl processes, whose start-up (~10 s a call here) no
+# smaller problem removes: its pairs alone took 6 minutes at --quick. It runs in the full
+# pass, or on its own with --only scale.
+QUICK = tuple(n for n in ALL if n != "scale")
 
 
 def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = None,
@@ -48,7 +53,7 @@ def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = 
         return startup.run_read_only(1 if scale.smoke else 3 if scale.quick else 5)
     if name == "processes":  # each step's fresh-process start-up against `import torch`
         from benchmarks import processes
-        return processes.run(1 if scale.smoke else 3 if scale.quick else 5)
+        return processes.run(1 if scale.smoke else 2 if scale.quick else 5)
     if name == "scale":  # 2 gloo ranks against 1 process, 2 synthesis parts against 1
         from benchmarks import scale as scale_out
         return scale_out.run(scale)
@@ -87,7 +92,9 @@ def table(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="smaller problems (a few minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller problems, and all but scale unless --only names it (about "
+                   "10 minutes here)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny problems (seconds): checks that the benchmarks run, no figures")
     p.add_argument("--gpu-pass", action="store_true",
@@ -99,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     p.add_argument("--device", default="cpu", help="cpu or cuda (store, startup and memory "
                    "always run on the CPU)")
-    p.add_argument("--only", default=",".join(ALL), help=f"comma list of {', '.join(ALL)}")
+    p.add_argument("--only", default=None,
+                   help=f"comma list of {', '.join(ALL)} (default: all; with --quick: all "
+                   "but scale)")
     p.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
                    help="memory: run the steps with glibc's MALLOC_MMAP_THRESHOLD_ fixed")
     p.add_argument("--malloc-trim", action="store_true",
@@ -109,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     scale = Scale.make(a.quick, a.repeats, a.device, smoke=a.smoke)
-    names = list(GPU_PASS) if a.gpu_pass else [n.strip() for n in a.only.split(",")
-                                                if n.strip()]
+    if a.gpu_pass:
+        names = list(GPU_PASS)
+    elif a.only is None:
+        names = list(QUICK if a.quick else ALL)
+    else:
+        names = [n.strip() for n in a.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(ALL)})")
