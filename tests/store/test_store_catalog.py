@@ -19,6 +19,8 @@ from store import AttackInfo, Store, StoreError
 from store.catalog import KNOWN_REVISIONS, SCHEMA_REVISION, SCHEMA_VERSION, schema_revision
 
 V2_DUMP = Path(__file__).parent / "data" / "catalog-v2.sql"
+HEAD = SCHEMA_REVISION  # "0003" today
+NEWER = schema_revision(SCHEMA_VERSION + 1)  # what a newer icl's catalog is stamped at
 PGD = {"steps": 40, "step_size": 0.01, "restarts": 1, "random_start": True}
 
 
@@ -53,8 +55,8 @@ def test_an_old_catalog_is_upgraded_in_place_and_its_attacks_read_as_fgsm(tmp_pa
         assert sorted((a.eps, a.method) for a in st.attacks("icl")) == [
             (0.125, "fgsm"), (0.125, "pgd"), (0.25, "fgsm")]
     with sqlite3.connect(ws / ".icl" / "catalog.db") as con:
-        assert con.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
-        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
         cols = {r[1]: r for r in con.execute("PRAGMA table_info(attacks)")}
         assert cols["method"][3] == 1  # NOT NULL
     with Store.open(ws) as st:  # opening again changes nothing
@@ -142,11 +144,11 @@ def test_a_fresh_catalog_is_made_at_the_alembic_head(tmp_path):
 
     with Store.init(tmp_path / "ws") as st:
         with st.engine.connect() as con:
-            assert MigrationContext.configure(con).get_current_revision() == "0003"
+            assert MigrationContext.configure(con).get_current_revision() == HEAD
     db = _db(tmp_path / "ws")
-    assert _rows(db, "schema_version", ["version"]) == [(3,)]
+    assert _rows(db, "schema_version", ["version"]) == [(SCHEMA_VERSION,)]
     with sqlite3.connect(db) as con:
-        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
     assert _differences(f"sqlite:///{db}") == []
 
 
@@ -159,8 +161,8 @@ def test_an_old_catalog_is_stamped_then_migrated_to_the_head_and_keeps_every_row
     assert "alembic_version" not in before  # made by an icl before Alembic
     with Store.open(ws):
         pass
-    assert _rows(db, "schema_version", ["version"]) == [(3,)]
-    assert _rows(db, "alembic_version", ["version_num"]) == [("0003",)]
+    assert _rows(db, "schema_version", ["version"]) == [(SCHEMA_VERSION,)]
+    assert _rows(db, "alembic_version", ["version_num"]) == [(HEAD,)]
     for table, (columns, rows) in before.items():
         if table == "attacks":  # re-created (new key): the same rows in order, new ids
             kept = [c for c in columns if c != "id"]
@@ -195,8 +197,8 @@ def test_the_migrations_alone_make_the_models_schema_from_nothing(tmp_path):
         upgrade(con)
     engine.dispose()
     assert _differences(f"sqlite:///{tmp_path / 'new.db'}") == []
-    assert _rows(tmp_path / "new.db", "alembic_version", ["version_num"]) == [("0003",)]
-    assert _rows(tmp_path / "new.db", "schema_version", ["version"]) == [(3,)]
+    assert _rows(tmp_path / "new.db", "alembic_version", ["version_num"]) == [(HEAD,)]
+    assert _rows(tmp_path / "new.db", "schema_version", ["version"]) == [(SCHEMA_VERSION,)]
 
 
 def test_a_catalog_of_the_head_schema_made_before_alembic_is_read_as_is_and_stamped_by_init(
@@ -211,24 +213,24 @@ def test_a_catalog_of_the_head_schema_made_before_alembic_is_read_as_is_and_stam
     assert "alembic_version" not in _tables(db)
     with Store.init(tmp_path / "ws") as st:
         assert [e.name for e in st.experiments()] == ["icl"]
-    assert _rows(db, "alembic_version", ["version_num"]) == [("0003",)]
+    assert _rows(db, "alembic_version", ["version_num"]) == [(HEAD,)]
 
 
 def test_a_revision_this_icl_does_not_know_is_refused_in_one_line(tmp_path):
     with Store.init(tmp_path / "ws") as st:
         st.create_experiment("icl", {"method": "icl"})
     with sqlite3.connect(_db(tmp_path / "ws")) as con:
-        con.execute("UPDATE alembic_version SET version_num = '0004'")  # a newer icl's
+        con.execute("UPDATE alembic_version SET version_num = ?", (NEWER,))  # a newer icl's
     for how in (Store.open, Store.init):
-        with pytest.raises(StoreError, match=r"^catalog schema revision '0004' is newer than "
-                           r"this icl \(0003\); upgrade icl$"):
+        with pytest.raises(StoreError, match=rf"^catalog schema revision '{NEWER}' is newer "
+                           rf"than this icl \({HEAD}\); upgrade icl$"):
             how(tmp_path / "ws")
     done = subprocess.run([sys.executable, "-m", "icl_cli", "status", "-w", tmp_path / "ws"],
                           capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert done.returncode == 3 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
-        "error: catalog schema revision '0004' is newer than this icl (0003); upgrade icl"]
-    assert _rows(_db(tmp_path / "ws"), "alembic_version", ["version_num"]) == [("0004",)]
+        f"error: catalog schema revision '{NEWER}' is newer than this icl ({HEAD}); upgrade icl"]
+    assert _rows(_db(tmp_path / "ws"), "alembic_version", ["version_num"]) == [(NEWER,)]
 
 
 OPEN = """
@@ -260,5 +262,5 @@ def test_two_processes_opening_an_old_catalog_at_once_upgrade_it_once(tmp_path):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert (out, err) == (f"2 {'cd' * 32}\n", "")  # and Alembic printed nothing
-    assert _rows(_db(ws), "alembic_version", ["version_num"]) == [("0003",)]
+    assert _rows(_db(ws), "alembic_version", ["version_num"]) == [(HEAD,)]
     assert _rows(_db(ws), "attacks", ["id", "eps"]) == [(1, 0.125), (2, 0.25)]

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import torch
 
 from store import BusyError, CatalogMissing, Store, StoreError
+from store.catalog import SCHEMA_REVISION, SCHEMA_VERSION
 from store.locking import advisory_key
 
 
@@ -73,9 +74,10 @@ def test_a_version_2_catalog_on_postgresql_is_upgraded(pg_server, tmp_path):
         st.record_attack("icl", 1, "icl", 1, 0.1, {"made": 3}, method="pgd")
         assert len(st.attacks()) == 2
         with st.catalog.read() as s:
-            assert s.execute(sa.text("SELECT version FROM schema_version")).all() == [(3,)]
+            assert s.execute(sa.text("SELECT version FROM schema_version")).all() == [
+                (SCHEMA_VERSION,)]
             assert s.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
-                ("0003",)]
+                (SCHEMA_REVISION,)]
 
 
 def test_the_lock_holds_across_machines_through_the_server(pg_server, tmp_path):
@@ -245,8 +247,8 @@ def test_a_fresh_postgresql_catalog_is_made_at_the_alembic_head(pg_server, tmp_p
     url = pg_server.new_url()
     Store.init(tmp_path / "ws", url).close()
     tables = _snapshot(url)
-    assert tables["alembic_version"] == [{"version_num": "0003"}]
-    assert tables["schema_version"] == [{"version": 3}]
+    assert tables["alembic_version"] == [{"version_num": SCHEMA_REVISION}]
+    assert tables["schema_version"] == [{"version": SCHEMA_VERSION}]
     assert _differences(url) == []
 
 
@@ -266,8 +268,8 @@ def test_an_old_postgresql_catalog_is_migrated_to_the_head_with_every_row(pg_ser
         st.record_metrics("icl", 2, {"grad_norm_max": 1.0})
         st.create_experiment("new", {"method": "baseline"})
     after = _snapshot(url)
-    assert after["alembic_version"] == [{"version_num": "0003"}]
-    assert after["schema_version"] == [{"version": 3}]
+    assert after["alembic_version"] == [{"version_num": SCHEMA_REVISION}]
+    assert after["schema_version"] == [{"version": SCHEMA_VERSION}]
     for table, rows in before.items():
         got = [{c: r[c] for c in rows[0]} for r in after[table][:len(rows)]] if rows else []
         if table == "attacks":  # re-created: the same rows in order, as FGSM, new ids
@@ -287,8 +289,8 @@ def test_a_postgresql_catalog_at_a_revision_this_icl_does_not_know_is_refused(pg
     with engine.begin() as con:
         con.exec_driver_sql("UPDATE alembic_version SET version_num = 'abc123'")
     engine.dispose()
-    with pytest.raises(StoreError, match=r"^catalog schema revision 'abc123' is newer than this "
-                       r"icl \(0003\); upgrade icl$"):
+    with pytest.raises(StoreError, match=rf"^catalog schema revision 'abc123' is newer than "
+                       rf"this icl \({SCHEMA_REVISION}\); upgrade icl$"):
         Store.open(tmp_path / "ws", url)
 
 
@@ -328,5 +330,5 @@ def test_two_processes_opening_an_old_postgresql_catalog_at_once_upgrade_it_once
         assert p.returncode == 0, err
         assert (out, err) == ("2 fp\n", "")  # and Alembic printed nothing
     after = _snapshot(url)
-    assert after["alembic_version"] == [{"version_num": "0003"}]
+    assert after["alembic_version"] == [{"version_num": SCHEMA_REVISION}]
     assert [(r["id"], r["eps"]) for r in after["attacks"]] == [(1, 0.125), (2, 0.25)]
