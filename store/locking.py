@@ -11,7 +11,8 @@ without deleting the experiment: the second process then still finds it busy.
 With a PostgreSQL catalog the workspace may sit on storage shared by several machines,
 where file locks do not hold across NFS clients: the holder then also takes a PostgreSQL
 advisory lock keyed by the experiment's name, on a connection of its own kept for as long
-as it holds the lock (the server drops it if the holder dies).
+as it holds the lock (the server drops it if the holder dies). Its write transactions
+take one more advisory lock, :func:`catalog_write_lock`: one catalog writer at a time.
 """
 
 from __future__ import annotations
@@ -196,6 +197,26 @@ def advisory_lock(engine: Any, experiment: str, wait: bool = False) -> Iterator[
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (slot[1],))
     finally:
         conn.close()
+
+
+CATALOG_WRITE_KEY = int.from_bytes(
+    hashlib.sha256(b"icl:catalog-write").digest()[:8], "big", signed=True)
+"""The advisory-lock key that serializes a PostgreSQL catalog's write transactions."""
+
+
+def catalog_write_lock(session: Any) -> None:
+    """On a PostgreSQL catalog, make ``session``'s write transaction the only one until
+    it ends (``pg_advisory_xact_lock``, released at commit or rollback): one writer at a
+    time, as SQLite's ``BEGIN IMMEDIATE`` gives. Without it two transactions under READ
+    COMMITTED both find no row for a key and both insert it: a "replace any earlier one"
+    write (``record_evaluation``, ``record_metrics``...) of two processes at once fails
+    with a unique-constraint violation. Nothing to do on SQLite. To be called first in
+    every write transaction (``store.orm.write_session``)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CATALOG_WRITE_KEY})
 
 
 def advisory_held_elsewhere(engine: Any, experiment: str) -> bool:

@@ -124,9 +124,9 @@ def _child(argv: list[str], out: str, err: str, uid: int | None,
     runs (``Child.started`` waits for them)."""
     if url is not None:
         os.environ["ICL_CATALOG_URL"] = url
-        import pgseed  # a workaround for a store bug, see there
+        import pgfixes  # workarounds for two store bugs, see there
 
-        pgseed.widen()
+        pgfixes.apply()
     # Ctrl-C as in a terminal, even when the test runner itself was started in the
     # background (a shell's `cmd &` starts it with SIGINT ignored, and children inherit it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -228,7 +228,7 @@ def _context():
                                     "icl_cli.steps.init", "store.verify", "h5py",
                                     "sqlalchemy.dialects.sqlite", "pytest",
                                     "sqlalchemy.dialects.postgresql", "psycopg",
-                                    "pgseed"])
+                                    "pgfixes"])
         # The server is a fresh `python -c` whose environment its children inherit: let
         # it import this folder's modules, and keep the user's icl settings out of it.
         saved = dict(os.environ)
@@ -259,11 +259,11 @@ class Child:
         url = _argv_catalog(self.argv)
         if exec_:
             cmd, env = [sys.executable, "-m", "icl_cli"], dict(os.environ)
-            if url:  # `python -m icl_cli` with pgseed's workaround for a store bug first
+            if url:  # `python -m icl_cli` with pgfixes' workarounds for store bugs first
                 here = str(Path(__file__).parent)
                 env.update(ICL_CATALOG_URL=url, PYTHONPATH=os.pathsep.join(
                     p for p in (here, env.get("PYTHONPATH")) if p))
-                cmd[1:] = ["-c", "import pgseed, runpy; pgseed.widen(); runpy.run_module("
+                cmd[1:] = ["-c", "import pgfixes, runpy; pgfixes.apply(); runpy.run_module("
                            "'icl_cli', run_name='__main__', alter_sys=True)"]
             with open(self.out, "wb") as o, open(self.err, "wb") as e:
                 self._popen = subprocess.Popen([*cmd, *self.argv],
