@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["BUSY_TIMEOUT_MS", "KNOWN_REVISIONS", "SCHEMA_REVISION", "SCHEMA_VERSION",
            "Catalog", "first_line", "schema_revision", "to_info", "utcnow"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
 ``attacks.params``. The migrations in ``store/migrations`` bring a version-1 or -2 catalog

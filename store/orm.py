@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -132,7 +133,8 @@ class Shard(_RoundRow, Base):
     sha256: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(Integer)
     sampler_config: Mapped[dict] = mapped_column(JSON)
-    seed: Mapped[int | None] = mapped_column(Integer)
+    # 63-bit seeds (derive_seed): BIGINT; SQLite's INTEGER is 64 bits already.
+    seed: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     source_checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
 
 

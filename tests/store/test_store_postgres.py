@@ -45,41 +45,6 @@ def test_a_round_trip_on_each_backend(any_store, make_arrays, attrs):
         assert again.verify().ok
 
 
-def test_a_version_2_catalog_on_postgresql_is_upgraded(pg_server, tmp_path):
-    url = pg_server.new_url()
-    engine = sa.create_engine(url)
-    with engine.begin() as con:  # version 2's tables, as an older icl created them
-        con.exec_driver_sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
-        con.exec_driver_sql("INSERT INTO schema_version VALUES (2)")
-        con.exec_driver_sql(
-            "CREATE TABLE experiments (id SERIAL PRIMARY KEY, name VARCHAR(64) UNIQUE NOT NULL,"
-            " config JSON NOT NULL, config_hash VARCHAR(64) NOT NULL, method VARCHAR(32), "
-            "parent_name VARCHAR(64), parent_round INTEGER, mlflow_run_id VARCHAR(64), "
-            "created_at TIMESTAMP WITH TIME ZONE NOT NULL, data_fingerprint VARCHAR(64))")
-        con.exec_driver_sql(
-            "CREATE TABLE attacks (id SERIAL PRIMARY KEY, experiment_id INTEGER NOT NULL "
-            "REFERENCES experiments(id) ON DELETE CASCADE, round INTEGER NOT NULL, "
-            "against_experiment VARCHAR(64) NOT NULL, against_round INTEGER NOT NULL, "
-            "eps FLOAT NOT NULL, counts JSON NOT NULL, created_at TIMESTAMP WITH TIME ZONE "
-            "NOT NULL, UNIQUE (experiment_id, round, against_experiment, against_round, eps))")
-        con.exec_driver_sql("CREATE INDEX ix_attacks_experiment_id ON attacks (experiment_id)")
-        con.exec_driver_sql("INSERT INTO experiments (name, config, config_hash, created_at) "
-                            "VALUES ('icl', '{}', 'x', now())")
-        con.exec_driver_sql("INSERT INTO attacks (experiment_id, round, against_experiment, "
-                            "against_round, eps, counts, created_at) VALUES "
-                            "(1, 1, 'icl', 1, 0.1, '{\"made\": 3}', now())")
-    engine.dispose()
-    with Store.init(tmp_path / "ws", url) as st:
-        assert [(a.method, a.counts) for a in st.attacks()] == [("fgsm", {"made": 3})]
-        st.record_attack("icl", 1, "icl", 1, 0.1, {"made": 3}, method="pgd")
-        assert len(st.attacks()) == 2
-        with st.catalog.read() as s:
-            assert s.execute(sa.text("SELECT version FROM schema_version")).all() == [
-                (SCHEMA_VERSION,)]
-            assert s.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
-                (SCHEMA_REVISION,)]
-
-
 def test_the_lock_holds_across_machines_through_the_server(pg_server, tmp_path):
     import psycopg
 

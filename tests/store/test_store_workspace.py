@@ -16,6 +16,7 @@ from store import (
     find_workspace,
     validate_name,
 )
+from store.catalog import SCHEMA_VERSION
 
 
 def test_find_workspace_from_a_subfolder(tmp_path, monkeypatch):
@@ -159,7 +160,8 @@ def test_init_is_idempotent_and_open_checks_schema(tmp_path):
     db = tmp_path / "ws" / ".icl" / "catalog.db"
     with sqlite3.connect(db) as con:
         con.execute("UPDATE schema_version SET version = 7")
-    with pytest.raises(StoreError, match=r"catalog schema 7 is newer than this icl \(3\)"):
+    with pytest.raises(StoreError, match=rf"catalog schema 7 is newer than this icl "
+                       rf"\({SCHEMA_VERSION}\); upgrade icl$"):
         Store.open(tmp_path / "ws")
 
 
@@ -180,7 +182,8 @@ def test_open_upgrades_a_version_1_catalog_and_keeps_its_rows(tmp_path):
     st.create_experiment("icl", {"a": 1}, data_fingerprint="ab" * 32)  # kept where none was
     assert st.experiment("icl").data_fingerprint == "ab" * 32
     with sqlite3.connect(db) as con:
-        assert con.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert con.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)]
 
 
 def test_experiments(store):
