@@ -387,9 +387,13 @@ def catalog_errors() -> Iterator[None]:
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session whose transaction holds the write lock from its first statement and
-    commits on exit (rolls back on error)."""
+    commits on exit (rolls back on error): SQLite's BEGIN IMMEDIATE, PostgreSQL's
+    transaction-level advisory lock (``locking.catalog_write_lock``)."""
+    from .locking import catalog_write_lock
+
     bound = engine.execution_options(sqlite_begin="IMMEDIATE")
     with Session(bound, expire_on_commit=False) as s, s.begin():
+        catalog_write_lock(s)
         yield s
 
 
