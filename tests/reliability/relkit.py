@@ -124,9 +124,6 @@ def _child(argv: list[str], out: str, err: str, uid: int | None,
     runs (``Child.started`` waits for them)."""
     if url is not None:
         os.environ["ICL_CATALOG_URL"] = url
-        import pgfixes  # workarounds for two store bugs, see there
-
-        pgfixes.apply()
     # Ctrl-C as in a terminal, even when the test runner itself was started in the
     # background (a shell's `cmd &` starts it with SIGINT ignored, and children inherit it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -227,8 +224,7 @@ def _context():
         ctx.set_forkserver_preload(["relkit", "relwarm", "icl_cli.steps.run",
                                     "icl_cli.steps.init", "store.verify", "h5py",
                                     "sqlalchemy.dialects.sqlite", "pytest",
-                                    "sqlalchemy.dialects.postgresql", "psycopg",
-                                    "pgfixes"])
+                                    "sqlalchemy.dialects.postgresql", "psycopg"])
         # The server is a fresh `python -c` whose environment its children inherit: let
         # it import this folder's modules, and keep the user's icl settings out of it.
         saved = dict(os.environ)
@@ -258,15 +254,9 @@ class Child:
         self.t0 = time.monotonic()
         url = _argv_catalog(self.argv)
         if exec_:
-            cmd, env = [sys.executable, "-m", "icl_cli"], dict(os.environ)
-            if url:  # `python -m icl_cli` with pgfixes' workarounds for store bugs first
-                here = str(Path(__file__).parent)
-                env.update(ICL_CATALOG_URL=url, PYTHONPATH=os.pathsep.join(
-                    p for p in (here, env.get("PYTHONPATH")) if p))
-                cmd[1:] = ["-c", "import pgfixes, runpy; pgfixes.apply(); runpy.run_module("
-                           "'icl_cli', run_name='__main__', alter_sys=True)"]
+            env = dict(os.environ, **({"ICL_CATALOG_URL": url} if url else {}))
             with open(self.out, "wb") as o, open(self.err, "wb") as e:
-                self._popen = subprocess.Popen([*cmd, *self.argv],
+                self._popen = subprocess.Popen([sys.executable, "-m", "icl_cli", *self.argv],
                                                stdout=o, stderr=e, stdin=subprocess.DEVNULL,
                                                preexec_fn=_default_sigint, env=env)
             self.pid, self._proc = self._popen.pid, None

@@ -1,19 +1,18 @@
-"""The PostgreSQL catalog holds what real steps record (the suites in this folder run
-their steps on it: test_reliability_concurrency.py, test_reliability_crash.py)."""
+"""The PostgreSQL catalog holds what real steps record and takes two writers at once (the
+suites in this folder run their steps on it too: test_reliability_concurrency.py,
+test_reliability_crash.py); each test here is a bug those suites found."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from icl_cli.steps.common import derive_seed
 from store import Store
 
 
-@pytest.mark.xfail(strict=True, reason="store/orm.py: shards.seed is an Integer, 32 bits on "
-                   "PostgreSQL; a 63-bit derive_seed() seed is 'integer out of range' "
-                   "(pgfixes.py works around it in the suites' children until it is a BigInteger)")
 def test_a_synthesize_seed_fits_a_postgresql_catalog(pg_server, tmp_path):
+    """A 63-bit seed (derive_seed) in shards.seed: a 32-bit INTEGER column, as before
+    schema 4, made every `icl synthesize` on PostgreSQL fail ("integer out of range")."""
     seed = derive_seed("synthesize", 0, 1, 1)  # what `icl synthesize --round 1` draws with
     assert seed > 2**31
     rng = np.random.default_rng(0)
@@ -27,18 +26,14 @@ def test_a_synthesize_seed_fits_a_postgresql_catalog(pg_server, tmp_path):
         assert info.seed == seed
 
 
-ROUNDS = 100  # as is, 18 of 2 x 60 such records failed in one try here
+ROUNDS = 100
 
 
-def _record_at_once(ws, url, start: float, serialized: bool, errors) -> None:
-    """Body of one of two processes recording the test error of rounds 0..ROUNDS-1 at the same
-    time as the other; counts the records that failed into ``errors``."""
+def _record_at_once(ws, url, start: float, errors) -> None:
+    """Body of one of two processes recording the test error of rounds 0..ROUNDS-1 at the
+    same time as the other; counts the records that failed into ``errors``."""
     import time
 
-    if serialized:  # what store.orm.write_session is to do: locking.catalog_write_lock
-        from pgfixes import serialize_writes
-
-        serialize_writes()
     failed = 0
     with Store.open(ws, url) as st:
         while time.time() < start:
@@ -52,39 +47,28 @@ def _record_at_once(ws, url, start: float, serialized: bool, errors) -> None:
         errors.value += failed
 
 
-def _race_records(pg_server, ws, serialized: bool) -> int:
+def test_two_writers_replace_one_row_at_once_on_postgresql(pg_server, tmp_path):
+    """Two processes "replace any earlier" evaluation of the same rounds at once (as
+    ``icl evaluate`` beside an ``icl run`` of one experiment): none fails, as on SQLite.
+    Under READ COMMITTED both would find no row and both insert it (the unique constraint:
+    18 of 2 x 60 failed in one try here) but for the catalog's write lock
+    (``store.locking.catalog_write_lock``, taken by every write transaction)."""
     import multiprocessing as mp
     import time
 
-    url = pg_server.new_url()
+    ws, url = tmp_path / "ws", pg_server.new_url()
     with Store.init(ws, url) as st:
         st.create_experiment("icl", {"method": "icl", "seed": 0})
     ctx = mp.get_context("fork")
     errors = ctx.Value("i", 0)
     start = time.time() + 1.0
-    procs = [ctx.Process(target=_record_at_once, args=(ws, url, start, serialized, errors))
+    procs = [ctx.Process(target=_record_at_once, args=(ws, url, start, errors))
              for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
+    assert errors.value == 0
     with Store.open(ws, url) as st:
         assert len(st.evaluations("icl")) == ROUNDS  # one row per round, whoever wrote it
-    return errors.value
-
-
-def test_the_catalog_write_lock_lets_two_writers_replace_one_row_at_once(pg_server,
-                                                                        tmp_path):
-    """Two processes "replace any earlier" evaluation of the same rounds at once: with the
-    catalog's write transactions serialized (``store.locking.catalog_write_lock``) none
-    fails, as on SQLite."""
-    assert _race_records(pg_server, tmp_path / "ws", serialized=True) == 0
-
-
-@pytest.mark.xfail(strict=False, reason="store/orm.py: write_session does not call "
-                   "store.locking.catalog_write_lock yet; two writers of one new row at "
-                   "once on PostgreSQL (READ COMMITTED) hit the unique constraint "
-                   "(pgfixes.py works around it in the suites' children)")
-def test_two_writers_replace_one_row_at_once_on_postgresql(pg_server, tmp_path):
-    assert _race_records(pg_server, tmp_path / "ws", serialized=False) == 0
