@@ -106,10 +106,21 @@ def templates(backend, _built, tmp_path_factory, request) -> Templates:
 def pair(backend, _built, tmp_path_factory, request) -> Path:
     """A workspace with a baseline 'base' and an ICL experiment 'icl' started from it
     (``--from base:0``), both at round 0: the paired set-up of the recipes."""
+    server = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+    return _pair(_built, tmp_path_factory, backend, server)
+
+
+@pytest.fixture(scope="session")
+def sqlite_pair(_built, tmp_path_factory) -> Path:
+    """``pair`` on SQLite, for fixtures of a wider scope than a test's."""
+    return _pair(_built, tmp_path_factory, "sqlite", None)
+
+
+def _pair(_built: dict, tmp_path_factory, backend: str, server) -> Path:
     if ("pair", backend) not in _built:
         ws = tmp_path_factory.mktemp(f"pair-{backend}") / "ws"
-        if backend == "postgresql":
-            use_catalog(ws, request.getfixturevalue("pg_server").new_url())
+        if server is not None:
+            use_catalog(ws, server.new_url())
         logs = ws.parent / "logs"
         run_child(["init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON],
                   logs)

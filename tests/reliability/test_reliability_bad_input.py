@@ -38,10 +38,10 @@ IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-u
 
 
 @pytest.fixture(scope="module")
-def ws(pair, tmp_path_factory) -> Path:
+def ws(sqlite_pair, tmp_path_factory) -> Path:
     """The paired workspace with 'icl' at round 1 (shard and checkpoint)."""
     ws = tmp_path_factory.mktemp("mistakes") / "ws"
-    shutil.copytree(pair, ws)
+    shutil.copytree(sqlite_pair, ws)
     logs = ws.parent / "logs"
     run_child(["synthesize", "-w", ws, "-e", "icl", "--round", "1", *COMMON], logs)
     run_child(["reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON], logs)
