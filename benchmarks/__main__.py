@@ -77,13 +77,17 @@ def fmt_ratio(r: Result) -> str:
     return f"{fmt(r.ratio)} [{fmt(r.ci[0])}, {fmt(r.ci[1])}]"
 
 
-def table(results: list[Result]) -> str:
+def table(results: list[Result], markdown: bool = False) -> str:
     rows = [("benchmark", "metric", "icl", "bare/ref", "unit", "ratio [95 % CI]", "pairs",
              "cpu-time ratio", "target", "verdict")]
     for r in results:
         rows.append((r.name, r.metric, fmt(r.icl), fmt(r.bare), r.unit, fmt_ratio(r),
                      str(r.details.get("pairs", "-")), fmt(r.details.get("ratio_cpu_time")),
                      r.target, r.verdict or "-"))
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(1, "|" + " --- |" * len(rows[0]))
+        return "\n".join(lines)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                    "for an unattended GPU run")
     p.add_argument("--out", type=str, default=None, help="also write the JSON document here")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--show", metavar="FILE", default=None,
+                   help="run nothing: print the table of a document written by --out")
+    p.add_argument("--markdown", action="store_true", help="the table in Markdown")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     p.add_argument("--device", default="cpu", help="cpu or cuda (store, startup and memory "
@@ -114,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--malloc-trim", action="store_true",
                    help="memory: call glibc's malloc_trim(0) after each step")
     a = p.parse_args(argv)
+    if a.show is not None:
+        with open(a.show) as f:
+            doc = json.load(f)
+        print(report(doc, [Result(**{**r, "ci": tuple(r["ci"]) if r.get("ci") else None})
+                           for r in doc["results"]], a.markdown))
+        return 0
     import torch
 
     torch.set_num_threads(a.threads)
@@ -151,13 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(table(results))
-        for r in results:
-            if r.details.get("basis"):
-                print(f"\n{r.name}: {r.details['basis']}")
-        print(f"\nmachine: {doc['machine']}\nthreads: {a.threads}, repeats: {scale.repeats}, "
-              f"load averages (1/5/15 min) before/after each: {loads}")
+        print(report(doc, results, a.markdown))
     return 0
+
+
+def report(doc: dict, results: list[Result], markdown: bool = False) -> str:
+    """The table, each projection's basis, and the conditions of the run."""
+    lines = [table(results, markdown)]
+    lines += [f"\n{r.name}: {r.details['basis']}" for r in results if r.details.get("basis")]
+    lines.append(f"\nmachine: {doc['machine']}\nstarted {doc.get('started')}, "
+                 f"{doc.get('seconds')} s; threads: {doc['threads']}, repeats: "
+                 f"{doc['repeats']}, load averages (1/5/15 min) before/after each: "
+                 f"{doc['load_average_1_5_15']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

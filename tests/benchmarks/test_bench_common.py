@@ -1,8 +1,10 @@
 """The benchmarks' statistics: a ratio's bootstrap interval and the verdict read from it."""
 
+import json
+
 import pytest
 
-from benchmarks.common import Scale, bootstrap_ratio, half_width, interleave_until, verdict
+from benchmarks.common import Result, Scale, bootstrap_ratio, half_width, interleave_until, verdict
 
 
 def test_bootstrap_interval_brackets_the_median_and_shrinks_with_more_pairs():
@@ -51,3 +53,22 @@ def test_interleave_until_stops_once_the_interval_is_tight():
     times = interleave_until({"a": a, "b": b}, "a", "b", scale, min_pairs=3, warmup=0)
     assert len(times["a"]) == len(times["b"]) == calls["a"] == calls["b"]
     assert 3 <= len(times["a"]) <= scale.max_pairs
+
+
+def test_show_prints_a_saved_run_as_a_markdown_table(tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    r = Result("reclassify", "samples/s icl / bare", 90.0, 100.0, "samples/s", 0.9,
+               ">= 0.95", None, {"pairs": 12}, verdict="not met", ci=(0.85, 0.93))
+    doc = {"machine": {"cores": 2}, "threads": 1, "repeats": 5, "started": "then",
+           "seconds": 60.0, "load_average_1_5_15": [[0.5, 0.5, 0.5]],
+           "results": [r.to_dict()]}
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(doc))
+    assert main(["--show", str(saved), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1] == "|" + " --- |" * 10
+    assert lines[2] == ("| reclassify | samples/s icl / bare | 90 | 100 | samples/s | "
+                        "0.9 [0.85, 0.93] | 12 | - | >= 0.95 | not met |")
+    assert "started then, 60.0 s" in out
