@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from storekit import schema_differences
 
 from store import AttackInfo, Store, StoreError
 from store.catalog import KNOWN_REVISIONS, SCHEMA_REVISION, SCHEMA_VERSION, schema_revision
@@ -113,24 +114,6 @@ def _tables(db: Path) -> list[str]:
                                           "'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
 
 
-def _differences(url: str) -> list:
-    """What Alembic's autogenerate finds between the database at ``url`` and the models
-    (types and server defaults compared too): what a new revision would have to do."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from store.orm import Base
-
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as con:
-            context = MigrationContext.configure(con, opts={"compare_type": True,
-                                                            "compare_server_default": True})
-            return compare_metadata(context, Base.metadata)
-    finally:
-        engine.dispose()
-
-
 def test_the_migrations_are_one_revision_per_schema_version_up_to_the_head():
     from store.migrations import revisions
 
@@ -149,7 +132,7 @@ def test_a_fresh_catalog_is_made_at_the_alembic_head(tmp_path):
     assert _rows(db, "schema_version", ["version"]) == [(SCHEMA_VERSION,)]
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
-    assert _differences(f"sqlite:///{db}") == []
+    assert schema_differences(f"sqlite:///{db}") == []
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -180,13 +163,13 @@ def test_the_migrated_schema_is_the_models_schema(tmp_path):
     # indexes and server defaults that create_all makes of the models.
     ws = _old_workspace(tmp_path, 1)
     url = f"sqlite:///{_db(ws)}"
-    missing = {(d[0], d[2] if d[0] == "add_column" else None) for d in _differences(url)
+    missing = {(d[0], d[2] if d[0] == "add_column" else None) for d in schema_differences(url)
                if isinstance(d, tuple)}
     assert {("add_column", "experiments"), ("add_column", "attacks"),
             ("add_table", None)} <= missing  # the comparison sees what version 1 lacks
     with Store.open(ws):
         pass
-    assert _differences(url) == []
+    assert schema_differences(url) == []
 
 
 def test_the_migrations_alone_make_the_models_schema_from_nothing(tmp_path):
@@ -196,7 +179,7 @@ def test_the_migrations_alone_make_the_models_schema_from_nothing(tmp_path):
     with engine.begin() as con:
         upgrade(con)
     engine.dispose()
-    assert _differences(f"sqlite:///{tmp_path / 'new.db'}") == []
+    assert schema_differences(f"sqlite:///{tmp_path / 'new.db'}") == []
     assert _rows(tmp_path / "new.db", "alembic_version", ["version_num"]) == [(HEAD,)]
     assert _rows(tmp_path / "new.db", "schema_version", ["version"]) == [(SCHEMA_VERSION,)]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import torch
+from storekit import schema_differences
 
 from store import BusyError, CatalogMissing, Store, StoreError
 from store.catalog import SCHEMA_REVISION, SCHEMA_VERSION
@@ -191,30 +192,13 @@ def _snapshot(url: str) -> dict[str, list[dict]]:
         engine.dispose()
 
 
-def _differences(url: str) -> list:
-    """What Alembic's autogenerate finds between the database and the models."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from store.orm import Base
-
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as con:
-            context = MigrationContext.configure(con, opts={"compare_type": True,
-                                                            "compare_server_default": True})
-            return compare_metadata(context, Base.metadata)
-    finally:
-        engine.dispose()
-
-
 def test_a_fresh_postgresql_catalog_is_made_at_the_alembic_head(pg_server, tmp_path):
     url = pg_server.new_url()
     Store.init(tmp_path / "ws", url).close()
     tables = _snapshot(url)
     assert tables["alembic_version"] == [{"version_num": SCHEMA_REVISION}]
     assert tables["schema_version"] == [{"version": SCHEMA_VERSION}]
-    assert _differences(url) == []
+    assert schema_differences(url) == []
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -223,7 +207,7 @@ def test_an_old_postgresql_catalog_is_migrated_to_the_head_with_every_row(pg_ser
     url = pg_server.new_url()
     ws = _old_catalog(url, version, tmp_path / "ws")
     before = _snapshot(url)
-    assert _differences(url) != []  # the comparison sees what an old schema lacks
+    assert schema_differences(url) != []  # the comparison sees what an old schema lacks
     with Store.open(ws, url) as st:
         assert [(a.eps, a.method, a.params) for a in st.attacks("icl")] == [
             (0.125, "fgsm", None), (0.25, "fgsm", None)]
@@ -243,7 +227,7 @@ def test_an_old_postgresql_catalog_is_migrated_to_the_head_with_every_row(pg_ser
                 ("fgsm", None), ("fgsm", None), ("pgd", None)]
         elif table != "schema_version":
             assert got == rows, table
-    assert _differences(url) == []  # the migrated schema is the models'
+    assert schema_differences(url) == []  # the migrated schema is the models'
 
 
 def test_a_postgresql_catalog_at_a_revision_this_icl_does_not_know_is_refused(pg_server,
