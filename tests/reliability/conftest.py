@@ -102,6 +102,15 @@ def templates(backend, _built, tmp_path_factory, request) -> Templates:
     return _built["templates", backend]
 
 
+@pytest.fixture(scope="session")
+def sqlite_templates(_built, tmp_path_factory) -> Templates:
+    """``templates`` on SQLite, for fixtures of a wider scope than a test's."""
+    if ("templates", "sqlite") not in _built:
+        _built["templates", "sqlite"] = _build(tmp_path_factory.mktemp("templates-sqlite"),
+                                               None)
+    return _built["templates", "sqlite"]
+
+
 @pytest.fixture
 def pair(backend, _built, tmp_path_factory, request) -> Path:
     """A workspace with a baseline 'base' and an ICL experiment 'icl' started from it

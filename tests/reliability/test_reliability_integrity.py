@@ -34,11 +34,11 @@ CKPT_FIX = "icl reclassify --round 1 --force -e icl"
 
 
 @pytest.fixture(scope="module")
-def ws(templates, tmp_path_factory) -> Path:
+def ws(sqlite_templates, tmp_path_factory) -> Path:
     """'icl' at round 1 plus its round-2 shard, and a second experiment 'other' (another
     seed) with its own round-1 shard: the sources of swapped-in files."""
     ws = tmp_path_factory.mktemp("integrity") / "ws"
-    shutil.copytree(templates.done, ws)
+    shutil.copytree(sqlite_templates.done, ws)
     logs = ws.parent / "logs"
     run_child(["synthesize", "-w", ws, "-e", "icl", "--round", "2", *COMMON], logs)
     run_child(["init", "-w", ws, "-e", "other", "--method", "icl", "--seed", "5",
