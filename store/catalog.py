@@ -47,8 +47,8 @@ __all__ = ["BUSY_TIMEOUT_MS", "KNOWN_REVISIONS", "SCHEMA_REVISION", "SCHEMA_VERS
 SCHEMA_VERSION = 4
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
-``attacks.params``. The migrations in ``store/migrations`` bring a version-1 or -2 catalog
-to 3 in place."""
+``attacks.params``. 4: ``shards.seed`` a 64-bit integer (PostgreSQL's INTEGER is 32 bits).
+The migrations in ``store/migrations`` bring an older catalog to it in place."""
 
 
 def schema_revision(version: int) -> str:

@@ -205,14 +205,16 @@ CATALOG_WRITE_KEY = int.from_bytes(
 
 
 def catalog_write_lock(session: Any) -> None:
-    """On a PostgreSQL catalog, make ``session``'s write transaction the only one until
-    it ends (``pg_advisory_xact_lock``, released at commit or rollback): one writer at a
-    time, as SQLite's ``BEGIN IMMEDIATE`` gives. Without it two transactions under READ
-    COMMITTED both find no row for a key and both insert it: a "replace any earlier one"
-    write (``record_evaluation``, ``record_metrics``...) of two processes at once fails
-    with a unique-constraint violation. Nothing to do on SQLite. To be called first in
-    every write transaction (``store.orm.write_session``)."""
-    if session.get_bind().dialect.name != "postgresql":
+    """On a PostgreSQL catalog, make the write transaction of ``session`` (an ORM Session
+    or a Connection) the only one until it ends (``pg_advisory_xact_lock``, released at
+    commit or rollback): one writer at a time, as SQLite's ``BEGIN IMMEDIATE`` gives.
+    Without it two transactions under READ COMMITTED both find no row for a key and both
+    insert it: a "replace any earlier one" write (``record_evaluation``,
+    ``record_metrics``...) of two processes at once fails with a unique-constraint
+    violation. Nothing to do on SQLite. Called first in every write transaction
+    (``store.orm.write_session``) and schema change (``store.orm.migrate``)."""
+    bind = session.get_bind() if hasattr(session, "get_bind") else session
+    if bind.dialect.name != "postgresql":
         return
     from sqlalchemy import text
 

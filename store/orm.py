@@ -26,7 +26,6 @@ transaction that holds the catalog's write lock.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -244,12 +243,6 @@ def make_engine(url: str) -> Engine:
                          "e.g. postgresql+psycopg://user@host/db") from None
 
 
-# The key of the transaction-level advisory lock a PostgreSQL schema change holds (SQLite
-# has BEGIN IMMEDIATE), apart from every experiment's (store.locking.advisory_key).
-SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"icl:catalog:schema").digest()[:8], "big",
-                                 signed=True)
-
-
 @dataclass(frozen=True)
 class SchemaState:
     """What a catalog says of its schema: whether it has icl's tables at all, the version in
@@ -298,13 +291,15 @@ def schema_state(conn: Connection) -> SchemaState:
 
 @contextmanager
 def _schema_transaction(engine: Engine) -> Iterator[Connection]:
-    """One transaction holding the catalog's write lock from its first statement: SQLite's
-    ``BEGIN IMMEDIATE``, PostgreSQL's transaction-level advisory lock (released at commit
-    or rollback). Of two processes creating or upgrading a catalog at once, the second
-    waits, then reads the schema the first left."""
+    """One transaction holding the catalog's write lock from its first statement, as every
+    write does (``write_session``): SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's
+    transaction-level advisory lock (``locking.catalog_write_lock``). Of two processes
+    creating or upgrading a catalog at once, the second waits, then reads the schema the
+    first left; no write runs half-way through an upgrade."""
+    from .locking import catalog_write_lock
+
     with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        catalog_write_lock(conn)
         yield conn
 
 
@@ -346,24 +341,6 @@ def migrate(engine: Engine, create: bool) -> None:
             migrations.upgrade(conn, SCHEMA_REVISION)
         if create:
             Base.metadata.create_all(conn)  # checkfirst: only tables a partial catalog lacks
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the schema (idempotent) and bring an older one to the head."""
-    migrate(engine, create=True)
-
-
-def check_schema(engine: Engine, missing_ok: bool = False) -> None:
-    """Refuse a catalog written by a newer icl; a missing schema is an error unless
-    ``missing_ok`` (a fresh catalog being created)."""
-    with engine.connect() as conn:
-        schema_state(conn).refuse(missing_ok=missing_ok, url=engine.url)
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Bring a catalog of an older schema to the head in place (refusing a newer one or
-    none); a current one is left untouched."""
-    migrate(engine, create=False)
 
 
 def _is_locked(exc: OperationalError) -> bool:

@@ -257,14 +257,14 @@ def test_two_processes_opening_an_old_postgresql_catalog_at_once_upgrade_it_once
                                                                                  tmp_path):
     import psycopg
 
-    from store.orm import SCHEMA_LOCK_KEY
+    from store.locking import CATALOG_WRITE_KEY
 
     url = pg_server.new_url()
     ws = _old_catalog(url, 2, tmp_path / "ws")
     dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(dsn, autocommit=True) as holder:
-        # Both find the old schema, then queue for the schema lock.
-        holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        # Both find the old schema, then queue for the catalog's write lock.
+        holder.execute("SELECT pg_advisory_lock(%s)", (CATALOG_WRITE_KEY,))
         procs = [subprocess.Popen([sys.executable, "-c", OPEN, str(ws), url],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
@@ -273,7 +273,7 @@ def test_two_processes_opening_an_old_postgresql_catalog_at_once_upgrade_it_once
             assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2
             time.sleep(1.0)
         finally:
-            holder.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+            holder.execute("SELECT pg_advisory_unlock(%s)", (CATALOG_WRITE_KEY,))
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
