@@ -94,6 +94,16 @@ def table(results: list[Result], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+def chosen(gpu_pass: bool, quick: bool, only: str | None) -> list[str]:
+    """The benchmarks a run does: the GPU pass's, ``--only``'s list, or every one (all but
+    scale with ``--quick``)."""
+    if gpu_pass:
+        return list(GPU_PASS)
+    if only is None:
+        return list(QUICK if quick else ALL)
+    return [n.strip() for n in only.split(",") if n.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true",
@@ -131,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     scale = Scale.make(a.quick, a.repeats, a.device, smoke=a.smoke)
-    if a.gpu_pass:
-        names = list(GPU_PASS)
-    elif a.only is None:
-        names = list(QUICK if a.quick else ALL)
-    else:
-        names = [n.strip() for n in a.only.split(",") if n.strip()]
+    names = chosen(a.gpu_pass, a.quick, a.only)
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)} (choose from {', '.join(ALL)})")

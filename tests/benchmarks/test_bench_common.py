@@ -72,3 +72,12 @@ def test_show_prints_a_saved_run_as_a_markdown_table(tmp_path, capsys):
     assert lines[2] == ("| reclassify | samples/s icl / bare | 90 | 100 | samples/s | "
                         "0.9 [0.85, 0.93] | 12 | - | >= 0.95 | not met |")
     assert "started then, 60.0 s" in out
+
+
+def test_quick_leaves_out_only_scale_unless_only_names_it():
+    from benchmarks.__main__ import ALL, GPU_PASS, chosen
+
+    assert chosen(False, False, None) == list(ALL)
+    assert chosen(False, True, None) == [n for n in ALL if n != "scale"]
+    assert chosen(False, True, "scale, memory") == ["scale", "memory"]
+    assert chosen(True, True, "scale") == list(GPU_PASS)
