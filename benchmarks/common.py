@@ -181,11 +181,12 @@ def paired_result(name: str, metric: str, icl: float | None, bare: float | None,
                   details: dict[str, Any] | None = None) -> Result:
     """A Result whose ratio is the median of num[i] / den[i] with its bootstrap interval,
     and whose verdict is read from that interval (``valid`` False: results differ, not
-    met whatever the timing)."""
+    met whatever the timing; target ``"(reported)"``: a figure without a goal, no
+    verdict)."""
     med, lo, hi = bootstrap_ratio(num, den)
-    v = verdict(target, lo, hi) if valid else "not met"
+    v = (None if target == "(reported)" else verdict(target, lo, hi)) if valid else "not met"
     return Result(name, metric, icl, bare, unit, med, target,
-                  None if v == "undecided" else v == "met",
+                  None if v in (None, "undecided") else v == "met",
                   {**(details or {}), "pairs": len(num), "ratio_ci95": [lo, hi],
                    "ci_half_width": half_width(med, lo, hi)}, verdict=v, ci=(lo, hi))
 

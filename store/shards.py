@@ -21,9 +21,10 @@ Attributes: ``round`` (int), ``version`` (int), ``seed`` (int), ``sampler_config
 ``experiment`` (informative; the catalog path is what identifies the experiment).
 
 Parts (``icl synthesize --round t --part i/N``): ``round-0007.v1.part-2-of-3.h5`` beside
-the shards, the same datasets for rows ``row_start:row_stop`` of the round, and the same
-attributes plus ``part_index``, ``part_count``, ``row_start``, ``row_stop``,
-``round_count`` (the samples of the whole round), ``draw_seconds`` and ``device``. A part
+the shards, the same datasets for the round's rows ``rows`` (an int64 array of
+[start, stop) pairs, one per block, in the order the datasets hold them), and the same
+attributes plus ``part_index``, ``part_count``, ``rows``, ``round_count`` (the samples of
+the whole round), ``draw_seconds`` and ``device``. A part
 is not a shard: the catalog has no row for it (the step log records it), and the N parts
 of a round are joined into its shard, then removed.
 
@@ -69,7 +70,8 @@ REQUIRED_ATTRS = (
     "created_at",
 )
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: good gzip ratio, cheap partial reads
-PART_ATTRS = ("part_index", "part_count", "row_start", "row_stop", "round_count")
+PART_ATTRS = ("part_index", "part_count", "round_count")
+"""A part file's integer attributes; ``rows`` (its blocks' [start, stop) pairs) is the other."""
 PART_FILE = re.compile(r"^round-(\d{4,})\.v(\d+)\.part-(\d+)-of-(\d+)\.h5$")
 """A part file's name: round, version, part i, of N (``icl verify`` tells parts by it)."""
 
@@ -122,7 +124,7 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
 
     ``arrays`` as returned by :func:`prepare_arrays`; ``attrs`` holds round, version, seed,
     sampler_config (dict), source_checkpoint and experiment, and for a part file the
-    integers of ``PART_ATTRS``; the rest is filled in here.
+    integers of ``PART_ATTRS`` and its ``rows``; the rest is filled in here.
 
     The HDF5 file is built in memory and written in one go: HDF5 running out of disk
     space part-way through its own writes crashed the process (exit 139), where a plain
@@ -131,6 +133,7 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
     import io
 
     import h5py
+    import numpy as np
 
     n = arrays["samples"].shape[0]
     buf = io.BytesIO()
@@ -161,6 +164,8 @@ def write_file(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any])
         for name in PART_ATTRS:
             if name in attrs:
                 f.attrs[name] = int(attrs[name])
+        if "rows" in attrs:
+            f.attrs["rows"] = np.asarray(attrs["rows"], dtype=np.int64).reshape(-1, 2)
         if "draw_seconds" in attrs:  # a part's own note of how it was drawn
             f.attrs["draw_seconds"] = float(attrs["draw_seconds"])
             f.attrs["device"] = str(attrs.get("device", ""))
@@ -223,9 +228,10 @@ def read_file(path: Path, round: int, version: int, rel: str, fix: str) -> dict[
 def read_meta(path: Path, rel: str) -> dict[str, Any]:
     """A shard's own record of itself, without reading its arrays: round, version, seed
     (None if unset), sampler_config (dict), source_checkpoint (None if unset), count,
-    created_at (ISO text), experiment, and a part file's ``PART_ATTRS``. IntegrityError for
-    a file that is not a shard."""
+    created_at (ISO text), experiment, and a part file's ``PART_ATTRS`` and ``rows`` (a
+    list of [start, stop]). IntegrityError for a file that is not a shard."""
     import h5py
+    import numpy as np
 
     try:
         with h5py.File(path, "r") as f:
@@ -242,6 +248,8 @@ def read_meta(path: Path, rel: str) -> dict[str, Any]:
                 "count": int(f["samples"].shape[0]),
                 "created_at": str(a["created_at"]), "experiment": str(a.get("experiment", "")),
                 **{k: int(a[k]) for k in PART_ATTRS if k in a},
+                **({"rows": np.asarray(a["rows"]).reshape(-1, 2).tolist()} if "rows" in a
+                   else {}),
                 **({"draw_seconds": float(a["draw_seconds"]), "device": str(a["device"])}
                    if "draw_seconds" in a else {}),
             }

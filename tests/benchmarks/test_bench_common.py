@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from benchmarks.common import Result, Scale, bootstrap_ratio, half_width, interleave_until, verdict
+from benchmarks.common import (
+    Result,
+    Scale,
+    bootstrap_ratio,
+    half_width,
+    interleave_until,
+    paired_result,
+    verdict,
+)
 
 
 def test_bootstrap_interval_brackets_the_median_and_shrinks_with_more_pairs():
@@ -38,6 +46,13 @@ def test_one_pair_has_no_interval():
 ])
 def test_verdict_reads_the_whole_interval(target, lo, hi, expected):
     assert verdict(target, lo, hi) == expected
+
+
+def test_a_reported_figure_has_its_interval_and_no_verdict():
+    r = paired_result("x", "samples/s", 2.0, 1.0, "samples/s", [2.0, 2.2, 1.8], [1.0, 1.0, 1.0],
+                      "(reported)")
+    assert (r.ratio, r.verdict, r.met) == (2.0, None, None)
+    assert r.ci[0] <= 2.0 <= r.ci[1]
 
 
 def test_interleave_until_stops_once_the_interval_is_tight():

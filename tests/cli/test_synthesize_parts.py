@@ -1,6 +1,7 @@
-"""Issue 12, synthesis in parts: ``icl synthesize --round t --part i/N`` draws whole blocks of
-the round into a part file; the last part recorded joins them into the round's shard, bit
-for bit the shard one process draws; a missing or corrupt part refuses the join in one line.
+"""Issue 12, synthesis in parts: ``icl synthesize --round t --part i/N`` draws every N-th
+block of the round, from block i, into a part file; the last part recorded joins them into
+the round's shard, bit for bit the shard one process draws; a missing or corrupt part
+refuses the join in one line.
 
 Every experiment here starts ``--from whole:0`` (the same C_0, seed and settings), so its
 round-1 shard must equal ``whole``'s, drawn at once. 60 per class x 10 classes = 600
@@ -106,6 +107,16 @@ def test_parts_in_any_order_join_into_the_whole_rounds_shard(ws):
     replay = icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--replay", *COMMON)
     assert "matches bit for bit" in replay.stdout
     icl("synthesize", "-w", ws, "-e", name, "-r", 1, "--merge", "--force", *COMMON, code=3)
+
+
+def test_two_parts_interleave_the_blocks_and_join_into_the_whole_round(ws):
+    name = paired(ws, "halves")
+    part(ws, name, "1/2")
+    with Store.open(ws) as st:
+        (first,) = [s.config for s in st.steps(name, round=1) if s.name == "synthesize-part"]
+    assert first["rows"] == [[0, 256], [512, 600]] and first["count"] == 344  # blocks 1, 3
+    part(ws, name, "2/2")  # block 2, and the join
+    assert_same_shard(ws, name)
 
 
 @pytest.mark.parametrize("spec", ["0/3", "4/3", "x", "1/", "/3", "2", "1/0", "-1/3"])

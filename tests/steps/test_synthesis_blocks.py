@@ -58,15 +58,29 @@ def test_blocks_change_the_langevin_noise_of_a_larger_round():
     assert not torch.equal(one.samples[128:], blocks.samples[128:])
 
 
-def test_part_rows_are_whole_blocks_as_even_as_blocks_allow():
+def test_part_rows_take_every_nth_block_and_cover_the_round_once():
     assert [part_rows(600, i, 3) for i in (1, 2, 3)] == \
-        [range(0, 256), range(256, 512), range(512, 600)]
-    assert [part_rows(1000, i, 2) for i in (1, 2)] == [range(0, 512), range(512, 1000)]
-    assert [part_rows(1000, i, 3) for i in (1, 2, 3)] == \
-        [range(0, 256), range(256, 512), range(512, 1000)]
-    assert part_rows(200, 1, 1) == range(0, 200)
+        [[range(0, 256)], [range(256, 512)], [range(512, 600)]]
+    assert [part_rows(1030, i, 2) for i in (1, 2)] == [
+        [range(0, 256), range(512, 768), range(1024, 1030)],
+        [range(256, 512), range(768, 1024)]]
+    assert part_rows(200, 1, 1) == [range(0, 200)]
+    for n, parts in [(1030, 2), (2000, 3), (2000, 8), (257, 2)]:
+        rows = sorted((r for i in range(1, parts + 1) for r in part_rows(n, i, parts)),
+                      key=lambda r: r.start)
+        assert [x for r in rows for x in r] == list(range(n))
     with pytest.raises(StepError, match="3 part\\(s\\) at most, not 4"):
         part_rows(600, 1, 4)
+
+
+def test_a_part_of_interleaved_blocks_equals_those_rows_of_the_whole_round():
+    sc, model = sampler(150, langevin_std=0.05), net()  # 450 rows, blocks of 128
+    whole = draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), block=128)
+    rows = part_rows(450, 1, 2, block=128)  # blocks 0 and 2
+    assert rows == [range(0, 128), range(256, 384)]
+    part = draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), rows=rows, block=128)
+    assert torch.equal(part.samples, torch.cat([whole.samples[0:128], whole.samples[256:384]]))
+    assert torch.equal(part.steps, torch.cat([whole.steps[0:128], whole.steps[256:384]]))
 
 
 def test_block_ranges_cut_at_multiples_of_the_block():
@@ -87,11 +101,11 @@ def test_a_part_file_of_other_settings_is_refused(tmp_path):
               "steps": np.zeros(4, np.int32), "logit": np.ones(4, np.float32),
               "passed": np.ones(4, bool)}
     attrs = {"seed": 7, "sampler_config": {"count": 2}, "source_checkpoint": "ab" * 32,
-             "row_start": 0, "row_stop": 4, "round_count": 8}
+             "rows": [[0, 4]], "round_count": 8}
     info = st.files.write_part("icl", 1, 1, 1, 2, arrays, attrs)
     assert info.path.name == "round-0001.v1.part-1-of-2.h5"
     expect = {"seed": 7, "sampler_config": {"count": 2}, "source_checkpoint": "ab" * 32,
-              "part_index": 1, "part_count": 2, "row_start": 0, "row_stop": 4,
+              "part_index": 1, "part_count": 2, "rows": [[0, 4]],
               "round_count": 8}
     got = st.files.read_part(info, expect, "fix it")
     assert np.array_equal(got["target"], np.arange(4))
