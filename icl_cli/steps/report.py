@@ -161,16 +161,21 @@ def experiment_rows(store) -> list[ExperimentRow]:
     running = {}
     for s in store.steps(state="running"):  # only those rows, not the whole step log
         running.setdefault(s.experiment, []).append(f"{s.name} --round {s.round}")
+    from icl_cli.config import ExperimentConfig
+
     for exp in store.experiments():
         cfg = exp.config
+        # What the steps would run it with: defaults for what a config lacks (one that
+        # icl did not write, or an older icl's).
+        c = ExperimentConfig.from_dict(cfg)
         errs = errors_by_round(store, exp.name)
         ckpts = [c.round for c in store.checkpoints(exp.name)]
         last = max(ckpts, default=-1)
         with_val = [r for r in errs if "val" in errs[r] and "test" in errs[r]]
         best = min(with_val, key=lambda r: (errs[r]["val"], r)) if with_val else None
         rows.append(ExperimentRow(
-            exp.name, cfg["method"], cfg["model"]["mode"], cfg["data"]["dataset"],
-            cfg["data"]["train_size"], cfg["seed"], exp.parent, last,
+            exp.name, c.method, c.model.mode, c.data.dataset, c.data.train_size, c.seed,
+            exp.parent, last,
             len(store.shards(exp.name, active_only=True)),
             errs.get(0, {}).get("test"), errs.get(last, {}).get("test"), best,
             errs[best]["test"] if best is not None else None, running.get(exp.name, []),

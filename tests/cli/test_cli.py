@@ -217,6 +217,17 @@ def test_training_that_diverges_fails_in_one_line_and_saves_nothing(tmp_path):
     assert icl_json("status", "-w", tmp_path)["experiments"] == []
 
 
+def test_status_shows_the_defaults_a_config_lacks(tmp_path):
+    """An experiment whose config icl did not write (or an older icl wrote) is listed with
+    the settings the steps would run it with, not a KeyError."""
+    with Store.init(tmp_path) as st:
+        st.create_experiment("bare", {"method": "baseline", "seed": 3})
+    [row] = icl_json("status", "-w", tmp_path)["experiments"]
+    assert (row["experiment"], row["method"], row["mode"], row["dataset"], row["seed"]) == \
+        ("bare", "baseline", "softmax", "mnist-embedded", 3)
+    assert "bare" in icl("status", "-w", tmp_path).stdout
+
+
 def test_synthesize_sampler_lr_changes_the_samples(tmp_path):
     icl("init", "-w", tmp_path, "-e", "icl", "--method", "icl", *TINY, *COMMON)
     shards = []
