@@ -192,7 +192,7 @@ class ArtifactFiles:
         atomically (a part drawn again replaces its file) and return it with its sha256.
 
         arrays: as for :meth:`write_shard`; attrs: seed, sampler_config, source_checkpoint,
-        row_start, row_stop, round_count, draw_seconds, device. The caller records it (a
+        rows, round_count, draw_seconds, device. The caller records it (a
         step-log entry).
         """
         name = self._name(experiment)
