@@ -63,7 +63,7 @@ def _workspace(root: Path, s: dict[str, str], env: dict[str, str], ranks: int) -
     for i in range(1, ranks + 1):
         experiments[f"half-{i}"] = [
             "--train-size", str(int(s["train"]) // ranks), "--count",
-            str(int(s["count"]) // ranks), "--batch-size", str(64 // ranks), "--seed", str(i)]
+            str(int(s["count"]) // ranks), "--batch-size", str(64 // ranks)]
     for name, own in experiments.items():
         subprocess.run([*ICL, "init", "-w", str(ws), "-e", name, *settings, *own, *common],
                        check=True, capture_output=True, env=env)
