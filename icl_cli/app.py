@@ -143,8 +143,15 @@ def init(
     pn_weight: Annotated[float | None, typer.Option(
         help="Weight w of the pseudo-negative loss term.")] = None,
     pn_weighting: Annotated[str | None, typer.Option(
-        help="per-sample (eq. 11: a pseudo-negative weighs one real image times w; default) "
-        "or batch-mean (the ablation: w * mean over a batch's pseudo-negatives).")] = None,
+        help="per-sample (eq. 11: a pseudo-negative weighs one real image times w; default), "
+        "batch-mean (the ablation: w * mean over a batch's share of the pool) or drawn (the "
+        "authors' batches: each real batch of B images joined by B pseudo-negatives drawn "
+        "from the pool by --pn-recency, per network in ova; mean CE + w * mean softplus).")]
+    = None,
+    pn_recency: Annotated[float | None, typer.Option(
+        help="With --pn-weighting drawn: round t of the pool is drawn with weight "
+        "r^(newest - t), in (0, 1] (default 0.5, as the authors' INN code; 1: every round "
+        "alike).")] = None,
     clip_grad: Annotated[float | None, typer.Option(
         help="Clip each reclassify step's gradient to this global L2 norm (0: off; "
         "default: off).")]
@@ -184,7 +191,8 @@ def init(
         "model": dict(mode=mode, arch=arch),
         "train": dict(epochs=epochs, real_epochs=real_epochs, batch_size=batch_size, lr=lr,
                       decay_round=decay_round, pn_weight=pn_weight, pn_weighting=pn_weighting,
-                      clip_grad=clip_grad, weight_decay=weight_decay, max_batch=max_batch),
+                      pn_recency=pn_recency, clip_grad=clip_grad, weight_decay=weight_decay,
+                      max_batch=max_batch),
         "sampler": dict(count=count, max_steps=max_steps, lr=sampler_lr,
                         reference_std=reference_std, stop_rule=stop_rule,
                         langevin_std=langevin_std, clamp=clamp),
@@ -283,7 +291,9 @@ RoundLr = Annotated[float | None, typer.Option("--lr", help="Reclassify learning
 RoundPnWeight = Annotated[float | None, typer.Option(
     "--pn-weight", help="Weight w of the pseudo-negative term.")]
 RoundPnWeighting = Annotated[str | None, typer.Option(
-    "--pn-weighting", help="per-sample or batch-mean.")]
+    "--pn-weighting", help="per-sample, batch-mean or drawn (see icl init --help).")]
+RoundPnRecency = Annotated[float | None, typer.Option(
+    "--pn-recency", help="With drawn: round weights r^age, r in (0, 1].")]
 RoundClipGrad = Annotated[float | None, typer.Option(
     "--clip-grad", help="Gradient-norm clip (0: off).")]
 RoundWeightDecay = Annotated[float | None, typer.Option(
@@ -296,8 +306,9 @@ RoundMaxBatch = Annotated[int | None, typer.Option(
 def reclassify(
     round_: Round, epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None,
     lr: RoundLr = None, pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
-    clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
-    max_batch: RoundMaxBatch = None, force: Force = False, replay: Replay = False,
+    pn_recency: RoundPnRecency = None, clip_grad: RoundClipGrad = None,
+    weight_decay: RoundWeightDecay = None, max_batch: RoundMaxBatch = None,
+    force: Force = False, replay: Replay = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -309,6 +320,7 @@ def reclassify(
     with ui.user_errors():
         changes = TrainChanges(epochs=epochs, real_epochs=real_epochs, lr=lr,
                                pn_weight=pn_weight, pn_weighting=pn_weighting,
+                               pn_recency=pn_recency,
                                clip_grad=clip_grad, weight_decay=weight_decay,
                                max_batch=max_batch)
         r = train_round(_store(workspace), experiment, round_,
@@ -370,6 +382,7 @@ def run(
     count: Annotated[int | None, typer.Option(help="Samples per class per round.")] = None,
     epochs: RoundEpochs = None, real_epochs: RoundRealEpochs = None, lr: RoundLr = None,
     pn_weight: RoundPnWeight = None, pn_weighting: RoundPnWeighting = None,
+    pn_recency: RoundPnRecency = None,
     clip_grad: RoundClipGrad = None, weight_decay: RoundWeightDecay = None,
     max_batch: RoundMaxBatch = None,
     parallel: Annotated[int, typer.Option(
@@ -396,6 +409,7 @@ def run(
         sampler = SamplerChanges(count=count)
         train = TrainChanges(epochs=epochs, real_epochs=real_epochs, lr=lr,
                              pn_weight=pn_weight, pn_weighting=pn_weighting,
+                             pn_recency=pn_recency,
                              clip_grad=clip_grad, weight_decay=weight_decay,
                              max_batch=max_batch)
         names = list(dict.fromkeys(experiment or []))  # in order, each once

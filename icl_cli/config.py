@@ -22,12 +22,12 @@ from icl_cli.errors import StepError
 Mode = Literal["softmax", "ova"]
 Method = Literal["icl", "icl-noise", "baseline"]
 StopRule = Literal["logit", "argmax"]
-PnWeighting = Literal["per-sample", "batch-mean"]
+PnWeighting = Literal["per-sample", "batch-mean", "drawn"]
 
 MODES = ("softmax", "ova")
 METHODS = ("icl", "icl-noise", "baseline")
 STOP_RULES = ("logit", "argmax")
-PN_WEIGHTINGS = ("per-sample", "batch-mean")
+PN_WEIGHTINGS = ("per-sample", "batch-mean", "drawn")
 SAMPLER_KINDS = ("gradient", "noise")
 DATASETS = ("mnist-embedded", "idx", "mnist", "cifar10", "svhn", "fake-cifar10", "fake-svhn")
 
@@ -171,7 +171,13 @@ class TrainConfig(_Config):
     pn_weighting: ``per-sample`` (eq. 11 as written: a sum in which every sample counts
     once, divided by the real batch size, so with w = 1 a pseudo-negative weighs what a
     real image weighs) or ``batch-mean`` (the ablation: mean over the real rows + w * mean
-    over the batch's pseudo-negatives, which makes one pseudo-negative weigh B / P images).
+    over the batch's pseudo-negatives, which makes one pseudo-negative weigh B / P images)
+    or ``drawn`` (the authors' batches: each real batch of B images joined by B pseudo-
+    negatives drawn with replacement, per network in one-vs-all; mean cross-entropy + w *
+    mean softplus over the drawn rows, so the pool is half of every batch at any size).
+    pn_recency: ``drawn`` only: round t of the pool is drawn with weight r^(newest - t),
+    normalised over the rounds present (0.5: the newest half of the draws, the one before
+    a quarter, ..., as the authors' INN code; 1: every round alike).
     clip_grad: clip the gradient's global L2 norm to this before each step (None or 0: off).
     max_batch: run a mixed batch with more rows than this in pieces, gradients accumulated
     (same step up to floating-point order, bounded memory; None: one pass).
@@ -188,14 +194,23 @@ class TrainConfig(_Config):
     decay_factor: float = 0.1
     pn_weight: float = 1.0
     pn_weighting: PnWeighting = "per-sample"
+    pn_recency: float = 0.5
     clip_grad: float | None = None
     max_batch: int | None = None
 
     RULES = {"epochs": NON_NEGATIVE, "real_epochs": NON_NEGATIVE, "batch_size": POSITIVE,
              "lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
              "decay_round": NON_NEGATIVE, "decay_factor": POSITIVE,
-             "pn_weight": NON_NEGATIVE, "clip_grad": NON_NEGATIVE, "max_batch": POSITIVE}
+             "pn_weight": NON_NEGATIVE, "pn_recency": POSITIVE, "clip_grad": NON_NEGATIVE,
+             "max_batch": POSITIVE}
     CHOICES = {"pn_weighting": PN_WEIGHTINGS}
+
+    @classmethod
+    def check_field(cls, name: str, value: Any) -> None:
+        super().check_field(name, value)
+        if name == "pn_recency" and value is not None and value > 1:
+            raise ConfigError(f"--pn-recency must be in (0, 1] (1: every round alike), "
+                              f"got {value}")
 
     def __post_init__(self) -> None:
         self._check()
@@ -303,6 +318,7 @@ class TrainChanges(_Changes):
     lr: float | None = None
     pn_weight: float | None = None
     pn_weighting: str | None = None
+    pn_recency: float | None = None
     clip_grad: float | None = None
     weight_decay: float | None = None
     max_batch: int | None = None

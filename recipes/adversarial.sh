@@ -13,10 +13,7 @@ if ! icl status --workspace "$WS" --json 2>/dev/null | grep -q "\"$PREFIX-icl\""
   METHODS="baseline icl" paired "$PREFIX" "${SEEDS%% *}" "${TRAIN_SIZE:-all}" "${MNIST_DATA[@]}"
 fi
 # Each model at the round chosen on validation error.
-best() { icl report --workspace "$WS" --json --no-plot | python -c \
-  "import json,sys; r={x['experiment']: x for x in json.load(sys.stdin)}['$1']; \
-print(r['best_val_round'] if r['best_val_round'] is not None else r['rounds'])"; }
-A=$(best "$PREFIX-icl"); B=$(best "$PREFIX-baseline")
+A=$(best_round "$PREFIX-icl"); B=$(best_round "$PREFIX-baseline")
 echo "## FGSM eps $EPS: $PREFIX-icl round $A vs $PREFIX-baseline round $B"
 echo
 icl attack "${RUN[@]}" -e "$PREFIX-icl" --round "$A" --against "$PREFIX-baseline:$B" \

@@ -47,7 +47,8 @@ case "$SCALE" in
 esac
 MODE=${MODE:-softmax}
 PN_WEIGHT=${PN_WEIGHT:-1}
-PN_WEIGHTING=${PN_WEIGHTING:-per-sample}  # or batch-mean (icl before eq. 11 was fixed)
+PN_WEIGHTING=${PN_WEIGHTING:-per-sample}  # batch-mean (icl before eq. 11 was fixed), drawn
+PN_RECENCY=${PN_RECENCY:-0.5}              # drawn: round weights r^age from the newest
 CLIP_GRAD=${CLIP_GRAD:-}                  # a gradient-norm clip for reclassify (empty: off)
 SAMPLER_LR=${SAMPLER_LR:-0.01}
 REFERENCE_STD=${REFERENCE_STD:-0.3}
@@ -65,7 +66,8 @@ paired() {
   icl init "${RUN[@]}" -e "$base" --method baseline --seed "$seed" "$@" \
     "${size_opt[@]}" --val-size "$VAL" --arch "$ARCH" --mode "$MODE" \
     --init-epochs "$INIT_EPOCHS" --epochs "$EPOCHS" --real-epochs "$REAL_EPOCHS" \
-    --pn-weight "$PN_WEIGHT" --pn-weighting "$PN_WEIGHTING" "${lever[@]}" \
+    --pn-weight "$PN_WEIGHT" --pn-weighting "$PN_WEIGHTING" --pn-recency "$PN_RECENCY" \
+    "${lever[@]}" \
     --decay-round "$DECAY_ROUND" --count "$COUNT" --max-steps "$MAX_STEPS" \
     --sampler-lr "$SAMPLER_LR" --reference-std "$REFERENCE_STD" >/dev/null
   if [ "$LANES" = 1 ]; then
@@ -124,6 +126,14 @@ _run() {
   elif [ "$rc" != 0 ]; then
     echo "icl -e $what failed:" >&2; tail -n 3 "$log" >&2; return 1
   fi
+}
+
+# best_round NAME: the round of NAME with the lowest validation error (its last round when
+# it has no validation split), as `icl report` chooses it.
+best_round() {
+  icl report --workspace "$WS" --json --no-plot | python -c "import json, sys
+r = {x['experiment']: x for x in json.load(sys.stdin)}['$1']
+print(r['best_val_round'] if r['best_val_round'] is not None else r['rounds'])"
 }
 
 # summarize [summarize.py options...]: the markdown table of the workspace's experiments.

@@ -10,6 +10,11 @@ so that with w = 1 one pseudo-negative weighs exactly what one real image weighs
 round and at every pool size. ``batch-mean`` keeps the form of earlier icl versions for
 the ablation: mean over the real rows + w * mean over the pseudo-negative rows, in which one
 pseudo-negative weighs B / P real images (27x at full-MNIST round 1, SPEC).
+
+``drawn`` (the authors' batches, ``icl_cli.algo.train``) joins each real batch of B images
+with B pseudo-negatives drawn from the pool (one-vs-all: B per network); its loss is the
+batch-mean form over the drawn rows, mean cross-entropy + w * mean softplus, so the pool
+is a fixed half of every batch.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-WEIGHTINGS = ("per-sample", "batch-mean")
+WEIGHTINGS = ("per-sample", "batch-mean", "drawn")
+"""``drawn`` takes the batch-mean form over the rows it drew (each form but per-sample
+is a mean over the pseudo-negatives)."""
 
 
 def target_logit(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,19 @@
 """Reclassification (paper 3.2.1): the training loop, plain tensors (the step around it
 is ``icl_cli.steps.reclassify``; evaluation is ``icl_cli.algo.evaluation``).
 
-An epoch is one pass over the real training set in batches of ``batch_size``; each real
-batch is joined by an equal share of the pseudo-negative pool, so every pseudo-negative is
-also seen once per epoch. The real batch order comes from its own generator, untouched by
-the pool, so baseline, ICL-noise and ICL started from the same C_0 and seed see exactly
-the same real batches (SPEC, "Fair comparisons").
+An epoch is one pass over the real training set in batches of ``batch_size``. How the
+pseudo-negative pool joins the real batches is the weighting's choice (``pn_weighting``):
+
+- ``per-sample`` and ``batch-mean``: each real batch is joined by an equal share of the
+  pool, so every pseudo-negative is seen once per epoch (``batch_plan``);
+- ``drawn``, the authors' batches (their INN code): each real batch of B images is joined
+  by B pseudo-negatives drawn with replacement, the pool's rounds weighted by recency
+  (``recency_shares``; one-vs-all: B drawn for each network from its own class), so the
+  pool is half of every batch whatever its size (``drawn_plan``).
+
+The real batch order comes from its own generator, untouched by the pool, so baseline,
+ICL-noise and ICL started from the same C_0 and seed see exactly the same real batches
+whatever the weighting (SPEC, "Fair comparisons").
 """
 
 from __future__ import annotations
@@ -178,6 +186,73 @@ def batch_plan(
     return list(zip(real, pn_perm.tensor_split(len(real)), strict=True))
 
 
+def recency_shares(rounds: list[int], recency: float) -> dict[int, float]:
+    """Each round's share of the drawn pseudo-negatives: ``recency ** age``, age 0 for the
+    newest round present, normalised over the rounds present (INN's ``np.logspace(age, 1,
+    num=age, base=0.5)``, ``inn/batch.py``).
+
+    Example:
+        >>> recency_shares([1, 2], 0.5)
+        {1: 0.3333333333333333, 2: 0.6666666666666666}
+        >>> recency_shares([3], 0.5)
+        {3: 1.0}
+    """
+    present = sorted(set(rounds))
+    if not present:
+        return {}
+    newest = present[-1]
+    raw = {t: recency ** (newest - t) for t in present}
+    total = sum(raw.values())
+    return {t: w / total for t, w in raw.items()}
+
+
+def draw_probabilities(pn_round: torch.Tensor, recency: float) -> torch.Tensor:
+    """The probability of drawing each pseudo-negative (P,), float64: its round's share
+    (``recency_shares``) split evenly among that round's samples."""
+    rounds, inverse, counts = torch.unique(pn_round.cpu(), return_inverse=True,
+                                           return_counts=True)
+    shares = recency_shares(rounds.tolist(), recency)
+    per = torch.tensor([shares[t] for t in rounds.tolist()], dtype=torch.float64)
+    return (per / counts.double())[inverse]
+
+
+def drawn_plan(
+    n_real: int, pn_class: torch.Tensor, pn_round: torch.Tensor, batch_size: int,
+    recency: float, per_network: bool, real_gen: torch.Generator, pn_gen: torch.Generator,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Index pairs (real rows, pseudo-negative rows) for one epoch of the authors' batches.
+
+    The real permutation is ``batch_plan``'s, from ``real_gen`` alone. Each real batch of B
+    rows gets B pseudo-negatives drawn with replacement from ``pn_gen`` by
+    ``draw_probabilities``; ``per_network`` (one-vs-all, eq. 7): B for each class present in
+    the pool, drawn from that class's pseudo-negatives alone.
+
+    Shape: pn_class (P,), pn_round (P,) on the CPU; P may be 0 (no rows drawn).
+    """
+    real = torch.randperm(n_real, generator=real_gen).split(batch_size)
+    sizes = [len(r) for r in real]
+    if not len(pn_class):
+        return [(r, torch.empty(0, dtype=torch.long)) for r in real]
+    groups = ([torch.nonzero(pn_class == k)[:, 0] for k in torch.unique(pn_class).tolist()]
+              if per_network else [torch.arange(len(pn_class))])
+    drawn = []
+    for rows in groups:  # one draw of the whole epoch per network: batches are its pieces
+        p = draw_probabilities(pn_round[rows], recency)
+        pick = torch.multinomial(p, sum(sizes), replacement=True, generator=pn_gen)
+        drawn.append(rows[pick].split(sizes))
+    return [(r, torch.cat([d[i] for d in drawn])) for i, r in enumerate(real)]
+
+
+def epoch_rows(n_real: int, pn_class: torch.Tensor, pn_weighting: str, mode: str) -> int:
+    """Rows (real plus pseudo-negative) one mixed epoch trains on: the pool once
+    (``per-sample``, ``batch-mean``), or as many drawn as there are real rows, per
+    network in one-vs-all (``drawn``)."""
+    if pn_weighting != "drawn" or not len(pn_class):
+        return n_real + len(pn_class)
+    networks = len(torch.unique(pn_class)) if mode == "ova" else 1
+    return n_real * (1 + networks)
+
+
 def _by_class(pn_idx: torch.Tensor, pn_class: torch.Tensor, heads: int):
     """A batch's pseudo-negative rows sorted by class, and how many of each (on CPU)."""
     k = pn_class[pn_idx]
@@ -221,6 +296,8 @@ def reclassify(
     mode: str = "softmax",
     pn_weight: float = 1.0,
     pn_weighting: str = "per-sample",
+    pn_round: torch.Tensor | None = None,
+    pn_recency: float = 0.5,
     clip_grad: float | None = None,
     max_batch: int | None = None,
     real_epochs: int = 0,
@@ -238,8 +315,11 @@ def reclassify(
     negatives are already inputs. Tensors must be on the model's device. In one-vs-all
     mode a pseudo-negative of class k goes through network k alone (``forward_heads``,
     for networks without batch norm), not through all K: 1/K of its cost.
-    ``pn_weighting`` picks eq. 11's per-sample sum or the batch-mean ablation (see
-    ``icl_cli.algo.losses``); ``clip_grad`` clips each step's global gradient norm.
+    ``pn_weighting`` picks eq. 11's per-sample sum, the batch-mean ablation (see
+    ``icl_cli.algo.losses``) or the authors' drawn batches (the module's docstring;
+    ``pn_round`` gives each pseudo-negative's round, default all one round, and
+    ``pn_recency`` the weight r of ``recency_shares``); ``clip_grad`` clips each step's
+    global gradient norm.
     ``max_batch`` bounds the rows one forward pass sees: a batch with more real plus
     pseudo-negative rows is run as its real rows, then its pseudo-negatives in pieces of
     ``max_batch``, with the gradients accumulated (the same step up to floating-point
@@ -264,15 +344,23 @@ def reclassify(
                          "(batch statistics would change with the split)")
     per_head = (mode == "ova" and heads > 1 and hasattr(model, "forward_heads")
                 and not has_batch_norm(model) and max_batch is None)
+    drawn = pn_weighting == "drawn"
     # one sync per call, not per batch
-    pn_class_cpu = pn_class.cpu() if per_head or distributed else None
+    pn_class_cpu = pn_class.cpu() if per_head or distributed or drawn else None
+    if drawn:
+        pn_round = (torch.zeros(len(pn_class), dtype=torch.long) if pn_round is None
+                    else pn_round.cpu())
     ddp = _wrap(model, device) if distributed else None
     model.train()
     history = []
     for epoch in range(epochs + real_epochs):
         t0 = time.perf_counter()
         n_pn = len(pn_class) if epoch < epochs else 0
-        plan = batch_plan(len(real_y), n_pn, batch_size, real_gen, pn_gen)
+        if drawn:
+            plan = drawn_plan(len(real_y), pn_class_cpu[:n_pn], pn_round[:n_pn], batch_size,
+                              pn_recency, mode == "ova", real_gen, pn_gen)
+        else:
+            plan = batch_plan(len(real_y), n_pn, batch_size, real_gen, pn_gen)
         counts: list[list[int] | None] = [None] * len(plan)
         sizes = [len(r) + len(p) for r, p in plan]  # rows of each global batch
         if ddp is not None:
@@ -344,7 +432,7 @@ def reclassify(
         mean = (sums / len(plan)).tolist()
         if not math.isfinite(mean[0]):  # checked once per epoch: the .tolist() syncs anyway
             raise Diverged(epoch, mean[0])
-        history.append(EpochStats(epoch, mean[0], mean[1], mean[2], len(real_y) + n_pn,
+        history.append(EpochStats(epoch, mean[0], mean[1], mean[2], sum(sizes),
                                   time.perf_counter() - t0, *peaks.tolist()))
     return history
 

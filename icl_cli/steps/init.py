@@ -134,9 +134,14 @@ def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
 def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,
             runtime: Runtime, from_: str | None) -> InitResult:
     # Under torchrun rank 0 records and evaluates (``from_main``); every rank trains C_0.
-    existed = any(e.name == name for e in store.experiments())
+    same = [e for e in store.experiments() if e.name == name]
+    existed = bool(same)
+    # An experiment recorded by an older icl lacks the settings added since: the same
+    # experiment when its settings, read with today's defaults, are these.
+    config = (same[0].config if same and ExperimentConfig.from_dict(same[0].config) == cfg
+              else cfg.to_dict())
     exp = distributed.from_main(lambda: store.create_experiment(
-        name, cfg.to_dict(), parent=parent.name if parent else None,
+        name, config, parent=parent.name if parent else None,
         parent_round=parent_round, data_fingerprint=data.fingerprint))
     # C_0: trained from scratch, or copied from the parent (see train_round). An init that
     # fails before C_0 exists (diverged, interrupted) leaves no experiment behind, so the

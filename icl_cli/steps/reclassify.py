@@ -8,7 +8,14 @@ from typing import Any
 import torch
 
 from icl_cli import distributed
-from icl_cli.algo.train import Diverged, make_optimizer, reclassify, round_lr, set_hyper
+from icl_cli.algo.train import (
+    Diverged,
+    epoch_rows,
+    make_optimizer,
+    reclassify,
+    round_lr,
+    set_hyper,
+)
 from icl_cli.config import ExperimentConfig, TrainChanges, TrainConfig
 from icl_cli.data import augment, to_input
 from icl_cli.models import has_batch_norm
@@ -170,17 +177,19 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool, replay: bool
             optimizer.load_state_dict(state["optimizer"])  # momentum buffers, and the
             # parent's hyperparameters, which this experiment's own config overrides
             set_hyper(optimizer, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-        pn_x, pn_k = _pool(store, shards, data.shape, data.num_classes, device)
+        pn_x, pn_k, pn_t = _pool(store, shards, data.shape, data.num_classes, device)
         real_x, real_y = real_tensors(data, device)
         real_gen = generator("real", cfg.seed, t)
         epochs = cfg.init_epochs if t == 0 else tc.epochs
-        total = (len(real_y) + len(pn_k)) * epochs + len(real_y) * (tc.real_epochs if t else 0)
+        total = (epoch_rows(len(real_y), pn_k.cpu(), tc.pn_weighting, cfg.model.mode) * epochs
+                 + len(real_y) * (tc.real_epochs if t else 0))
         advance = progress.task(f"reclassify round {t}", total)
         try:
             history = reclassify(
                 model, optimizer, real_x, real_y, pn_x, pn_k,
                 epochs=epochs, batch_size=tc.batch_size, mode=cfg.model.mode,
-                pn_weight=tc.pn_weight, pn_weighting=tc.pn_weighting, clip_grad=tc.clip_grad,
+                pn_weight=tc.pn_weight, pn_weighting=tc.pn_weighting, pn_round=pn_t,
+                pn_recency=tc.pn_recency, clip_grad=tc.clip_grad,
                 max_batch=tc.max_batch,
                 real_epochs=tc.real_epochs if t else 0,
                 real_gen=real_gen, pn_gen=generator("pn", cfg.seed, t),
@@ -250,11 +259,13 @@ def _recorded_inputs(store, name: str, t: int, existing, parent):
 
 
 def _pool(store, shards: list, shape, num_classes: int, device: torch.device):
-    """Every active pseudo-negative of rounds 1..t: samples (P, C, H, W), class (P,)."""
+    """Every active pseudo-negative of rounds 1..t: samples (P, C, H, W) and class (P,) on
+    ``device``, and the round each was drawn in (P,) on the CPU."""
     from store import IntegrityError
     from store.artifacts import shard_fix
 
     xs, ks = [torch.empty(0, *shape)], [torch.empty(0, dtype=torch.long)]
+    ts = [torch.empty(0, dtype=torch.long)]
     for info in shards:
         arrays = store.read_shard(info)
         fix = shard_fix(info.experiment, info.round)
@@ -268,7 +279,8 @@ def _pool(store, shards: list, shape, num_classes: int, device: torch.device):
                                  f"{fix}")
         xs.append(torch.from_numpy(arrays["samples"]))
         ks.append(torch.from_numpy(arrays["target"]).long())
-    return torch.cat(xs).to(device), torch.cat(ks).to(device)
+        ts.append(torch.full((len(arrays["target"]),), info.round, dtype=torch.long))
+    return torch.cat(xs).to(device), torch.cat(ks).to(device), torch.cat(ts)
 
 
 def _compare_replay(store, existing, state, name: str, t: int, epochs_log,

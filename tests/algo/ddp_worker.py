@@ -22,6 +22,8 @@ CASES = {
     "ova-per-sample": dict(mode="ova", pn_weighting="per-sample"),
     "ova-batch-mean-max-batch": dict(mode="ova", pn_weighting="batch-mean", max_batch=4,
                                      pn_weight=0.5),
+    "softmax-drawn-max-batch": dict(mode="softmax", pn_weighting="drawn", max_batch=5),
+    "ova-drawn": dict(mode="ova", pn_weighting="drawn", pn_recency=0.8),
 }
 
 
@@ -47,8 +49,10 @@ def train(case: str, distributed: bool):
         return out
 
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pn_round = torch.arange(29) // 10 + 1  # rounds 1, 2, 3 (drawn by recency)
     hist = reclassify(model, opt, x, y, pn_x, pn_k, epochs=2, real_epochs=1, batch_size=8,
-                      mode=mode, real_gen=real_gen, pn_gen=torch.Generator().manual_seed(2),
+                      mode=mode, pn_round=pn_round, real_gen=real_gen,
+                      pn_gen=torch.Generator().manual_seed(2),
                       transform=transform, distributed=distributed, **kw)
     return model.state_dict(), [asdict(h) for h in hist]
 

@@ -345,6 +345,7 @@ def test_paired_round_one_repeats_bit_for_bit(ws):
 RECLASSIFY = {
     "pn-weight": {"pn_weight": 3.0},
     "pn-weighting": {"pn_weighting": "batch-mean"},
+    "pn-weighting-drawn": {"pn_weighting": "drawn"},
     "clip-grad": {"clip_grad": 0.01},
     "lr": {"lr": 0.05},
     "weight-decay": {"weight_decay": 0.01},
@@ -364,6 +365,64 @@ def test_reclassify_option_changes_round_one(ws, option):
     assert config(ws, name)["train"][key] == value != config(ws, "ref")["train"][key]
     if key in ("lr", "weight_decay"):  # what the round-1 optimizer ran with
         assert group(ws, name, 1)[key] == pytest.approx(value)
+
+
+def test_pn_recency_weighs_the_rounds_of_the_drawn_pool(ws):
+    """--pn-recency changes which pseudo-negatives are drawn once the pool holds two
+    rounds; with one round it changes nothing (every draw is of that round)."""
+    for name, extra in (("drawn-r05", {}), ("drawn-r1", {"pn_recency": 1.0})):
+        paired(ws, name, pn_weighting="drawn", **extra)
+        icl("synthesize", "-w", ws, "-e", name, "--round", 2, *COMMON)
+        icl("reclassify", "-w", ws, "-e", name, "--round", 2, *COMMON)
+    assert config(ws, "drawn-r1")["train"]["pn_recency"] == 1.0
+    assert config(ws, "drawn-r05")["train"]["pn_recency"] == 0.5
+    assert same(weights(ws, "drawn-r05", 1), weights(ws, "drawn-r1", 1))
+    assert same_shard(shard(ws, "drawn-r05", 2), shard(ws, "drawn-r1", 2))
+    assert not same(weights(ws, "drawn-r05", 2), weights(ws, "drawn-r1", 2))
+    # Drawn: 200 real images and 200 pseudo-negatives an epoch, whatever the pool's size.
+    assert [h["samples"] for h in state(ws, "drawn-r05", 2)["history"]] == [400]
+
+
+def test_a_rounds_own_weighting_is_recorded_and_replays_bit_for_bit(ws):
+    name = "round-drawn"
+    paired(ws, name, reclassify=False)
+    w = ["-w", ws, "-e", name]
+    out = icl_json("reclassify", *w, "--round", 1, "--pn-weighting", "drawn",
+                   "--pn-recency", 0.25, *COMMON)
+    assert [e["samples"] for e in out["epochs"]] == [400]
+    recorded = state(ws, name, 1)["inputs"]["train"]
+    assert (recorded["pn_weighting"], recorded["pn_recency"]) == ("drawn", 0.25)
+    assert config(ws, name)["train"]["pn_weighting"] == "per-sample"  # this round only
+    assert not same(weights(ws, name, 1), weights(ws, "ref", 1))
+    replay = icl("reclassify", *w, "--round", 1, "--replay", *COMMON)
+    assert "matches bit for bit" in replay.stdout
+    bad = invoke("reclassify", *w, "--round", 1, "--pn-recency", 2, *COMMON)
+    assert bad.exit_code == 3 and "--pn-recency must be in (0, 1]" in bad.stderr
+
+
+def test_an_experiment_recorded_before_a_setting_existed_is_the_same_experiment(ws):
+    """A config recorded by an older icl lacks the settings added since (here
+    pn_recency): `icl init` with the same options is the same experiment, and its rounds
+    go on with what it recorded."""
+    import sqlite3
+
+    from store.hashing import config_hash
+
+    fresh(ws, "old", method="icl")
+    db = sqlite3.connect(ws / ".icl" / "catalog.db")
+    with db:
+        (raw,) = db.execute("select config from experiments where name = 'old'").fetchone()
+        old = json.loads(raw)
+        del old["train"]["pn_recency"]
+        db.execute("update experiments set config = ?, config_hash = ? where name = 'old'",
+                   (json.dumps(old), config_hash(old)))
+    db.close()
+    again = icl_json("init", "-w", ws, "-e", "old", "--method", "icl", *flags(INIT, {}),
+                     *COMMON)
+    assert again["reused"] and "pn_recency" not in again["config"]["train"]
+    other = invoke("init", "-w", ws, "-e", "old", "--method", "icl",
+                   *flags(INIT, {"pn_weighting": "drawn"}), *COMMON)
+    assert other.exit_code != 0 and "another config" in other.stderr
 
 
 @pytest.mark.parametrize("epochs, real_epochs", [(2, 0), (1, 2)])
