@@ -44,5 +44,5 @@ for seed in $SEEDS; do
       >> "$WS/$row.log" 2>&1 || { echo "icl attack -e $row failed" >&2; failed=1; }
   done
 done
-summarize --rounds common --val --per-seed --by-round --attacks
+summarize --rounds "$ROUNDS" --keep-stopped --val --per-seed --by-round --attacks
 exit $failed

@@ -13,6 +13,10 @@ to the baseline that shares its C_0 (``--from``), and the paper's number beside 
 C_0) in which every experiment finished round N, so a half-run seed never enters a mean,
 and reads every experiment as if it had stopped at round N. ``--rounds common`` cuts each
 group at the last round all its experiments reached (runs stopped at a deadline).
+``--keep-stopped`` (with ``--rounds N``) keeps a group whose runs stopped early, each read
+at its last round (a run that diverged keeps its best validation round before the
+divergence): such a run is marked ``*`` beside its numbers, counted in the "stopped" column
+and in every mean, never dropped.
 """
 
 from __future__ import annotations
@@ -153,47 +157,89 @@ def selected(row: dict) -> float | None:
     return None if e is None else 100 * e
 
 
+def selected_val(row: dict) -> float | None:
+    """Validation error (%) of the round chosen on it (None without a validation split)."""
+    e = row["errors"].get(str(row["best_val_round"]), {})
+    return 100 * e["val"] if "val" in e else None
+
+
+def paired_t(diffs: list[float]) -> str:
+    """The paired t statistic of the differences, mean / (std / sqrt(n)) ("-" for fewer
+    than 2, "inf" when they do not vary)."""
+    if len(diffs) < 2:
+        return "-"
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return "0.00" if statistics.mean(diffs) == 0 else "inf"
+    return f"{statistics.mean(diffs) / (sd / len(diffs) ** 0.5):.2f}"
+
+
+def paired_diffs(rs: list[dict], by_key: dict[str, dict], value) -> list[float]:
+    """``value(row) - value(its baseline)`` for every row paired with a baseline that saw
+    the same data."""
+    diffs = []
+    for r in rs:
+        base = by_key.get(group_key(r)) if r["parent"] else None
+        if base is None or not same_data(r, base):
+            continue
+        a, b = value(r), value(base)
+        if a is not None and b is not None:
+            diffs.append(a - b)
+    return diffs
+
+
 def table(rows: list[dict], paper: str | None, val: bool = False) -> str:
     """One line per (data, mode, size, method or setting); ``val`` adds the validation error
-    each model was chosen on (what a sweep picks its setting by)."""
+    each model was chosen on and its paired difference (what a sweep picks its setting by).
+    The gain's paired t and sign count ("better on") are of the test error."""
     by_key = {group_key(r): r for r in rows if not r["parent"]}
+    for r in rows:
+        base = by_key.get(group_key(r)) if r["parent"] else None
+        if base is not None and not same_data(r, base):
+            print(f"warning: {r['experiment']} and its baseline {base['experiment']} "
+                  "saw different data; left out of the paired difference", file=sys.stderr)
     head = ["data", "mode", "train size", "method", "seeds", "subsets"] + (
-        ["val % (selected round)"] if val else []) + [
+        ["val % (selected round)", "val paired diff"] if val else []) + [
         "test % (val-selected)", "test % (last round)", "paired diff vs baseline",
-        "better on", "paper %"]
+        "better on", "paired t", "stopped", "paper %"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (data, mode, size, method), rs in by_method(rows).items():
         sel = [e for e in map(selected, rs) if e is not None]
         last = [100 * r["test_error_last"] for r in rs if r["test_error_last"] is not None]
-        diffs = []
-        for r in rs:
-            base = by_key.get(group_key(r)) if r["parent"] else None
-            if base is not None and not same_data(r, base):
-                print(f"warning: {r['experiment']} and its baseline {base['experiment']} "
-                      "saw different data; left out of the paired difference",
-                      file=sys.stderr)
-                continue
-            if base is not None and selected(r) is not None and selected(base) is not None:
-                diffs.append(selected(r) - selected(base))
+        diffs = paired_diffs(rs, by_key, selected)
         wins = f"{sum(d < 0 for d in diffs)}/{len(diffs)}" if diffs else "-"
         ref = PAPER.get(paper or "", {}).get((mode, method.split(" (")[0]))
-        vals = [100 * e["val"] for e in (r["errors"].get(str(r["best_val_round"]), {})
-                                          for r in rs) if "val" in e]
+        vals = [v for v in map(selected_val, rs) if v is not None]
+        stopped = sum(bool(r.get("stopped")) for r in rs)
         cells = [data, mode, size or "all", method, len(rs), subsets(rs)] + (
-            [mean_std(vals)] if val else []) + [
-            mean_std(sel), mean_std(last), mean_std(diffs), wins,
-            "-" if ref is None else f"{ref:.2f}"]
+            [mean_std(vals), mean_std(paired_diffs(rs, by_key, selected_val))]
+            if val else []) + [
+            mean_std(sel), mean_std(last), mean_std(diffs), wins, paired_t(diffs),
+            f"{stopped}/{len(rs)}", "-" if ref is None else f"{ref:.2f}"]
         out.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(out)
 
 
-def complete(rows: list[dict], rounds: int) -> list[dict]:
+def complete(rows: list[dict], rounds: int, keep_stopped: bool = False) -> list[dict]:
     """The rows of paired groups whose every experiment has finished round ``rounds``, each
     cut to rounds 0..``rounds`` (so a method that ran further is compared at the same round,
-    and its round is chosen among those alone)."""
-    return [up_to(r, rounds) for rs in paired_groups(rows)
-            if all(str(rounds) in r["errors"] and r["rounds"] >= rounds for r in rs)
-            for r in rs]
+    and its round is chosen among those alone). ``keep_stopped``: a group with runs that
+    stopped early stays; each such run is read at its last evaluated round and marked
+    ``stopped`` (its last round), so it is counted, never dropped."""
+    out = []
+    for rs in paired_groups(rows):
+        done = [str(rounds) in r["errors"] and r["rounds"] >= rounds for r in rs]
+        if all(done):
+            out += [up_to(r, rounds) for r in rs]
+        elif keep_stopped:
+            for r, finished in zip(rs, done, strict=True):
+                last = max((int(t) for t, e in r["errors"].items() if "test" in e),
+                           default=None)
+                if finished or last is None:
+                    out += [up_to(r, rounds)] if finished else []
+                    continue
+                out.append(dict(up_to(r, last), stopped=last))
+    return out
 
 
 def common(rows: list[dict]) -> list[dict]:
@@ -234,7 +280,8 @@ def per_seed(rows: list[dict]) -> str:
         if r is None or selected(r) is None:
             return "-"
         t = r["best_val_round"]
-        return f"{selected(r):.2f} ({'-' if t is None else t})"
+        mark = f" *stopped after {r['stopped']}" if r.get("stopped") is not None else ""
+        return f"{selected(r):.2f} ({'-' if t is None else t}){mark}"
     def order(g: dict[str, dict]) -> tuple:
         r = next(iter(g.values()))
         return r["dataset"], r["mode"], r["train_size"] or 0, r["seed"]
@@ -271,12 +318,14 @@ def by_round(rows: list[dict]) -> str:
 
 def attacks(rows: list[dict]) -> str:
     """Two-way FGSM records (``icl attack``) between a baseline and an ICL model, one line
-    each, then the mean +- std of both shares over the lines, beside the paper's counts."""
+    each, then per ICL row (method or setting) the mean +- std of both shares over its
+    lines, beside the paper's counts. A pair attacked more than once (a recipe run again)
+    counts once: its latest record."""
     by_key = {ref(r, r["experiment"]): r for r in rows}
-    out = ["| data | train size | seed | eps | rounds (baseline, icl) | made on baseline: "
-           "fool it | of those, fool ICL | made on ICL: fool it | of those, fool baseline |",
-           "|" + " --- |" * 9]
-    shares: tuple[list[float], list[float]] = ([], [])
+    out = ["| data | train size | seed | icl row | eps | rounds (baseline, icl) | made on "
+           "baseline: fool it | of those, fool ICL | made on ICL: fool it | of those, fool "
+           "baseline |", "|" + " --- |" * 10]
+    lines: dict[tuple, tuple] = {}
     for r in rows:
         for a in r.get("attacks", []):
             other = by_key.get(ref(r, a["against"]))
@@ -284,22 +333,29 @@ def attacks(rows: list[dict]) -> str:
                 continue
             if other is None or {r["method"], other["method"]} != {"baseline", "icl"}:
                 continue
+            icl, base = (r, other) if r["method"] == "icl" else (other, r)
             if r["method"] == "icl":
                 on_base, on_icl, rounds = a["made_there"], a["made_here"], (a["against_round"],
                                                                             a["round"])
             else:
                 on_base, on_icl, rounds = a["made_here"], a["made_there"], (a["round"],
                                                                             a["against_round"])
-            shares[0].append(100 * on_base[2] / max(1, on_base[1]))
-            shares[1].append(100 * on_icl[2] / max(1, on_icl[1]))
-            out.append(f"| {r['dataset']} | {r['train_size'] or 'all'} | {r['seed']} | "
-                       f"{a['eps']:g} | {rounds[0]}, {rounds[1]} | {on_base[1]} | "
-                       f"{on_base[2]} ({shares[0][-1]:.1f} %) | {on_icl[1]} | "
-                       f"{on_icl[2]} ({shares[1][-1]:.1f} %) |")
-    if shares[0]:
-        out.append(f"| mean +- std | | {seeds(len(shares[0]))} | | | | {mean_std(shares[0])} % "
-                   f"| | {mean_std(shares[1])} % |")
-    out.append("| paper (MNIST, full) | 60000 | | 0.125 | | 6876 | 4661 (67.8 %) | 5989 | "
+            key = (ref(icl, icl["experiment"]), ref(base, base["experiment"]), a["eps"])
+            lines[key] = (icl, a["eps"], rounds, on_base, on_icl)
+    shares: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for icl, eps, rounds, on_base, on_icl in lines.values():
+        got = shares[label(icl)]
+        got[0].append(100 * on_base[2] / max(1, on_base[1]))
+        got[1].append(100 * on_icl[2] / max(1, on_icl[1]))
+        out.append(f"| {icl['dataset']} | {icl['train_size'] or 'all'} | {icl['seed']} | "
+                   f"{label(icl)} | {eps:g} | {rounds[0]}, {rounds[1]} | {on_base[1]} | "
+                   f"{on_base[2]} ({got[0][-1]:.1f} %) | {on_icl[1]} | "
+                   f"{on_icl[2]} ({got[1][-1]:.1f} %) |")
+    for name in sorted(shares, key=lambda m: (method_order(m), m)):
+        base_side, icl_side = shares[name]
+        out.append(f"| mean +- std | | {seeds(len(base_side))} | {name} | | | | "
+                   f"{mean_std(base_side)} % | | {mean_std(icl_side)} % |")
+    out.append("| paper (MNIST, full) | 60000 | | icl | 0.125 | | 6876 | 4661 (67.8 %) | 5989 | "
                "5542 (92.5 %) |")
     return "\n".join(out)
 
@@ -388,6 +444,9 @@ def main() -> None:
     parser.add_argument("--paper", choices=sorted(PAPER))
     parser.add_argument("--rounds", help="N: keep only paired groups that finished round N, "
                         "read at round N; common: each group at its last common round")
+    parser.add_argument("--keep-stopped", action="store_true",
+                        help="with --rounds N: keep runs that stopped early (diverged), "
+                        "each at its last round, marked and counted")
     parser.add_argument("--seeds", type=int, nargs="+", help="keep only these seeds")
     parser.add_argument("--val", action="store_true",
                         help="add the validation error each model was chosen on")
@@ -405,7 +464,7 @@ def main() -> None:
     if args.rounds == "common":
         rows = common(rows)
     elif args.rounds is not None:
-        rows = complete(rows, int(args.rounds))
+        rows = complete(rows, int(args.rounds), keep_stopped=args.keep_stopped)
     rows = label_variants(rows)  # after the filters: settings of rows left out do not count
     print(table(rows, args.paper, val=args.val))
     if args.per_seed:

@@ -28,7 +28,9 @@ def test_paired_difference_mean_and_std_over_seeds():
     assert cells[6] == "10.50 +- 2.12"  # mean and sample std of 9% and 12%
     assert cells[8] == "-0.50 +- 0.71"  # paired: -1 point and 0 points
     assert cells[9] == "1/2"  # strictly better on one seed of two
-    assert cells[10] == "0.81"  # the paper's softmax ICL number
+    assert cells[10] == "-1.00"  # paired t: -0.5 / (0.71 / sqrt 2)
+    assert cells[11] == "0/2"  # no run stopped early
+    assert cells[12] == "0.81"  # the paper's softmax ICL number
 
 
 def test_pairs_only_rows_with_their_baselines_data_and_counts_subsets(capsys):
@@ -137,3 +139,48 @@ def test_attacks_orient_each_record_and_average_the_shares():
     # The second record was made from the baseline's side; it is turned around the same way.
     assert "| 800 | 600 (75.0 %) | 600 | 600 (100.0 %) |" in lines[3]
     assert "62.50 +- 17.68 %" in lines[4] and "95.00 +- 7.07 %" in lines[4]
+
+
+def test_keep_stopped_counts_a_run_that_stopped_early_at_its_last_round():
+    base = row("b0", "baseline", 0, 0.10)
+    kid = row("i0", "icl", 0, 0.09, parent="b0")
+    for r in (base, kid):
+        r["rounds"] = 3
+        r["errors"] = {str(t): {"test": 0.10 - t / 100, "val": 0.2 - t / 100}
+                       for t in range(4)}
+    kid["rounds"], kid["errors"] = 1, {t: kid["errors"][t] for t in ("0", "1")}  # diverged
+    assert summarize.complete([base, kid], rounds=3) == []  # dropped without the flag
+    kept = {r["experiment"]: r for r in summarize.complete([base, kid], 3, keep_stopped=True)}
+    assert kept["b0"].get("stopped") is None and kept["b0"]["best_val_round"] == 3
+    assert kept["i0"]["stopped"] == 1 and kept["i0"]["best_val_round"] == 1
+    line = next(x for x in summarize.table(list(kept.values()), None).splitlines()
+                if "| icl |" in x)
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[11] == "1/1"  # the stopped column counts it
+    assert cells[8] == "2.00"  # paired as it stands: 9 % (round 1) - 7 % (round 3)
+    assert "*stopped after 1" in summarize.per_seed(list(kept.values()))
+
+
+def test_val_paired_difference_is_what_a_sweep_chooses_by():
+    base, kid = row("b0", "baseline", 0, 0.10), row("i0", "icl", 0, 0.09, parent="b0")
+    base["errors"]["2"], kid["errors"]["2"] = {"test": 0.1, "val": 0.15}, {"test": 0.09,
+                                                                          "val": 0.12}
+    head, _, *lines = summarize.table([base, kid], None, val=True).splitlines()
+    col = [c.strip() for c in head.split("|")[1:-1]].index("val paired diff")
+    icl = next(x for x in lines if "| icl |" in x)
+    assert [c.strip() for c in icl.split("|")[1:-1]][col] == "-3.00"
+
+
+def test_attacks_are_averaged_per_icl_row_and_a_repeated_pair_counts_once():
+    base = row("b0", "baseline", 0, 0.10)
+    one = dict(row("i0", "icl", 0, 0.09, parent="b0"), label="icl (pn_weighting=drawn)")
+    two = dict(row("i0b", "icl", 0, 0.09, parent="b0"), label="icl")
+    rec = {"round": 3, "against": "b0", "against_round": 2, "eps": 0.125,
+           "made_here": [900, 600, 540], "made_there": [880, 800, 400]}
+    one["attacks"] = [dict(rec, made_there=[880, 800, 800]), rec]  # run twice: latest counts
+    two["attacks"] = [dict(rec, made_there=[880, 800, 200])]
+    lines = summarize.attacks([base, one, two]).splitlines()
+    assert len([x for x in lines if x.startswith("| idx |")]) == 2
+    means = {x.split("|")[4].strip(): x for x in lines if x.startswith("| mean")}
+    assert "50.00 %" in means["icl (pn_weighting=drawn)"]
+    assert "25.00 %" in means["icl"]
