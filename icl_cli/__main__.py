@@ -1,6 +1,6 @@
 """``python -m icl_cli``: the same command line as the ``icl`` console script."""
 
-from icl_cli.app import main
+from icl_cli.cli import icl
 
 if __name__ == "__main__":
-    main()
+    icl()

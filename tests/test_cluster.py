@@ -1,4 +1,4 @@
-"""icl_cli.cluster: experiments as a job array through submitit's local executor (the same
+"""icl_cli.cli.cluster: experiments as a job array through submitit's local executor (the same
 path a Slurm array takes), failures per task, and the parameters' one-line errors."""
 
 import json
@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from icl_cli import cluster
+from icl_cli.cli import cluster
+from icl_cli.cli.lanes import Lane
 from icl_cli.errors import StepError
-from icl_cli.progress import Lane
 from store import Store
 
 pytest.importorskip("submitit")

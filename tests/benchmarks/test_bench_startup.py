@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.startup import HEAVY, READ_ONLY, imported
-from icl_cli.ui import coerce_without_pydantic
+from icl_cli.cli.main import coerce_without_pydantic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,13 +60,13 @@ def test_the_read_only_commands_import_nothing_heavy(workspace, monkeypatch):
 def test_flags_and_paths_coerce_as_typer_does_without_pydantic():
     import typer.main
 
-    from icl_cli.app import app
+    from icl_cli.cli import register
 
     if not coerce_without_pydantic():
         pytest.skip("this Typer coerces without pydantic adapters of its own")
     from typer._coercion import build_runtime_param
 
-    status = typer.main.get_command(app).commands["status"]
+    status = typer.main.get_command(register()).commands["status"]
     params = {p.name: p for p in status.params}
     for name, values in (("workspace", ["", "a b", "~/x", "/tmp", Path("/tmp")]),
                          ("json", [True, False, "true", "0"])):

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from icl_cli.app import main
+from icl_cli.cli import icl
 from icl_cli.steps import synthesize
 
 if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
@@ -16,4 +16,4 @@ if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
 
 if __name__ == "__main__":
     sys.argv[0] = "icl"
-    main()
+    icl()

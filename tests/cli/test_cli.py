@@ -284,7 +284,10 @@ def test_version_and_json_errors(tmp_path):
 def test_main_builds_only_the_command_it_runs_and_answers_the_same(tmp_path):
     from typer.testing import CliRunner
 
-    from icl_cli.app import _only_the_command, app
+    from icl_cli.cli import register
+    from icl_cli.cli.main import _only_the_command
+
+    app = register()
 
     names = [c.callback.__name__.replace("_", "-") for c in app.registered_commands]
     assert "status" in names and len(names) > 5

@@ -22,7 +22,7 @@ from test_cli import COMMON, icl, icl_json
 from test_data import write_folder, write_idx
 from typer.testing import CliRunner
 
-from icl_cli.app import app
+from icl_cli.cli import register
 from icl_cli.config import DataConfig
 from icl_cli.data import load
 from icl_cli.models import build_model
@@ -52,7 +52,7 @@ def flags(defaults: dict, changes: dict) -> list[str]:
 
 def invoke(*args):
     """``icl`` with any exit code (``icl()`` asserts one)."""
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return CliRunner().invoke(register(), [str(a) for a in args])
 
 
 def fresh(ws, name: str, *extra, method: str = "baseline", **changes):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from icl_cli.progress import EventWriter
+from icl_cli.cli.lanes import EventWriter
 from store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 can be killed, and look at a workspace from the outside (files, hashes, catalog rows).
 
 Separate processes come from a ``multiprocessing`` fork server that has imported torch
-and icl once: each child is a fresh process running ``icl_cli.app.main()`` with its own
+and icl once: each child is a fresh process running ``icl_cli.cli.icl()`` with its own
 argv, stdout and stderr, exactly what the ``icl`` console script runs, but it starts in
 milliseconds instead of the seconds an ``import torch`` takes on a loaded CPU. That is
 what lets the default suite kill real processes at random moments within its time
@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 from typer.testing import CliRunner
 
-from icl_cli.app import app
+from icl_cli.cli import register
 
 TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
         "--epochs", "1", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05"]
@@ -104,7 +104,7 @@ class Result:
 
 def icl(*args, code: int | None = 0, env: dict | None = None) -> Result:
     """Run ``icl ARGS`` in this process (typer's CliRunner); check the exit code."""
-    r = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    r = CliRunner().invoke(register(), [str(a) for a in args], env=env)
     res = Result(r.exit_code, r.stdout, r.stderr)
     if code is not None:
         assert res.code == code, (args, res)
@@ -130,7 +130,7 @@ def _child(argv: list[str], out: str, err: str, uid: int | None,
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     fds = [os.open(p, flags, 0o644) for p in (out + ".tmp", err + ".tmp")]
     sys.argv = ["icl", *argv]
-    from icl_cli.app import main
+    from icl_cli.cli import icl as main
 
     for fd, f in zip((1, 2), fds, strict=True):
         os.dup2(f, fd)

@@ -28,7 +28,7 @@ import tempfile  # noqa: E402
 
 from typer.testing import CliRunner  # noqa: E402
 
-from icl_cli.app import app  # noqa: E402
+from icl_cli.cli import register  # noqa: E402
 from store import Store  # noqa: E402
 
 with tempfile.TemporaryDirectory() as _tmp:
@@ -36,4 +36,4 @@ with tempfile.TemporaryDirectory() as _tmp:
     for _argv in (["status", "-w", _tmp, "--json"], ["status", "-w", _tmp],
                   ["synthesize", "--help"], ["synthesize", "-w", _tmp, "-r", "1"],
                   ["verify", "-w", _tmp], ["frob"]):
-        CliRunner().invoke(app, _argv)
+        CliRunner().invoke(register(), _argv)

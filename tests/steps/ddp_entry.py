@@ -7,7 +7,7 @@ import signal
 import sys
 
 from icl_cli.algo import train
-from icl_cli.app import main
+from icl_cli.cli import icl
 
 if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
     at, seen, step = int(os.environ.get("ICL_TEST_KILL_STEP", "1")), [0], train.SGD.step
@@ -22,4 +22,4 @@ if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
 
 if __name__ == "__main__":
     sys.argv[0] = "icl"
-    main()
+    icl()

@@ -1,4 +1,5 @@
-"""``icl run`` over several experiments at once: children report, the parent shows.
+"""The supervisor of ``icl run -e A -e B --parallel N``: one child process (a lane) per
+experiment; the children report, the parent shows.
 
 The parent (``icl run -e baseline -e icl --parallel 2``) starts one ``icl run -e NAME
 --json`` child per experiment, at most ``parallel`` at a time. Each child writes its
@@ -287,7 +288,7 @@ class Board:
 def _child_env() -> dict[str, str]:
     """The parent's environment, with this icl first on the path: a child runs the same
     code as its parent, wherever it was imported from."""
-    here = str(Path(__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[2])  # the folder holding icl_cli
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
 

@@ -1,8 +1,5 @@
-"""``icl evaluate``, ``icl attack`` and ``icl ood``: the commands that measure a trained
-model.
-
-Registered on :data:`icl_cli.app.app`; they share its options and helpers.
-"""
+"""The commands that measure a trained model: ``icl evaluate``, ``icl attack``, ``icl ood``
+and ``icl quality``."""
 
 from __future__ import annotations
 
@@ -11,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from icl_cli import ui
-from icl_cli.app import (
+from icl_cli.cli import ui
+from icl_cli.cli.main import (
     Device,
     Experiment,
     Json,
@@ -20,10 +17,11 @@ from icl_cli.app import (
     Round,
     Threads,
     Workspace,
-    _errors,
-    _runtime,
-    _store,
     app,
+    errors_table,
+    open_store,
+    runtime,
+    user_errors,
 )
 
 
@@ -42,16 +40,16 @@ def evaluate(
     negative log-likelihood and expected calibration error of softmax(logits)."""
     from icl_cli.steps.evaluate import evaluate_round
 
-    with ui.user_errors():
-        store = _store(workspace)
+    with user_errors():
+        store = open_store(workspace)
         exp = store.experiment(experiment)
         if round_ is None:
             round_ = max((c.round for c in store.checkpoints(exp.name)), default=0)
         rows = evaluate_round(store, exp.name, round_,
-                              _runtime(device, threads, no_mlflow=no_mlflow), bins, plot)
+                              runtime(device, threads, no_mlflow=no_mlflow), bins, plot)
     if json:
         return ui.emit_json(rows)
-    _errors(rows, None)
+    errors_table(rows, None)
     k = len(rows[0].per_class)
     ui.table("per-class error %", ["split", *map(str, range(k))],
              [[e.split, *(f"{100 * p:.1f}" for p in e.per_class)] for e in rows])
@@ -91,10 +89,10 @@ def attack(
 
     settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed,
                               limit)
-    with ui.user_errors():
+    with user_errors():
         other, other_round = parse_from(against) if ":" in against else (against, None)
-        rows = run_attack(_store(workspace), experiment, round_, other, other_round, settings,
-                          _runtime(device, threads, no_mlflow=no_mlflow))
+        rows = run_attack(open_store(workspace), experiment, round_, other, other_round, settings,
+                          runtime(device, threads, no_mlflow=no_mlflow))
     if json:
         return ui.emit_json(rows)
     ui.table(f"{method.upper()} eps {eps}",
@@ -123,10 +121,10 @@ def ood(
     images, and each --ood-root folder."""
     from icl_cli.steps.ood import ood as run_ood
 
-    with ui.user_errors():
-        store = _store(workspace)
+    with user_errors():
+        store = open_store(workspace)
         rows = run_ood(store, store.experiment(experiment).name, round_,
-                       _runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed, plot,
+                       runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed, plot,
                        limit)
     if json:
         return ui.emit_json(rows)
@@ -149,10 +147,10 @@ def quality(
     the test images (not FID)."""
     from icl_cli.steps.quality import quality as run_quality
 
-    with ui.user_errors():
-        store = _store(workspace)
+    with user_errors():
+        store = open_store(workspace)
         result = run_quality(store, store.experiment(experiment).name,
-                             _runtime(device, threads, no_mlflow=no_mlflow), epochs, seed, plot)
+                             runtime(device, threads, no_mlflow=no_mlflow), epochs, seed, plot)
     if json:
         return ui.emit_json(result)
     ui.table(f"sample quality (reference test error {100 * result.reference_test_error:.2f} "

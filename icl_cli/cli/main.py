@@ -1,4 +1,6 @@
-"""Terminal output: rich progress bars on stderr, results on stdout (tables or JSON).
+"""The ``icl`` Typer app: its options shared by several commands, the helpers every command
+uses (a store, a runtime), and the way out of a command: one line on stderr and a
+documented exit code.
 
 Exit codes (also in ``icl --help``):
   0 done (or already done: a rerun with the same settings is a no-op)
@@ -11,26 +13,26 @@ Exit codes (also in ``icl --help``):
   7 no space left on the workspace's device (free some, rerun: it finishes what was missing)
   130 interrupted (Ctrl-C); nothing half-written is left behind
   143 terminated (SIGTERM, as Ctrl-C)
+
+The commands live in the modules beside this one and register themselves on ``app`` when
+imported (``icl_cli.cli.register``); this module imports none of them. torch is imported
+only inside commands, so ``icl --help`` is instant.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
+from icl_cli.cli import ui
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done (or already done), 1 internal error, 2 usage error, 3 bad request "
@@ -38,50 +40,13 @@ EXIT_CODES_HELP = (
     "7 disk full, 130 interrupted, 143 terminated (SIGTERM)."
 )
 
-out = Console(soft_wrap=True)  # results only
-err = Console(stderr=True, soft_wrap=True)
 
-
-class RichProgress:
-    """The steps' ``Progress`` protocol as rich bars on stderr (silent when not a TTY;
-    ``rich.progress`` is imported when the first bar is drawn)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and err.is_terminal
-        self._bar: Progress | None = None
-
-    def task(self, description: str, total: int | None) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.done()
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                             console=err, transient=True)
-        self._bar.start()
-        task_id = self._bar.add_task(description, total=total)
-        bar = self._bar
-        return lambda n: bar.advance(task_id, n)
-
-    def done(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
+# --- one line and an exit code ------------------------------------------------------
 _reported: list[int] = []  # exit codes whose one-line message was printed (this command)
 INTERRUPTED = ("interrupted; the step was rolled back and nothing half-written was kept "
                "(run the command again to resume)")
 TERMINATED = "terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted")
-TERMINATED_BY: list[int] = []  # the SIGTERM handler (icl_cli.app) appends the signal
+TERMINATED_BY: list[int] = []  # the SIGTERM handler (main) appends the signal
 
 
 _json_mode: list[bool] = [False]  # this command was given --json
@@ -91,7 +56,7 @@ def fail(message: str, code: int) -> typer.Exit:
     """Print one line on stderr (and, under ``--json``, one JSON document on stdout, so a
     script parses every outcome); return the Exit to raise."""
     line = " ".join(str(message).split())
-    err.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
+    ui.err.print(f"[bold red]error:[/] {ui.escape(line)}", highlight=False)
     if _json_mode[0] and code not in _reported:
         sys.stdout.write(json.dumps({"error": line, "exit_code": code}) + "\n")
     _reported.append(code)
@@ -122,7 +87,6 @@ def coerce_without_pydantic() -> bool:
         return True
 
     from dataclasses import dataclass
-    from pathlib import Path
 
     @dataclass(frozen=True)
     class LightParam(RuntimeParam):
@@ -231,37 +195,152 @@ def user_errors() -> Iterator[None]:
                    "(set ICL_DEBUG=1 for the traceback)", 1) from None
 
 
-def to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: to_plain(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, list | tuple):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN or Infinity
-    return obj
+# --- the app ------------------------------------------------------------------------
+app = typer.Typer(
+    help="Introspective Classifier Learning: a CNN classifier that is also its own generator. "
+    "Train C_0 with `icl init`, then per round `icl synthesize`, `icl reclassify`, "
+    "`icl evaluate` (or `icl run --rounds T`). " + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    cls=OneLineErrors,
+    pretty_exceptions_enable=False,
+    # Plain click help: Typer's rich help imports rich.markdown, pygments and markdown-it
+    # (~0.25 s), which alone would take `icl --help` past 0.5 s (BENCHMARKS.md).
+    rich_markup_mode=None,
+)
 
 
-def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(to_plain(obj), indent=2, default=str, allow_nan=False) + "\n")
+def _version(value: bool) -> None:
+    if value:
+        from icl_cli import __version__
+
+        print(f"icl {__version__}")
+        raise typer.Exit(0)
 
 
-def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")  # names in full, wrapped, never cut
-    for r in rows:
-        t.add_row(*["-" if v is None else str(v) for v in r])
-    out.print(t)
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print icl's version.")] = False,
+          ) -> None:
+    pass
 
 
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+# --- options shared by several commands ---------------------------------------------
+Workspace = Annotated[Path | None, typer.Option(
+    "--workspace", "-w", envvar="ICL_WORKSPACE",
+    help="Workspace folder (default: the current folder or the nearest parent holding one).")]
+Experiment = Annotated[str | None, typer.Option(
+    "--experiment", "-e", help="Experiment name (default: the only one, or the latest).")]
+ROUND_LIMIT = 2**31  # what every catalog backend stores as an integer
 
 
-def note(message: str) -> None:
-    """A human remark on stderr (never part of the results)."""
-    err.print(message, highlight=False)
+def bounded(flag: str):
+    """A callback refusing a count or round too large to be stored (exit 3, one line)."""
+    def check(value: int | None) -> int | None:
+        if value is not None and abs(value) >= ROUND_LIMIT:
+            raise fail(f"{flag} must be below {ROUND_LIMIT}, got {value}", 3)
+        return value
+    return check
+
+
+Round = Annotated[int, typer.Option("--round", "-r", help="Round t.",
+                                    callback=bounded("--round"))]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")]
+Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast (GPU).")]
+NoMlflow = Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Force = Annotated[bool, typer.Option("--force", help="Redo a finished step (new version).")]
+Replay = Annotated[bool, typer.Option(
+    "--replay", help="Re-run the recorded step from its stored config and seed and report "
+    "whether the result matches bit for bit.")]
+
+
+# --- what every command needs -------------------------------------------------------
+def open_store(workspace: Path | None, create: bool = False):
+    """The store of the workspace at (or above) ``workspace``; ``create``: make one there
+    (or in the current folder) unless it is inside a workspace already."""
+    from store import NotAWorkspace, Store
+    from store.workspace import find_workspace
+
+    if create:  # into the enclosing workspace, if any (never a nested one)
+        if workspace is None:
+            try:
+                workspace = find_workspace(None)
+            except NotAWorkspace:
+                workspace = Path.cwd()
+        return Store.init(workspace.resolve())
+    return Store.open(find_workspace(workspace))
+
+
+def runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: bool = False,
+            progress: bool = True):
+    """The steps' Runtime from the runtime options, with rich progress bars on stderr."""
+    from icl_cli.steps.common import Runtime
+
+    return Runtime(device=device, threads=threads, amp=amp, mlflow=not no_mlflow,
+                   progress=ui.RichProgress(progress))
+
+
+def replay_verdict(what: str, match: bool | None, note: str | None = None) -> None:
+    """Print whether a replayed step reproduced its record; exit 4 when it did not (the
+    same code as with --json, where ``replay_match`` carries the verdict). ``note``: the
+    verdict in words when it is not a bit-for-bit comparison (another world size)."""
+    verdict = note or ('matches bit for bit' if match else 'DIFFERS from the record')
+    ui.out.print(f"replay of {what}: {verdict}")
+    raise typer.Exit(0 if match else 4)
+
+
+def errors_table(rows: list, title: str | None) -> None:
+    """Evaluations as a table: experiment, round, split, error %, n."""
+    ui.table(title, ["experiment", "round", "split", "error %", "n"],
+             [[e.experiment, e.round, e.split, ui.pct(e.error), e.n] for e in rows])
+
+
+# --- running it ---------------------------------------------------------------------
+def _terminated(signum, frame) -> None:
+    from store.errors import Terminated
+
+    TERMINATED_BY.append(signum)
+    raise Terminated  # unwinds like Ctrl-C: the step is logged interrupted, temps removed
+
+
+def command_name(command) -> str:
+    """The name a registered command is called by on the command line."""
+    return command.name or typer.main.get_command_name(command.callback.__name__)
+
+
+def _only_the_command(args: list[str]) -> typer.Typer:
+    """``app`` with only the command being run registered. Typer builds every command (it
+    inspects each signature) before it parses the line: for icl's 12 that is ~0.1 s of a
+    read-only command's 0.5 s. The command's parsing, help and errors are its own, so they
+    are unchanged; with no command name first (``icl``, ``icl --help``, ``icl --version``)
+    or an unknown one, the whole app answers as before."""
+    import copy
+
+    name = args[0] if args else ""
+    chosen = [c for c in app.registered_commands if command_name(c) == name]
+    if len(chosen) != 1:
+        return app
+    only = copy.copy(app)
+    only.registered_commands = chosen
+    return only
+
+
+def main() -> None:
+    """Run the command on ``sys.argv`` among those registered on ``app`` (the console
+    script ``icl_cli.cli:icl`` registers the one named there, or all of them, first)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        _only_the_command(sys.argv[1:])()
+    except KeyboardInterrupt as exc:  # while Typer builds the command, before any step
+        term = type(exc).__name__ == "Terminated"
+        fail(TERMINATED if term else INTERRUPTED, 143 if term else 130)
+        raise SystemExit(143 if term else 130) from None
+    finally:
+        # The command's work is recorded (or cleanly refused) by now: a Ctrl-C that lands
+        # while the interpreter tears torch down would only print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

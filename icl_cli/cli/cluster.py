@@ -18,8 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from icl_cli.cli.lanes import Lane
 from icl_cli.errors import StepError
-from icl_cli.progress import Lane
 
 EXECUTORS = ("local", "slurm")
 FOLDER = "submitit"  # under the workspace's .icl/
@@ -66,7 +66,7 @@ def executor(kind: str, folder: Path, parallel: int, params: dict[str, Any]):
 def run_lanes(lanes: list[Lane], kind: str, workspace: Path, parallel: int,
               params: dict[str, Any], console=None) -> list[Lane]:
     """Submit one task per lane (one job array), wait for all, and fill each lane's exit
-    code, stdout and stderr as ``progress.Board`` does for local children. Ctrl-C (or
+    code, stdout and stderr as ``lanes.Board`` does for local children. Ctrl-C (or
     SIGTERM) cancels the tasks still queued or running."""
     folder = Path(workspace) / ".icl" / FOLDER
     ex = executor(kind, folder, parallel, params)
