@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import checkpoints as ckpt_files
 from . import shards as shard_files
-from .catalog import Catalog, to_info, utcnow
-from .errors import ConflictError, IntegrityError, StoreError
+from .catalog import Catalog
+from .errors import BusyError, ConflictError, IntegrityError, StoreError
 from .hashing import config_hash
-from .infos import CheckpointInfo, ExperimentInfo, ShardInfo
+from .infos import CheckpointInfo, ExperimentInfo, ShardInfo, to_info
 from .locking import advisory_lock, experiment_lock
+from .schema import utcnow
 from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -254,8 +255,6 @@ class ArtifactFiles:
         claim is an flock on ``.icl/locks/<exp>@part-<i>-of-<N>.lock`` (``@`` is never in
         an experiment's name), which holds on this machine only; with a PostgreSQL catalog
         also the server's advisory lock of that name, which holds across machines."""
-        from .errors import BusyError
-
         name = self._name(experiment)
         claim = f"{name}@part-{index}-of-{parts}"
         server = self.catalog.server

@@ -9,7 +9,8 @@ standard library's ``sqlite3``) and writes, creates and upgrades through ``store
 (``Experiment``, ``Shard``, ``run_write``...) are still importable from here.
 
 The schema is versioned by Alembic (``store/migrations``, one revision per schema
-version) and, for every icl old or new, by the number in its ``schema_version`` table. It is
+version) and, for every icl old or new, by the number in its ``schema_version`` table
+(``store.schema``: ``SCHEMA_VERSION`` and its revisions, also importable from here). It is
 checked on open: a catalog written by a newer icl is refused, an older one is upgraded in
 place (``store.orm.migrate``), a current one is read as is, without SQLAlchemy or Alembic.
 """
@@ -17,21 +18,20 @@ place (``store.orm.migrate``), a current one is read as is, without SQLAlchemy o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ExperimentNotFound
-from .infos import ExperimentInfo
-from .reader import (
+from .errors import ExperimentNotFound, catalog_errors, first_line
+from .infos import ExperimentInfo, to_info
+from .reader import CatalogReader, EngineSource, SqliteFile, sqlite_file
+from .schema import (
     BUSY_TIMEOUT_MS,
-    CatalogReader,
-    EngineSource,
-    SqliteFile,
-    first_line,
-    sqlite_file,
+    KNOWN_REVISIONS,
+    SCHEMA_REVISION,
+    SCHEMA_VERSION,
+    schema_revision,
+    utcnow,
 )
 from .workspace import validate_name
 
@@ -44,41 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["BUSY_TIMEOUT_MS", "KNOWN_REVISIONS", "SCHEMA_REVISION", "SCHEMA_VERSION",
            "Catalog", "first_line", "schema_revision", "to_info", "utcnow"]
 
-SCHEMA_VERSION = 4
-"""1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
-table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
-``attacks.params``. 4: ``shards.seed`` a 64-bit integer (PostgreSQL's INTEGER is 32 bits).
-The migrations in ``store/migrations`` bring an older catalog to it in place."""
-
-
-def schema_revision(version: int) -> str:
-    """The Alembic revision of schema ``version`` (``store/migrations/versions``)."""
-    return f"{version:04d}"
-
-
-SCHEMA_REVISION = schema_revision(SCHEMA_VERSION)
-"""The head revision: what a current catalog's ``alembic_version`` holds."""
-KNOWN_REVISIONS = frozenset(schema_revision(v) for v in range(1, SCHEMA_VERSION + 1))
 T = TypeVar("T")
-InfoT = TypeVar("InfoT")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def to_info(cls: type[InfoT], row: Any, **given: Any) -> InfoT:
-    """The frozen dataclass ``cls`` from an ORM ``row``: each field from ``given``, else the
-    row's column of the same name (JSON dicts and lists copied, so no caller shares them)."""
-    values = {}
-    for f in fields(cls):
-        if f.name in given:
-            values[f.name] = given[f.name]
-        elif hasattr(row, f.name):
-            v = getattr(row, f.name)
-            values[f.name] = dict(v) if isinstance(v, dict) else list(v) if isinstance(
-                v, list) else v
-    return cls(**values)
 
 
 def __getattr__(name: str) -> Any:
@@ -131,7 +97,7 @@ class Catalog:
         that an icl before Alembic made); a current one is only read."""
         if self._schema() == (SCHEMA_VERSION, SCHEMA_REVISION):
             return
-        from .orm import catalog_errors, migrate
+        from .orm import migrate
 
         with catalog_errors():
             migrate(self.engine, create=True)
@@ -142,7 +108,7 @@ class Catalog:
         version, revision = self._schema()
         if version == SCHEMA_VERSION and revision in (None, SCHEMA_REVISION):
             return
-        from .orm import catalog_errors, migrate
+        from .orm import migrate
 
         with catalog_errors():
             migrate(self.engine, create=False)

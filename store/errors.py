@@ -3,12 +3,19 @@
 Each error's ``str`` is one line: the file or experiment at fault and the command that
 fixes it, so the CLI can print it as is and exit non-zero without a traceback.
 
+A leaf: it imports no other store module, so every store module may import it. SQLAlchemy
+is imported only inside :func:`catalog_errors`, which runs only around an engine's work, so
+the plain-SQL read path (``store.reader`` on a SQLite file) never loads it.
+
 Example:
     >>> str(ExperimentNotFound("no experiment 'x' in /ws; known: a, b"))
     "no experiment 'x' in /ws; known: a, b"
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class StoreError(Exception):
@@ -59,6 +66,28 @@ def catalog_damaged(detail: str) -> CatalogDamaged:
     """The one-line report of a damaged catalog (``detail``: e.g. "file is not a
     database")."""
     return CatalogDamaged(f"the workspace catalog is damaged: {detail}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error (the driver's own, under SQLAlchemy's wrapper)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+@contextmanager
+def catalog_errors() -> Iterator[None]:
+    """SQLAlchemy's errors as the store's own: CatalogUnusable (unreadable, read-only or
+    full disk; busy is retried by ``store.orm.run_write``) or CatalogDamaged. Nothing above
+    the store sees an SQLAlchemy exception. (``store.reader`` words ``sqlite3``'s errors
+    the same way.)"""
+    from sqlalchemy.exc import DatabaseError, OperationalError  # loaded by the engine already
+
+    try:
+        yield
+    except OperationalError as exc:
+        raise catalog_unusable(first_line(exc)) from exc
+    except DatabaseError as exc:
+        raise catalog_damaged(first_line(exc)) from exc
 
 
 class CatalogMissing(StoreError):

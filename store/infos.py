@@ -1,14 +1,17 @@
 """Frozen dataclasses the store returns: plain values, never ORM rows.
 
-Timestamps are timezone-aware UTC datetimes; paths are absolute.
+Timestamps are timezone-aware UTC datetimes; paths are absolute. The write path makes
+them from ORM rows with :func:`to_info`; the read path (``store.reader``) from plain SQL.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+InfoT = TypeVar("InfoT")
 
 
 @dataclass(frozen=True)
@@ -137,3 +140,17 @@ class VerifyReport:
     stale: list[str] = field(default_factory=list)  # rounds downstream of a replaced file
     rebuilt: list[str] = field(default_factory=list)  # what ``Store.rebuild`` recorded
     parts: list[Path] = field(default_factory=list)
+
+
+def to_info(cls: type[InfoT], row: Any, **given: Any) -> InfoT:
+    """The frozen dataclass ``cls`` from an ORM ``row``: each field from ``given``, else the
+    row's column of the same name (JSON dicts and lists copied, so no caller shares them)."""
+    values = {}
+    for f in fields(cls):
+        if f.name in given:
+            values[f.name] = given[f.name]
+        elif hasattr(row, f.name):
+            v = getattr(row, f.name)
+            values[f.name] = dict(v) if isinstance(v, dict) else list(v) if isinstance(
+                v, list) else v
+    return cls(**values)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import BusyError
+from .errors import BusyError, catalog_errors
 from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, validate_name
 
 _HELD: dict[str, list] = {}  # lock path -> [open file, depth]
@@ -166,8 +166,6 @@ def advisory_lock(engine: Any, experiment: str, wait: bool = False) -> Iterator[
     """Hold ``experiment``'s advisory lock on the PostgreSQL server of ``engine`` for the
     ``with`` body (re-entrant within a process); BusyError at once if another session
     holds it and not ``wait``."""
-    from .catalog import catalog_errors
-
     slot = (str(engine.url), advisory_key(experiment))
     held = _held_again(_ADVISORY, slot)
     if held is not None:
@@ -223,8 +221,6 @@ def catalog_write_lock(session: Any) -> None:
 
 def advisory_held_elsewhere(engine: Any, experiment: str) -> bool:
     """True if another session holds ``experiment``'s advisory lock right now."""
-    from .catalog import catalog_errors
-
     slot = (str(engine.url), advisory_key(experiment))
     if slot in _ADVISORY:
         return False

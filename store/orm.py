@@ -9,9 +9,10 @@ Imported only when something writes, creates or upgrades the catalog, or when th
 is not a plain SQLite file (``ICL_CATALOG_URL``, e.g. PostgreSQL): reads of a SQLite
 catalog go through ``store.reader`` with the standard library's ``sqlite3``, so the
 read-only commands never pay for SQLAlchemy's import. :class:`~store.catalog.Catalog` is
-the part of the store that chooses. SQLAlchemy errors stop here (:func:`catalog_errors`): a
-database that cannot be used is :class:`CatalogUnusable`, one that is damaged is
-:class:`CatalogDamaged` (``store.errors``), with the file named.
+the part of the store that chooses. SQLAlchemy errors stop here
+(``store.errors.catalog_errors``): a database that cannot be used is
+:class:`CatalogUnusable`, one that is damaged is :class:`CatalogDamaged`, with the file
+named. The schema's version, revisions and shared settings come from ``store.schema``.
 
 SQLite (the default, ``<ws>/.icl/catalog.db``) runs in WAL mode with foreign keys on, a
 30 s busy timeout and ``BEGIN IMMEDIATE`` for writes, plus a retry loop, so concurrent icl
@@ -52,21 +53,21 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .catalog import (
+from .errors import StoreError, catalog_errors
+from .infos import ExperimentInfo, to_info
+from .schema import (
+    ALEMBIC_VERSION_TABLE,
     BUSY_TIMEOUT_MS,
     KNOWN_REVISIONS,
     SCHEMA_REVISION,
     SCHEMA_VERSION,
-    first_line,
+    SCHEMA_VERSION_TABLE,
     schema_revision,
-    to_info,
     utcnow,
 )
-from .errors import StoreError, catalog_damaged, catalog_unusable
-from .infos import ExperimentInfo
 
 T = TypeVar("T")
 
@@ -93,7 +94,7 @@ class Base(DeclarativeBase):
 
 
 class SchemaVersion(Base):
-    __tablename__ = "schema_version"
+    __tablename__ = SCHEMA_VERSION_TABLE
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
@@ -283,8 +284,9 @@ def schema_state(conn: Connection) -> SchemaState:
         return SchemaState(False, None, None)
     version = conn.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()))
     revision = None
-    if look.has_table("alembic_version"):
-        found = sorted(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+    if look.has_table(ALEMBIC_VERSION_TABLE):
+        found = sorted(conn.exec_driver_sql(
+            f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}").scalars())
         revision = ",".join(found) or None  # several (branches): none this icl knows
     return SchemaState(True, version, revision)
 
@@ -346,19 +348,6 @@ def migrate(engine: Engine, create: bool) -> None:
 def _is_locked(exc: OperationalError) -> bool:
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
     return "locked" in text or "busy" in text
-
-
-@contextmanager
-def catalog_errors() -> Iterator[None]:
-    """SQLAlchemy's errors as the store's own: CatalogUnusable (unreadable, read-only or
-    full disk; busy is retried by ``run_write``) or CatalogDamaged. Nothing above the store
-    sees an SQLAlchemy exception."""
-    try:
-        yield
-    except OperationalError as exc:
-        raise catalog_unusable(first_line(exc)) from exc
-    except DatabaseError as exc:
-        raise catalog_damaged(first_line(exc)) from exc
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import catalog_damaged, catalog_unusable
+from .errors import catalog_damaged, catalog_errors, catalog_unusable, first_line
 from .infos import (
     AttackInfo,
     CheckpointInfo,
@@ -37,15 +37,9 @@ from .infos import (
     ShardInfo,
     StepInfo,
 )
+from .schema import ALEMBIC_VERSION_TABLE, BUSY_TIMEOUT_MS, SCHEMA_VERSION_TABLE
 
-BUSY_TIMEOUT_MS = 30_000  # as the engine's (store.orm): a writer elsewhere is waited for
 _INHERITED: list = []  # connections a forked child must neither use nor close
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a database error (the driver's own, under SQLAlchemy's wrapper)."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -60,7 +54,7 @@ def sqlite_file(url: str) -> Path | None:
 
 @contextmanager
 def _sqlite_errors() -> Iterator[None]:
-    """sqlite3's errors as the store's own, worded as ``store.orm.catalog_errors`` words
+    """sqlite3's errors as the store's own, worded as ``store.errors.catalog_errors`` words
     SQLAlchemy's (the same lines on either path)."""
     try:
         yield
@@ -116,14 +110,12 @@ class SqliteFile:
 
 class EngineSource:
     """The same statements through a SQLAlchemy engine (``?`` placeholders turned into the
-    driver's ``%s`` where it needs them), its errors mapped by ``store.orm``."""
+    driver's ``%s`` where it needs them), its errors mapped by ``store.errors``."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        from .orm import catalog_errors
-
         if self.engine.dialect.paramstyle in ("format", "pyformat"):
             sql = sql.replace("?", "%s")
         with catalog_errors(), self.engine.connect() as conn:
@@ -131,8 +123,6 @@ class EngineSource:
 
     def has_table(self, name: str) -> bool:
         from sqlalchemy import inspect
-
-        from .orm import catalog_errors
 
         with catalog_errors():
             return inspect(self.engine).has_table(name)
@@ -199,22 +189,24 @@ class CatalogReader:
     # ---------------------------------------------------------------- schema
     def has_schema(self) -> bool:
         """True if the database holds icl's tables (an emptied or new file does not)."""
-        return self.source.has_table("schema_version")
+        return self.source.has_table(SCHEMA_VERSION_TABLE)
 
     def version(self) -> int | None:
         """The schema version the catalog says it has; None without one."""
         if not self.has_schema():
             return None
-        found = self.source.rows("SELECT version FROM schema_version ORDER BY version DESC")
+        found = self.source.rows(
+            f"SELECT version FROM {SCHEMA_VERSION_TABLE} ORDER BY version DESC")
         return found[0][0] if found else None
 
     def revision(self) -> str | None:
         """The Alembic revision the catalog is stamped at (``store/migrations``); None where
         it is not (no schema yet, or made by an icl before Alembic). Several (branches,
         which icl never makes) come back joined, as one revision no icl knows."""
-        if not self.source.has_table("alembic_version"):
+        if not self.source.has_table(ALEMBIC_VERSION_TABLE):
             return None
-        found = sorted(r[0] for r in self.source.rows("SELECT version_num FROM alembic_version"))
+        found = sorted(r[0] for r in self.source.rows(
+            f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}"))
         return ",".join(found) or None
 
     # ----------------------------------------------------------- experiments

@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 from . import checkpoints as ckpt_files
 from . import shards as shard_files
 from .artifacts import STORE_KEY, ArtifactFiles, checkpoint_fix, shard_fix
-from .catalog import Checkpoint, Experiment, Shard
 from .errors import IntegrityError
 from .hashing import config_hash
+from .orm import Checkpoint, Experiment, Shard
 from .workspace import CHECKPOINT_FILE, SHARD_FILE, experiments_on_disk, sha256_file
 
 

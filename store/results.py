@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .catalog import Catalog, to_info, utcnow
+from .catalog import Catalog
 from .errors import StoreError
 from .hashing import config_hash
-from .infos import AttackInfo, EvaluationInfo
+from .infos import AttackInfo, EvaluationInfo, to_info
+from .schema import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -18,10 +18,11 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .catalog import Catalog, to_info, utcnow
+from .catalog import Catalog
 from .hashing import config_hash
-from .infos import StepInfo
+from .infos import StepInfo, to_info
 from .locking import Locks
+from .schema import utcnow
 from .workspace import pid_alive
 
 if TYPE_CHECKING:

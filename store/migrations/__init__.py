@@ -1,6 +1,6 @@
 """The catalog schema's history as Alembic migrations, one revision per schema version.
 
-Revision ``000N`` is schema version N (``store.catalog.SCHEMA_VERSION``, ``schema_revision``)::
+Revision ``000N`` is schema version N (``store.schema.SCHEMA_VERSION``, ``schema_revision``)::
 
     versions/0001_initial.py            the first catalog (icl 0.1)
     versions/0002_data_fingerprint.py   experiments.data_fingerprint, the round_metrics table
@@ -19,8 +19,9 @@ nothing written but the database's own tables (``alembic_version`` among them).
 
 A new schema version: change the models (``store/orm.py``), add
 ``versions/000N_<what>.py`` (``down_revision`` the last one; its tables written out, not
-imported from the models, and ``set_schema_version(N)`` last), bump ``SCHEMA_VERSION``.
-``tests/store/test_store_catalog.py`` checks that the migrated schema equals the models.
+imported from the models, and ``set_schema_version(N)`` last), bump ``SCHEMA_VERSION``
+(``store/schema.py``). ``tests/store/test_store_catalog.py`` checks that the migrated
+schema equals the models.
 """
 
 from __future__ import annotations
