@@ -17,7 +17,7 @@ import sys
 def one(max_batch: int | None, pool: int) -> None:
     import torch
 
-    from icl_cli.algo.train import SGD, reclassify
+    from icl_cli.algo.reclassify import SGD, reclassify
     from icl_cli.models import build_model
 
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from benchmarks.common import Result, Scale, interleave, median, paired_ratio, p
 from benchmarks.reclassify import BATCH, mnist_tensors
 from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
 from icl_cli.algo.losses import ova_loss
-from icl_cli.algo.train import batch_plan, make_optimizer, reclassify
+from icl_cli.algo.reclassify import batch_plan, make_optimizer, reclassify
 from icl_cli.data import to_input
 from icl_cli.models import REGISTRY, build_model
 

@@ -1,4 +1,4 @@
-"""Reclassification: ``icl_cli.algo.train.reclassify`` against a bare training loop.
+"""Reclassification: ``icl_cli.algo.reclassify.reclassify`` against a bare training loop.
 
 Both train mnist-cnn (softmax, ICL eq. 11) with SGD momentum 0.9, batch 64 real images
 joined by 64 pseudo-negatives, from the same initial weights, on the same in-memory
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, Scale, interleave_until, median, paired_ratio, paired_result
 from icl_cli.algo.ascent import reference_noise, targets_per_class
-from icl_cli.algo.train import batch_plan, make_optimizer, reclassify
+from icl_cli.algo.reclassify import batch_plan, make_optimizer, reclassify
 from icl_cli.config import DataConfig
 from icl_cli.data import load, to_input
 from icl_cli.models import build_model

@@ -27,7 +27,7 @@ from benchmarks.common import (
 )
 from benchmarks.reclassify import mnist_tensors
 from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
-from icl_cli.algo.train import make_optimizer
+from icl_cli.algo.reclassify import make_optimizer
 from icl_cli.data import to_input
 from icl_cli.models import build_model
 

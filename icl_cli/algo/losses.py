@@ -11,7 +11,7 @@ round and at every pool size. ``batch-mean`` keeps the form of earlier icl versi
 the ablation: mean over the real rows + w * mean over the pseudo-negative rows, in which one
 pseudo-negative weighs B / P real images (27x at full-MNIST round 1, SPEC).
 
-``drawn`` (the authors' batches, ``icl_cli.algo.train``) joins each real batch of B images
+``drawn`` (the authors' batches, ``icl_cli.algo.reclassify``) joins each real batch of B images
 with B pseudo-negatives drawn from the pool (one-vs-all: B per network); its loss is the
 batch-mean form over the drawn rows, mean cross-entropy + w * mean softplus, so the pool
 is a fixed half of every batch.

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from icl_cli import distributed
-from icl_cli.algo.train import (
+from icl_cli.algo.reclassify import (
     Diverged,
     epoch_rows,
     make_optimizer,

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import torch
 
-from icl_cli.algo.train import SGD, reclassify
+from icl_cli.algo.reclassify import SGD, reclassify
 from icl_cli.models import build_model
 
 # 33 real rows in batches of 8: the last batch has 1 row, so rank 1 gets none of it; the

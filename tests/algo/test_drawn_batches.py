@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from icl_cli.algo.train import (
+from icl_cli.algo.reclassify import (
     SGD,
     batch_plan,
     draw_probabilities,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
-from icl_cli.algo.train import SGD, make_optimizer, reclassify
+from icl_cli.algo.reclassify import SGD, make_optimizer, reclassify
 from icl_cli.models import build_model
 
 

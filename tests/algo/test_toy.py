@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from icl_cli.algo.ascent import reference_noise, synthesize
-from icl_cli.algo.train import Diverged, make_optimizer, reclassify
+from icl_cli.algo.reclassify import Diverged, make_optimizer, reclassify
 
 CENTRE = torch.tensor([1.5, 1.5])
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from icl_cli.algo.train import SGD, grad_norm, reclassify
+from icl_cli.algo.reclassify import SGD, grad_norm, reclassify
 from icl_cli.models import build_model
 
 

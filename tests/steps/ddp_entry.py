@@ -6,11 +6,11 @@ import os
 import signal
 import sys
 
-from icl_cli.algo import train
+from icl_cli.algo import reclassify
 from icl_cli.cli import icl
 
 if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
-    at, seen, step = int(os.environ.get("ICL_TEST_KILL_STEP", "1")), [0], train.SGD.step
+    at, seen, step = int(os.environ.get("ICL_TEST_KILL_STEP", "1")), [0], reclassify.SGD.step
 
     def dying_step(self):
         seen[0] += 1
@@ -18,7 +18,7 @@ if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
             os.kill(os.getpid(), signal.SIGKILL)
         return step(self)
 
-    train.SGD.step = dying_step
+    reclassify.SGD.step = dying_step
 
 if __name__ == "__main__":
     sys.argv[0] = "icl"
