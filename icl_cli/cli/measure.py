@@ -83,16 +83,15 @@ def attack(
     """Two-way attack (paper 4.1): made on A from test images A gets right, how many fool
     A, how many of those also fool B; then the same from B; and each maker's robust
     accuracy (its test accuracy under the attack)."""
-    from icl_cli.steps.evaluate import AttackSettings
-    from icl_cli.steps.evaluate import attack as run_attack
+    from icl_cli.steps.attack import AttackSettings, attack_round
     from icl_cli.steps.init import parse_from
 
     settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed,
                               limit)
     with user_errors():
         other, other_round = parse_from(against) if ":" in against else (against, None)
-        rows = run_attack(open_store(workspace), experiment, round_, other, other_round, settings,
-                          runtime(device, threads, no_mlflow=no_mlflow))
+        rows = attack_round(open_store(workspace), experiment, round_, other, other_round,
+                            settings, runtime(device, threads, no_mlflow=no_mlflow))
     if json:
         return ui.emit_json(rows)
     ui.table(f"{method.upper()} eps {eps}",
