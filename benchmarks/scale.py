@@ -41,7 +41,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 def _sizes(scale: Scale) -> dict[str, str]:
-    # Synthesis parts are whole blocks of 256 samples (icl_cli.steps.synthesize.BLOCK),
+    # Synthesis parts are whole blocks of 256 samples (icl_cli.steps.draw.BLOCK),
     # every N-th one to a part: the full size is the paper's L = 200 per class (8 blocks).
     if scale.smoke:
         return {"arch": "tiny", "train": "100", "epochs": "1", "count": "26", "steps": "5"}

@@ -343,7 +343,7 @@ class SamplerChanges(_Changes):
 
 
 # ------------------------------------------------------- the sampler's batch in memory
-# Synthesis takes Adam steps on all K * count samples at once (steps.synthesize.draw), so
+# Synthesis takes Adam steps on all K * count samples at once (steps.draw.draw), so
 # its memory grows with --count; a batch that cannot fit is refused before any work.
 # Measured peak on CPU per MNIST sample (float32, 784 values, 3 KiB): tiny 53 KiB,
 # mnist-cnn 290 KiB; about 10 copies of the input (the start, the results, the active

@@ -196,7 +196,8 @@ def synthesize(
     with --part i/N; under torchrun the ranks split it by themselves). --count,
     --max-steps, ... change this round's sampler only (left out: the experiment's)."""
     from icl_cli.config import SamplerChanges
-    from icl_cli.steps.synthesize import parse_part, synthesize_round
+    from icl_cli.steps.parts import parse_part
+    from icl_cli.steps.synthesize import synthesize_round
 
     with user_errors():
         changes = SamplerChanges(count=count, max_steps=max_steps, lr=sampler_lr,

@@ -125,7 +125,7 @@ def _opened(open_store: Callable[[], Any]):
 def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
     """A ``--count`` whose synthesis batch cannot fit in memory: refused before any work."""
     if cfg.method != "baseline":
-        from icl_cli.steps.synthesize import BLOCK
+        from icl_cli.steps.draw import BLOCK
 
         check_sampler_fits(cfg.sampler, lambda: new_model(cfg, data), data.num_classes,
                            data.shape, runtime.torch_device(), cfg.model.arch, BLOCK)

@@ -16,11 +16,12 @@ from icl_cli.steps.common import (
     new_model,
     release_freed_memory,
 )
+from icl_cli.steps.draw import BLOCK
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
 from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round, plot_errors
-from icl_cli.steps.synthesize import BLOCK, synthesize_round
+from icl_cli.steps.synthesize import synthesize_round
 from store.tracking import sync_from_catalog
 from store.workspace import disk_full_as_one_line
 

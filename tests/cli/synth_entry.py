@@ -6,13 +6,13 @@ import signal
 import sys
 
 from icl_cli.cli import icl
-from icl_cli.steps import synthesize
+from icl_cli.steps import draw
 
 if os.environ.get("RANK") == os.environ.get("ICL_TEST_KILL_RANK", "none"):
     def dying(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    synthesize.synthesize = dying
+    draw.synthesize = dying
 
 if __name__ == "__main__":
     sys.argv[0] = "icl"

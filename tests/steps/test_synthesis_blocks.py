@@ -9,7 +9,8 @@ import torch
 from icl_cli.config import SamplerConfig
 from icl_cli.errors import StepError
 from icl_cli.models import build_model
-from icl_cli.steps.synthesize import BLOCK, block_ranges, draw, parse_part, part_rows
+from icl_cli.steps.draw import BLOCK, block_ranges, draw
+from icl_cli.steps.parts import parse_part, part_rows
 from store import IntegrityError, Store
 
 SHAPE = (1, 12, 12)
