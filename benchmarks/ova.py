@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, Scale, interleave, median, paired_ratio, paired_result
 from benchmarks.reclassify import BATCH, mnist_tensors
-from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
+from icl_cli.algo.ascent import Ascent, reference_noise, synthesize, targets_per_class
 from icl_cli.algo.losses import ova_loss
 from icl_cli.algo.reclassify import batch_plan, make_optimizer, reclassify
 from icl_cli.data import to_input
@@ -127,12 +127,13 @@ def run(scale: Scale) -> list[Result]:
     res = {}
 
     def sample_stacked() -> None:
-        res["stacked"] = synthesize(stacked, x0, target, max_steps=steps, stop_rule="none")
+        res["stacked"] = synthesize(stacked, x0, target,
+                                    Ascent(max_steps=steps, stop_rule="none"))
 
     def sample_loop() -> None:
         res["loop"] = [synthesize(net, x0[target == k],
                                   torch.zeros(per, dtype=torch.long, device=dev),
-                                  max_steps=steps, stop_rule="none")
+                                  Ascent(max_steps=steps, stop_rule="none"))
                        for k, net in enumerate(nets)]
 
     c_sample: dict[str, list[float]] = {}

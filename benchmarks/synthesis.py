@@ -26,7 +26,7 @@ from benchmarks.common import (
     sync,
 )
 from benchmarks.reclassify import mnist_tensors
-from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
+from icl_cli.algo.ascent import Ascent, reference_noise, synthesize, targets_per_class
 from icl_cli.algo.reclassify import make_optimizer
 from icl_cli.data import to_input
 from icl_cli.models import build_model
@@ -63,8 +63,8 @@ def run_per_step(scale: Scale) -> Result:
     outs = {}
 
     def icl() -> None:
-        outs["icl"] = synthesize(model, x0, target, max_steps=s, lr=LR, betas=BETAS,
-                                 stop_rule="none")
+        outs["icl"] = synthesize(model, x0, target, Ascent(
+            max_steps=s, lr=LR, beta1=BETAS[0], beta2=BETAS[1], stop_rule="none"))
 
     cpu: dict[str, list[float]] = {}
     times = interleave_until({"icl": icl, "bare": lambda: bare_sampler(model, x0, target, s)},
@@ -112,13 +112,14 @@ def early_stop_case(scale: Scale, model: torch.nn.Module, per_class: int, lr: fl
     active: list[int] = []
     sync(scale.device)
     t0 = time.perf_counter()
-    out = synthesize(model, x0, target, max_steps=max_steps, lr=lr, betas=BETAS,
+    out = synthesize(model, x0, target, Ascent(max_steps=max_steps, lr=lr, beta1=BETAS[0],
+                                               beta2=BETAS[1]),
                      progress=lambda step, n: active.append(n))
     sync(scale.device)
     wall = time.perf_counter() - t0
     # The cost of one full-batch step (plus the final forward) on the same model and batch.
-    full = median(interleave({"full": lambda: synthesize(
-        model, x0, target, max_steps=2, lr=lr, betas=BETAS, stop_rule="none")}, 1,
+    full = median(interleave({"full": lambda: synthesize(model, x0, target, Ascent(
+        max_steps=2, lr=lr, beta1=BETAS[0], beta2=BETAS[1], stop_rule="none"))}, 1,
         warmup=0, device=scale.device)["full"]) / 2
     steps = out.steps.double()
     n = len(steps)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,49 @@ from torch import nn
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # inputs (B, C, H, W) -> logits (B, K)
 Objective = Callable[[torch.Tensor], torch.Tensor]  # logits (B, K) -> per-sample value (B,)
+DATA_RANGE = (-1.0, 1.0)  # the input scale of every dataset (``data.to_input``)
+
+
+class AscentSettings(Protocol):
+    """What :func:`synthesize` reads of its settings: ``icl_cli.config.SamplerConfig``
+    (what ``icl synthesize`` records with each shard) is one, :class:`Ascent` another."""
+
+    @property
+    def kind(self) -> str: ...  # "gradient" (ICL), or "noise" (ICL-noise: no steps)
+    @property
+    def max_steps(self) -> int: ...
+    @property
+    def lr(self) -> float: ...  # Adam's step size on the input
+    @property
+    def beta1(self) -> float: ...
+    @property
+    def beta2(self) -> float: ...
+    @property
+    def stop_rule(self) -> str: ...  # logit, argmax or none (see ``passes``)
+    @property
+    def langevin_std(self) -> float: ...
+    @property
+    def clamp(self) -> bool: ...  # each step's samples clamped to DATA_RANGE
+    @property
+    def check_every(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Ascent:
+    """Sampler settings as plain values, with the paper's defaults (Adam, betas (0.5,
+    0.999), 200 steps at most): for code that samples outside an experiment (tests,
+    benchmarks), where a ``SamplerConfig``'s checks and records are not wanted, e.g. the
+    ``none`` stop rule of fixed-length sampling."""
+
+    kind: str = "gradient"
+    max_steps: int = 200
+    lr: float = 0.01
+    beta1: float = 0.5
+    beta2: float = 0.999
+    stop_rule: str = "logit"
+    langevin_std: float = 0.0
+    clamp: bool = False
+    check_every: int = 1
 
 
 @contextmanager
@@ -148,34 +192,34 @@ def synthesize(
     model: nn.Module,
     x0: torch.Tensor,
     target: torch.Tensor,
+    settings: AscentSettings,
     *,
-    max_steps: int = 200,
-    lr: float = 0.01,
-    betas: tuple[float, float] = (0.5, 0.999),
-    stop_rule: str = "logit",
-    langevin_std: float = 0.0,
-    clamp: tuple[float, float] | None = None,
-    check_every: int = 1,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Synthesis:
     """Pseudo-negatives by gradient ascent on f_k(x) (ICL eq. 10), weights frozen.
 
     Every sample starts at its row of ``x0`` and takes Adam steps (per-sample moments,
-    ``betas``) to raise its target logit. A sample stops at the first step where the stop
-    rule holds, or at ``max_steps``; from then on it is frozen, and every ``check_every``
-    steps frozen samples leave the batch, so a round where most samples stop early costs
-    close to the steps actually needed. Results do not depend on ``check_every`` unless
-    Langevin noise is on (its draws follow the batch size). ``generator`` (on x0's
-    device) drives the Langevin noise only. A one-vs-all model (``heads`` > 1, with
-    ``forward_heads``) under the ``logit`` or ``none`` rule evaluates network k_i alone on
-    sample i: the cost of one network per sample, not K. ``max_steps=0`` is ICL-noise:
-    the draws themselves, scored.
+    ``settings.beta1``/``beta2``, step size ``settings.lr``) to raise its target logit. A
+    sample stops at the first step where the stop rule holds, or at ``max_steps``; from
+    then on it is frozen, and every ``check_every`` steps frozen samples leave the batch,
+    so a round where most samples stop early costs close to the steps actually needed.
+    Results do not depend on ``check_every`` unless Langevin noise is on (its draws follow
+    the batch size). ``generator`` (on x0's device) drives the Langevin noise only. A
+    one-vs-all model (``heads`` > 1, with ``forward_heads``) under the ``logit`` or
+    ``none`` rule evaluates network k_i alone on sample i: the cost of one network per
+    sample, not K. ``max_steps=0``, or the ``noise`` kind, is ICL-noise: the draws
+    themselves, scored.
 
     Shape: x0 (N, C, H, W), target (N,) -> Synthesis with N samples in the input order.
     Example:
-        >>> out = synthesize(net, reference_noise(20, (1, 28, 28), 0.3, g), target)
+        >>> out = synthesize(net, reference_noise(20, (1, 28, 28), 0.3, g), target,
+        ...                  Ascent(max_steps=300, lr=0.05))
     """
+    max_steps = 0 if settings.kind == "noise" else settings.max_steps
+    lr, stop_rule, check_every = settings.lr, settings.stop_rule, settings.check_every
+    langevin_std = settings.langevin_std
+    clamp = DATA_RANGE if settings.clamp else None
     n, device = x0.shape[0], x0.device
     target = target.to(device)
     if clamp is not None:  # the starting draws too: a sample may pass at step 0
@@ -196,7 +240,7 @@ def synthesize(
                done=torch.zeros(n, dtype=torch.bool, device=device), m=torch.zeros_like(xa),
                v=torch.zeros_like(xa), grad=torch.zeros_like(xa))
     counts = torch.bincount(a.target, minlength=heads).tolist() if per_head else None
-    b1, b2 = betas
+    b1, b2 = settings.beta1, settings.beta2
 
     def forward(xin: torch.Tensor) -> torch.Tensor:
         """Logits (B, K), or f_k(x) alone (B, 1) on the per-head path."""
@@ -253,7 +297,7 @@ def synthesize(
 
 def fgsm(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-    clamp: tuple[float, float] = (-1.0, 1.0),
+    clamp: tuple[float, float] = DATA_RANGE,
 ) -> torch.Tensor:
     """Fast gradient sign (Goodfellow et al. 2014): clip(x + eps * sign(grad_x CE)).
 
@@ -268,7 +312,7 @@ def fgsm(
 def pgd(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     steps: int = 40, step_size: float | None = None, restarts: int = 1,
-    random_start: bool = True, clamp: tuple[float, float] = (-1.0, 1.0),
+    random_start: bool = True, clamp: tuple[float, float] = DATA_RANGE,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """L-inf projected gradient descent on the cross-entropy (Madry et al. 2018).

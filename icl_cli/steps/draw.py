@@ -2,6 +2,11 @@
 its parts (``steps.parts``) share: the plan of a round's next shard (version, seed,
 sampler settings, source checkpoint), its rows drawn block by block from that
 checkpoint, and the shard recorded with its metrics.
+
+The sampler settings travel typed, from the command line's ``SamplerChanges`` applied to
+the experiment's ``SamplerConfig`` down to Adam (``algo.ascent.synthesize``), as a
+:class:`Sampling`; they become a plain dict only where they are recorded (a shard's
+``sampler_config``, the step log) and are read back once from there.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,21 +59,75 @@ class SynthesisResult:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How a round's samples are drawn: the sampler's settings (``config``), whether under
+    bf16 autocast (``amp``: it changes the samples, so a replay draws them the same way)
+    and the samples per batch (``block``; None: the whole round in one batch, as a round
+    of at most ``BLOCK`` samples, and every shard drawn before blocks existed).
+
+    ``record()`` is the plain dict a shard keeps as its ``sampler_config`` (and the step
+    log beside it): the config's fields, then ``"amp": true`` and ``"block"`` where they
+    apply. One read back with ``from_record`` records that very dict again, so a shard
+    recorded before a sampler setting existed keeps its record on replay and join.
+
+    Example:
+        >>> s = Sampling.of(SamplerConfig(count=30), amp=False, n=300)
+        >>> s.block, s.record()["block"], Sampling.from_record(s.record()) == s
+        (256, 256, True)
+    """
+
+    config: SamplerConfig
+    amp: bool = False
+    block: int | None = None
+    recorded: dict | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, config: SamplerConfig, amp: bool, n: int = 0) -> Sampling:
+        """The settings of a round of ``n`` samples: in blocks when it has more than one."""
+        return cls(config, amp, BLOCK if n > BLOCK else None)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Sampling:
+        return cls(SamplerConfig.from_dict(record), bool(record.get("amp")),
+                   record.get("block"), dict(record))
+
+    def record(self) -> dict:
+        if self.recorded is not None:
+            return dict(self.recorded)
+        return {**self.config.to_dict(), **({"amp": True} if self.amp else {}),
+                **({"block": self.block} if self.block else {})}
+
+    def matches(self, recorded: dict) -> bool:
+        """Whether a shard recorded with ``recorded`` settings holds samples for these,
+        whatever its blocks: one drawn as one batch before blocks existed still does."""
+        def unblocked(d: dict) -> dict:
+            return {k: v for k, v in d.items() if k != "block"}
+
+        return unblocked(recorded) == unblocked(self.record())
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What round t's next shard is to be: version, seed, sampler settings as recorded,
-    source checkpoint (sha256) and the round's sample count. Every part must agree on all
-    of it to be joined with the others."""
+    """What round t's next shard is to be: version, seed, sampler settings, source
+    checkpoint (sha256) and the round's sample count. Every part must agree on all of it
+    to be joined with the others."""
 
     round: int
     version: int
     seed: int
-    sampler: dict
+    sampler: Sampling
     source: str
     count: int
 
     def record(self) -> dict:
-        return {"version": self.version, "seed": self.seed, "sampler": self.sampler,
+        """The plan as the step log keeps it with each part."""
+        return {"version": self.version, "seed": self.seed, "sampler": self.sampler.record(),
                 "source": self.source, "count": self.count}
+
+    @classmethod
+    def from_record(cls, round_: int, record: dict) -> Plan:
+        return cls(round_, record["version"], record["seed"],
+                   Sampling.from_record(record["sampler"]), record["source"], record["count"])
 
 
 def block_ranges(rows: range, block: int) -> list[range]:
@@ -88,18 +147,18 @@ def _block_seed(seed: int, block: int) -> int:
     return seed if block == 0 else derive_seed("langevin-block", seed, block)
 
 
-def draw(model, sc: SamplerConfig, num_classes: int, shape, seed: int, device,
-         amp_dtype=None, progress=None, rows: range | list[range] | None = None,
-         block: int | None = None) -> Synthesis:
+def draw(model, sampling: Sampling, num_classes: int, shape, seed: int, device,
+         progress=None, rows: range | list[range] | None = None) -> Synthesis:
     """Rows ``rows`` (a range or a list of them, in order; default: all) of the round's
     K * count pseudo-negatives: reference draws, then (gradient kind) Adam ascent, block by
-    block (``block`` samples per batch; None: the whole round in one batch). Row i is the
-    same whatever ``rows`` holds it; each range must therefore start and end on block
-    boundaries (or the round's end)."""
+    block (``sampling.block`` samples per batch; None: the whole round in one batch). Row
+    i is the same whatever ``rows`` holds it; each range must therefore start and end on
+    block boundaries (or the round's end)."""
+    sc = sampling.config
     target = targets_per_class(num_classes, sc.count)
     n = len(target)
     ranges = [range(n)] if rows is None else [rows] if isinstance(rows, range) else rows
-    size = block or max(n, 1)
+    size = sampling.block or max(n, 1)
     for r in ranges:
         if r.start % size or (r.stop % size and r.stop != n) or r.stop > n:
             raise ValueError(f"rows {r.start}-{r.stop} are not whole blocks of {size} "
@@ -107,25 +166,23 @@ def draw(model, sc: SamplerConfig, num_classes: int, shape, seed: int, device,
     x0 = reference_noise(n, shape, sc.reference_std, torch.Generator().manual_seed(seed))
     outs = []
     for b in [b for r in ranges for b in block_ranges(r, size)] or ranges[:1]:
-        outs.append(_ascend(model, sc, x0[b.start:b.stop].to(device), target[b.start:b.stop],
-                            _block_seed(seed, b.start // size), device, amp_dtype, progress))
+        outs.append(_ascend(model, sampling, x0[b.start:b.stop].to(device),
+                            target[b.start:b.stop], _block_seed(seed, b.start // size), device,
+                            progress))
     if len(outs) == 1:
         return outs[0]
     return Synthesis(*(torch.cat([getattr(o, f) for o in outs]) for f in
                        ("samples", "target", "steps", "logit", "passed")))
 
 
-def _ascend(model, sc: SamplerConfig, x0, target, seed: int, device, amp_dtype,
+def _ascend(model, sampling: Sampling, x0, target, seed: int, device,
             progress) -> Synthesis:
-    steps = 0 if sc.kind == "noise" else sc.max_steps
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if sampling.amp
+                else nullcontext())
     with autocast:
-        return synthesize(
-            model, x0, target, max_steps=steps, lr=sc.lr, betas=(sc.beta1, sc.beta2),
-            stop_rule=sc.stop_rule, langevin_std=sc.langevin_std,
-            clamp=(-1.0, 1.0) if sc.clamp else None, check_every=sc.check_every,
-            generator=torch.Generator(device=device).manual_seed(seed), progress=progress,
-        )
+        return synthesize(model, x0, target, sampling.config,
+                          generator=torch.Generator(device=device).manual_seed(seed),
+                          progress=progress)
 
 
 def _arrays(out: Synthesis) -> dict[str, np.ndarray]:
@@ -154,10 +211,9 @@ def plan_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, forc
     ``num_classes`` is asked only when there is something to draw (it loads the data)."""
     source = round_source(store, exp, t)
     sc = changes.apply(cfg.sampler)
-    amp = runtime.amp
     active = store.active_shard(exp.name, t)
     if active is not None and not force:
-        if same_sampler(active.sampler_config, sampler_record(sc, amp)) and \
+        if Sampling(sc, runtime.amp).matches(active.sampler_config) and \
                 active.source_checkpoint == source.sha256:
             return active
         raise StepError(f"round {t} of '{exp.name}' already has shard v{active.version} "
@@ -166,33 +222,31 @@ def plan_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, forc
     version = 1 + max((s.version for s in store.shards(exp.name, t)), default=0)
     n = num_classes() * sc.count
     return Plan(t, version, derive_seed("synthesize", cfg.seed, t, version),
-                sampler_record(sc, amp, n), source.sha256, n)
+                Sampling.of(sc, runtime.amp, n), source.sha256, n)
 
 
 def draw_rows(store, exp, cfg, data, plan: Plan, runtime: Runtime, device,
               rows: list[range], what: str) -> tuple[dict[str, np.ndarray], float]:
     """Rows ``rows`` of round ``plan`` drawn from its source checkpoint: (arrays, seconds)."""
-    sc = SamplerConfig.from_dict(plan.sampler)
     source = store.checkpoint(exp.name, plan.round - 1)
     if source is None or source.sha256 != plan.source:
         raise StepError(f"checkpoint {plan.round - 1} of '{exp.name}' changed meanwhile: "
                         "run the command again")
     model = new_model(cfg, data).to(device)
     load_weights(model, store, source, device)
-    block = plan.sampler.get("block")
     t0 = time.perf_counter()
-    size = block or max(plan.count, 1)
-    total = sc.max_steps * max(1, sum(len(block_ranges(r, size)) for r in rows))
+    size = plan.sampler.block or max(plan.count, 1)
+    total = plan.sampler.config.max_steps * max(1, sum(len(block_ranges(r, size))
+                                                       for r in rows))
     advance = runtime.progress.task(f"{what} {plan.round}", total)
-    out = draw(model, sc, data.num_classes, data.shape, plan.seed, device,
-               torch.bfloat16 if plan.sampler.get("amp") else None,
-               progress=lambda step, active: advance(1), rows=rows, block=block)
+    out = draw(model, plan.sampler, data.num_classes, data.shape, plan.seed, device,
+               progress=lambda step, active: advance(1), rows=rows)
     runtime.progress.done()
     return _arrays(out), time.perf_counter() - t0
 
 
 def shard_attrs(plan: Plan) -> dict:
-    return {"seed": plan.seed, "sampler_config": plan.sampler,
+    return {"seed": plan.seed, "sampler_config": plan.sampler.record(),
             "source_checkpoint": plan.source}
 
 
@@ -207,21 +261,6 @@ def recorded_shard(store, exp, info, arrays, seconds: float, max_steps: int,
         {"pass_rate": result.pass_rate, "mean_steps": result.mean_steps,
          "synthesize_seconds": seconds, **health}, step=info.round)
     return result
-
-
-def sampler_record(sc: SamplerConfig, amp: bool, n: int = 0) -> dict:
-    """The sampler settings as a shard records them: with ``"amp": true`` when the samples
-    were drawn under bf16 autocast (it changes them), so a replay draws them the same way,
-    and ``"block"`` when the round of ``n`` samples runs in more than one block."""
-    return {**sc.to_dict(), **({"amp": True} if amp else {}),
-            **({"block": BLOCK} if n > BLOCK else {})}
-
-
-def same_sampler(recorded: dict, asked: dict) -> bool:
-    """The same sampler settings, whatever the blocks: a shard drawn as one batch before
-    blocks existed still holds this round's samples for its settings."""
-    return {k: v for k, v in recorded.items() if k != "block"} == \
-        {k: v for k, v in asked.items() if k != "block"}
 
 
 def sample_health(arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -12,18 +12,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig
+from icl_cli.config import ExperimentConfig, SamplerChanges
 from icl_cli.steps.common import Runtime, StepError, experiment_data
 from icl_cli.steps.draw import (
     BLOCK,
     Plan,
+    Sampling,
     SynthesisResult,
     draw_rows,
     plan_round,
     recorded_shard,
     round_source,
-    same_sampler,
-    sampler_record,
     shard_attrs,
     shard_summary,
     summary_of,
@@ -139,15 +138,15 @@ def synthesize_part(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
             recorded = _recorded_parts(store, exp.name, plan, parts)
             missing = tuple(i for i in range(1, parts + 1) if i not in recorded)
             shard = None if missing else join_parts(store, exp, plan, parts, runtime)
-    sc = SamplerConfig.from_dict(plan.sampler)
-    summary = summary_of(exp.name, t, plan.version, arrays, sc.max_steps, seconds, reused,
+    summary = summary_of(exp.name, t, plan.version, arrays, plan.sampler.config.max_steps,
+                         seconds, reused,
                          str(info.path))
     return replace(summary, part=what, missing=missing, shard=shard)
 
 
 def _part_expect(plan: Plan, index: int, parts: int, rows: list[range]) -> dict:
     """What a part file of ``plan`` must say of itself."""
-    return {"seed": plan.seed, "sampler_config": plan.sampler,
+    return {"seed": plan.seed, "sampler_config": plan.sampler.record(),
             "source_checkpoint": plan.source, "part_index": index, "part_count": parts,
             "rows": rows_record(rows), "round_count": plan.count}
 
@@ -217,15 +216,15 @@ def join_parts(store, exp, plan: Plan, parts: int, runtime: Runtime) -> Synthesi
             for k, v in piece.items():
                 arrays[k][r.start:r.stop] = v[at:at + len(r)]
             at += len(r)
-    step_cfg = {"round": t, "sampler": plan.sampler, "seed": plan.seed,
+    step_cfg = {"round": t, "sampler": plan.sampler.record(), "seed": plan.seed,
                 "source": plan.source, "device": ",".join(sorted(set(devices))),
                 "replay": False, "parts": parts}
     tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     with store.step(exp.name, "synthesize", t, step_cfg):
         info = store.write_shard(exp.name, t, arrays, shard_attrs(plan))
     store.files.remove_parts(exp.name, t, plan.version)
-    sc = SamplerConfig.from_dict(plan.sampler)
-    return recorded_shard(store, exp, info, arrays, seconds, sc.max_steps, tracker)
+    return recorded_shard(store, exp, info, arrays, seconds, plan.sampler.config.max_steps,
+                          tracker)
 
 
 def merge_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
@@ -237,19 +236,18 @@ def merge_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
         rows = [s for s in store.steps(exp.name, name=PART_STEP, round=t) if s.state == "ok"
                 and (s.config or {}).get("plan", {}).get("source") == source.sha256]
         if changes != SamplerChanges():
-            sc = changes.apply(cfg.sampler)
-            asked = sampler_record(sc, runtime.amp)
-            rows = [s for s in rows if same_sampler(s.config["plan"]["sampler"], asked)]
+            asked = Sampling(changes.apply(cfg.sampler), runtime.amp)
+            rows = [s for s in rows if asked.matches(s.config["plan"]["sampler"])]
         if not rows:
             raise StepError(f"round {t} of '{exp.name}' has no recorded parts to join (for "
                             f"these settings): draw them with `icl synthesize --round {t} "
                             f"--part i/N -e {exp.name}`")
         last = rows[-1].config
-        plan = Plan(t, **last["plan"])
+        plan = Plan.from_record(t, last["plan"])
         active = store.active_shard(exp.name, t)
         if active is not None and active.seed == plan.seed and \
                 active.source_checkpoint == plan.source and \
-                same_sampler(active.sampler_config, plan.sampler):
+                plan.sampler.matches(active.sampler_config):
             return shard_summary(store, active, reused=True)  # joined already
         return join_parts(store, exp, plan, int(last["part"][1]), runtime)
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig, check_sampler_fits
+from icl_cli.config import ExperimentConfig, SamplerChanges, check_sampler_fits
 from icl_cli.steps.common import (
     Progress,
     Runtime,
@@ -24,6 +24,7 @@ from icl_cli.steps.common import (
 from icl_cli.steps.draw import (
     BLOCK,
     Plan,
+    Sampling,
     SynthesisResult,
     draw_rows,
     plan_round,
@@ -99,8 +100,8 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
     if active.source_checkpoint not in (None, source.sha256):
         raise StepError(f"checkpoint {t - 1} of '{exp.name}' changed since round {t} was "
                         "synthesized: it cannot be replayed")
-    plan = Plan(t, active.version, active.seed, dict(active.sampler_config), source.sha256,
-                active.count)  # as recorded, amp and block included, not as asked
+    plan = Plan(t, active.version, active.seed, Sampling.from_record(active.sampler_config),
+                source.sha256, active.count)  # as recorded, amp and block included, not as asked
     return _draw_round(store, exp, cfg, plan, runtime, replay=active)
 
 
@@ -108,13 +109,13 @@ def _draw_round(store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
                 replay=None) -> SynthesisResult:
     """Draw the whole round of ``plan`` in this process and record its shard (or, with
     ``replay``, the recorded shard, compare with it)."""
-    t, sc = plan.round, SamplerConfig.from_dict(plan.sampler)
+    t, sc = plan.round, plan.sampler.config
     device = runtime.apply()
     data = experiment_data(exp)
     # A --count that cannot fit in memory: refused before any work (exit 3, one line).
     check_sampler_fits(sc, lambda: new_model(cfg, data), data.num_classes, data.shape,
                        device, cfg.model.arch, BLOCK)
-    step_cfg = {"round": t, "sampler": plan.sampler, "seed": plan.seed,
+    step_cfg = {"round": t, "sampler": plan.sampler.record(), "seed": plan.seed,
                 "source": plan.source, "device": str(device), "replay": replay is not None}
     # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
     tracker = store.tracker(exp.name, enabled=runtime.mlflow)

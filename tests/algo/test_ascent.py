@@ -6,6 +6,7 @@ from torch import nn
 
 from icl_cli.algo.ascent import (
     Active,
+    Ascent,
     fgsm,
     input_gradient,
     pgd,
@@ -32,7 +33,7 @@ def test_synthesis_raises_the_target_logit_and_stops_early():
     x0, target = start()
     before = net(x0).gather(1, target[:, None])[:, 0]
 
-    out = synthesize(net, x0, target, max_steps=300, lr=0.05)
+    out = synthesize(net, x0, target, Ascent(max_steps=300, lr=0.05))
 
     after = net(out.samples).gather(1, target[:, None])[:, 0]
     assert out.passed.all()  # every sample reached f_k(x) > 0 ...
@@ -51,7 +52,7 @@ def test_synthesis_leaves_weights_untouched_and_mode_restored():
     net.train()
     weights = [p.detach().clone() for p in net.parameters()]
     x0, target = start()
-    synthesize(net, x0, target, max_steps=20, lr=0.05)
+    synthesize(net, x0, target, Ascent(max_steps=20, lr=0.05))
     assert net.training
     assert all(p.grad is None and p.requires_grad for p in net.parameters())
     assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters(), strict=True))
@@ -60,7 +61,7 @@ def test_synthesis_leaves_weights_untouched_and_mode_restored():
 def test_max_steps_caps_and_marks_failures():
     net = tiny_net()
     x0, target = start()
-    out = synthesize(net, x0, target, max_steps=2, lr=1e-6)
+    out = synthesize(net, x0, target, Ascent(max_steps=2, lr=1e-6))
     failed = ~out.passed
     assert failed.any()
     assert (out.steps[failed] == 2).all()
@@ -73,19 +74,19 @@ def test_same_seed_gives_bit_identical_samples():
     for _ in range(2):
         x0, target = start(seed=7)
         g = torch.Generator().manual_seed(1)
-        runs.append(synthesize(net, x0, target, max_steps=50, lr=0.05,
-                               langevin_std=0.01, generator=g))
+        runs.append(synthesize(net, x0, target,
+                               Ascent(max_steps=50, lr=0.05, langevin_std=0.01), generator=g))
     assert torch.equal(runs[0].samples, runs[1].samples)
     assert torch.equal(runs[0].steps, runs[1].steps)
-    other = synthesize(net, *start(seed=8), max_steps=50, lr=0.05)
+    other = synthesize(net, *start(seed=8), Ascent(max_steps=50, lr=0.05))
     assert not torch.equal(other.samples, runs[0].samples)
 
 
 def test_results_do_not_depend_on_compaction_interval():
     net = tiny_net()
     x0, target = start()
-    a = synthesize(net, x0, target, max_steps=100, lr=0.05, check_every=1)
-    b = synthesize(net, x0, target, max_steps=100, lr=0.05, check_every=7)
+    a = synthesize(net, x0, target, Ascent(max_steps=100, lr=0.05, check_every=1))
+    b = synthesize(net, x0, target, Ascent(max_steps=100, lr=0.05, check_every=7))
     assert torch.equal(a.steps, b.steps)
     assert torch.allclose(a.samples, b.samples, atol=1e-6)
 
@@ -104,7 +105,7 @@ def test_passed_samples_leave_the_batch():
 
     net = Counting(tiny_net())
     x0, target = start()
-    out = synthesize(net, x0, target, max_steps=300, lr=0.05)
+    out = synthesize(net, x0, target, Ascent(max_steps=300, lr=0.05))
     # Work done equals the steps the samples needed (plus the stop tests), not N * steps.
     assert sum(calls) <= int(out.steps.sum()) + len(target) + len(calls)
     assert sum(calls) < len(target) * (int(out.steps.max()) + 1)
@@ -113,14 +114,14 @@ def test_passed_samples_leave_the_batch():
 def test_argmax_stop_rule():
     net = tiny_net()
     x0, target = start()
-    out = synthesize(net, x0, target, max_steps=300, lr=0.05, stop_rule="argmax")
+    out = synthesize(net, x0, target, Ascent(max_steps=300, lr=0.05, stop_rule="argmax"))
     assert (net(out.samples).argmax(1)[out.passed] == target[out.passed]).all()
 
 
 def test_clamp_keeps_samples_in_range():
     net = tiny_net()
     x0, target = start()
-    out = synthesize(net, x0 * 5, target, max_steps=20, lr=0.5, clamp=(-1.0, 1.0))
+    out = synthesize(net, x0 * 5, target, Ascent(max_steps=20, lr=0.5, clamp=True))
     moved = out.steps > 0
     assert moved.any() and out.samples[moved].abs().max() <= 1.0
 
@@ -128,7 +129,7 @@ def test_clamp_keeps_samples_in_range():
 def test_noise_sampler_takes_no_steps():
     net = tiny_net()
     x0, target = start()
-    out = synthesize(net, x0, target, max_steps=0)  # ICL-noise: the draws, scored
+    out = synthesize(net, x0, target, Ascent(max_steps=0))  # ICL-noise: the draws, scored
     assert torch.equal(out.samples, x0)
     assert (out.steps == 0).all()
     assert torch.equal(out.passed, out.logit > 0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
+from icl_cli.algo.ascent import Ascent, reference_noise, synthesize, targets_per_class
 from icl_cli.algo.reclassify import SGD, make_optimizer, reclassify
 from icl_cli.models import build_model
 
@@ -55,11 +55,11 @@ def test_ova_synthesis_matches_each_network_alone():
     order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
     target = targets_per_class(3, 4)[order]  # shuffled: the sampler sorts by class inside
     x0 = reference_noise(12, (1, 12, 12), 0.3, torch.Generator().manual_seed(1))
-    out = synthesize(net, x0, target, max_steps=15, lr=0.05)
+    out = synthesize(net, x0, target, Ascent(max_steps=15, lr=0.05))
     for k in range(3):
         rows = target == k
         zeros = torch.zeros(int(rows.sum()), dtype=torch.long)
-        ref = synthesize(OneNetwork(net, k), x0[rows], zeros, max_steps=15, lr=0.05)
+        ref = synthesize(OneNetwork(net, k), x0[rows], zeros, Ascent(max_steps=15, lr=0.05))
         torch.testing.assert_close(out.samples[rows], ref.samples, atol=1e-5, rtol=1e-4)
         assert torch.equal(out.steps[rows], ref.steps)
 
@@ -67,7 +67,7 @@ def test_ova_synthesis_matches_each_network_alone():
 def test_stop_rule_none_takes_every_step():
     net = ova_net()
     x0 = reference_noise(6, (1, 12, 12), 0.3, torch.Generator().manual_seed(1))
-    out = synthesize(net, x0, targets_per_class(3, 2), max_steps=4, stop_rule="none")
+    out = synthesize(net, x0, targets_per_class(3, 2), Ascent(max_steps=4, stop_rule="none"))
     assert (out.steps == 4).all() and not out.passed.any()
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from icl_cli.algo.ascent import reference_noise, synthesize
+from icl_cli.algo.ascent import Ascent, reference_noise, synthesize
 from icl_cli.algo.reclassify import Diverged, make_optimizer, reclassify
 
 CENTRE = torch.tensor([1.5, 1.5])
@@ -44,7 +44,8 @@ def test_pseudo_negatives_close_in_and_positive_region_shrinks():
 
     for _ in range(4):
         x0 = reference_noise(50, (2,), 1.5, sampler_gen)
-        out = synthesize(net, x0, torch.zeros(50, dtype=torch.long), max_steps=300, lr=0.05)
+        out = synthesize(net, x0, torch.zeros(50, dtype=torch.long),
+                         Ascent(max_steps=300, lr=0.05))
         assert out.passed.all()
         distances.append((out.samples - CENTRE).norm(dim=1).mean().item())
         pool_x, pool_k = torch.cat([pool_x, out.samples]), torch.cat([pool_k, out.target])

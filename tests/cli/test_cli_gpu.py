@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_cli import TINY, icl, icl_json
 
-from icl_cli.algo.ascent import reference_noise, synthesize, targets_per_class
+from icl_cli.algo.ascent import Ascent, reference_noise, synthesize, targets_per_class
 from icl_cli.models import build_model
 
 pytestmark = [
@@ -23,7 +23,7 @@ def test_synthesis_on_cuda_raises_the_target_logit():
     x0 = x0.cuda()
     before = net(x0).gather(1, target.cuda()[:, None])[:, 0]
 
-    out = synthesize(net, x0, target, max_steps=200, lr=0.01,
+    out = synthesize(net, x0, target, Ascent(max_steps=200, lr=0.01),
                      generator=torch.Generator(device="cuda").manual_seed(0))
 
     assert out.samples.is_cuda and out.samples.shape == x0.shape

@@ -9,7 +9,7 @@ import torch
 from icl_cli.config import SamplerConfig
 from icl_cli.errors import StepError
 from icl_cli.models import build_model
-from icl_cli.steps.draw import BLOCK, block_ranges, draw
+from icl_cli.steps.draw import BLOCK, Sampling, block_ranges, draw
 from icl_cli.steps.parts import parse_part, part_rows
 from store import IntegrityError, Store
 
@@ -33,20 +33,20 @@ def rows_of(out, r):
 @pytest.mark.parametrize("langevin", [0.0, 0.05])
 def test_any_run_of_blocks_equals_those_rows_of_the_whole_round(mode, langevin):
     sc, model = sampler(120, langevin_std=langevin), net(mode)  # 360 rows, blocks of 128
-    whole = draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), block=128)
+    whole = draw(model, Sampling(sc, block=128), 3, SHAPE, 5, torch.device("cpu"))
     for r in (range(0, 128), range(128, 360), range(256, 360)):
-        part = draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), rows=r, block=128)
+        part = draw(model, Sampling(sc, block=128), 3, SHAPE, 5, torch.device("cpu"), rows=r)
         for a, b in zip(rows_of(part, range(len(r))), rows_of(whole, r), strict=True):
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="not whole blocks of 128"):
-        draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), rows=range(100, 200), block=128)
+        draw(model, Sampling(sc, block=128), 3, SHAPE, 5, torch.device("cpu"), rows=range(100, 200))
 
 
 def test_a_one_block_round_is_the_one_batch_draw_of_before():
     """Shards of rounds of at most BLOCK samples are unchanged, Langevin noise included."""
     sc, model = sampler(BLOCK // 3, langevin_std=0.05), net()
-    old = draw(model, sc, 3, SHAPE, 9, torch.device("cpu"), block=None)
-    new = draw(model, sc, 3, SHAPE, 9, torch.device("cpu"), block=BLOCK)
+    old = draw(model, Sampling(sc, block=None), 3, SHAPE, 9, torch.device("cpu"))
+    new = draw(model, Sampling(sc, block=BLOCK), 3, SHAPE, 9, torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(rows_of(old, range(255)),
                                                  rows_of(new, range(255)), strict=True))
 
@@ -54,8 +54,8 @@ def test_a_one_block_round_is_the_one_batch_draw_of_before():
 def test_blocks_change_the_langevin_noise_of_a_larger_round():
     """What blocks change, said exactly: past the first block, other Langevin draws."""
     sc, model = sampler(120, langevin_std=0.05), net()
-    one = draw(model, sc, 3, SHAPE, 9, torch.device("cpu"), block=None)
-    blocks = draw(model, sc, 3, SHAPE, 9, torch.device("cpu"), block=128)
+    one = draw(model, Sampling(sc, block=None), 3, SHAPE, 9, torch.device("cpu"))
+    blocks = draw(model, Sampling(sc, block=128), 3, SHAPE, 9, torch.device("cpu"))
     assert not torch.equal(one.samples[128:], blocks.samples[128:])
 
 
@@ -76,10 +76,10 @@ def test_part_rows_take_every_nth_block_and_cover_the_round_once():
 
 def test_a_part_of_interleaved_blocks_equals_those_rows_of_the_whole_round():
     sc, model = sampler(150, langevin_std=0.05), net()  # 450 rows, blocks of 128
-    whole = draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), block=128)
+    whole = draw(model, Sampling(sc, block=128), 3, SHAPE, 5, torch.device("cpu"))
     rows = part_rows(450, 1, 2, block=128)  # blocks 0 and 2
     assert rows == [range(0, 128), range(256, 384)]
-    part = draw(model, sc, 3, SHAPE, 5, torch.device("cpu"), rows=rows, block=128)
+    part = draw(model, Sampling(sc, block=128), 3, SHAPE, 5, torch.device("cpu"), rows=rows)
     assert torch.equal(part.samples, torch.cat([whole.samples[0:128], whole.samples[256:384]]))
     assert torch.equal(part.steps, torch.cat([whole.steps[0:128], whole.steps[256:384]]))
 
