@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,9 +56,16 @@ class CatalogDamaged(IntegrityError):
     """The catalog database is damaged (not a database, corrupt pages)."""
 
 
-def catalog_unusable(detail: str) -> CatalogUnusable:
+def catalog_unusable(detail: str, server: bool = False) -> CatalogUnusable:
     """The one-line refusal for a catalog that cannot be used (``detail``: the database's
-    own first line, e.g. "attempt to write a readonly database")."""
+    own first line, e.g. "attempt to write a readonly database"). ``server``: the catalog
+    lives on a database server, which refused or could not be reached (a wrong password, a
+    database or user that does not exist...): the hint then names the server, not the
+    workspace's files."""
+    if server:
+        return CatalogUnusable(f"cannot use the catalog: the catalog's database server refused "
+                               f"or could not be reached: {detail} (check ICL_CATALOG_URL: the "
+                               "server's address, the user and password, the database name)")
     return CatalogUnusable(f"cannot use the workspace catalog: {detail} "
                            "(check the workspace's permissions and free space)")
 
@@ -85,9 +93,31 @@ def catalog_errors() -> Iterator[None]:
     try:
         yield
     except OperationalError as exc:
-        raise catalog_unusable(first_line(exc)) from exc
+        raise catalog_unusable(first_line(exc), from_server(exc)) from exc
     except DatabaseError as exc:
         raise catalog_damaged(first_line(exc)) from exc
+
+
+def from_server(exc: BaseException) -> bool:
+    """True if a database error came from a server's driver (psycopg...), not SQLite's."""
+    origin = type(getattr(exc, "orig", None) or exc).__module__ or ""
+    return origin.split(".")[0] not in ("sqlite3", "_sqlite3", "pysqlite2")
+
+
+_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@]*):(?P<password>.*)@"
+                       r"(?P<rest>[^@]*)$")
+
+
+def display_url(url: str) -> str:
+    """A catalog URL as the user wrote it, its password (if any) replaced by ``***``: what
+    messages show (never re-rendered, so a mangled URL reads as it was given).
+
+    Example:
+        >>> display_url("postgresql+psycopg://icl:secret@db:5432/icl?sslmode=require")
+        'postgresql+psycopg://icl:***@db:5432/icl?sslmode=require'
+    """
+    m = _PASSWORD.match(str(url))
+    return str(url) if m is None else f"{m['head']}:***@{m['rest']}"
 
 
 class CatalogMissing(StoreError):

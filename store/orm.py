@@ -56,7 +56,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import StoreError, catalog_errors
+from .errors import StoreError, catalog_errors, display_url
 from .infos import ExperimentInfo, to_info
 from .schema import (
     ALEMBIC_VERSION_TABLE,
@@ -228,20 +228,28 @@ def make_engine(url: str) -> Engine:
     not parse, or whose database driver is not installed, is a StoreError (one line)."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+    shown = display_url(url)  # as given, only a password hidden
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             _sqlite_setup(engine)
-            return engine
-        return create_engine(url, pool_pre_ping=True)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
     except (ModuleNotFoundError, NoSuchModuleError) as exc:
         driver = getattr(exc, "name", None) or str(exc).split(":")[-1].strip()
-        raise StoreError(f"the catalog URL {url.split('@')[-1]!r} needs the database driver "
+        raise StoreError(f"the catalog URL {shown!r} needs the database driver "
                          f"{driver!r}, which is not installed (for PostgreSQL: pip install "
                          "'psycopg[binary]')") from None
-    except ArgumentError:
-        raise StoreError(f"the catalog URL {url!r} (ICL_CATALOG_URL) is not a database URL, "
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number...
+        raise StoreError(f"the catalog URL {shown!r} (ICL_CATALOG_URL) is not a database URL, "
                          "e.g. postgresql+psycopg://user@host/db") from None
+    engine.icl_url = shown
+    return engine
+
+
+def shown_url(engine: Engine) -> str:
+    """The catalog URL of ``engine`` for messages: as the user gave it, password hidden."""
+    return getattr(engine, "icl_url", None) or engine.url.render_as_string(hide_password=True)
 
 
 @dataclass(frozen=True)
@@ -321,12 +329,12 @@ def migrate(engine: Engine, create: bool) -> None:
 
     with engine.connect() as conn:  # no lock to refuse, or to find nothing to do
         state = schema_state(conn)
-    state.refuse(missing_ok=create, url=engine.url)
+    state.refuse(missing_ok=create, url=shown_url(engine))
     if state.settled(create):
         return
     with _schema_transaction(engine) as conn:
         state = schema_state(conn)  # again, under the lock
-        state.refuse(missing_ok=create, url=engine.url)
+        state.refuse(missing_ok=create, url=shown_url(engine))
         if state.settled(create):
             return
         if not state.exists or state.version is None:  # new, or its creation cut short
@@ -376,7 +384,7 @@ def run_write(engine: Engine, fn: Callable[[Session], T], attempts: int = 8) -> 
                 if not _is_locked(exc) or attempt == attempts - 1:
                     if _is_locked(exc):
                         raise StoreError(
-                            f"catalog {engine.url} stayed locked by another process; "
+                            f"catalog {shown_url(engine)} stayed locked by another process; "
                             "retry when it finishes (see `icl status`)"
                         ) from exc
                     raise

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from .artifacts import ArtifactFiles
 from .catalog import Catalog
-from .errors import CatalogMissing, ConflictError, NotAWorkspace, StoreError, Terminated
+from .errors import (
+    CatalogMissing,
+    ConflictError,
+    NotAWorkspace,
+    StoreError,
+    Terminated,
+    display_url,
+)
 from .hashing import config_hash
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import Locks
@@ -225,8 +232,7 @@ class Store:
         known = set() if missing else self.catalog.names()
         state = "is missing" if missing else "is empty" if not known else "does not know them"
         try:
-            shown = ".icl/catalog.db" if default else \
-                self.catalog.engine.url.render_as_string(hide_password=True)
+            shown = ".icl/catalog.db" if default else display_url(self.catalog_url)
             refuse_unrecorded(self.root, on_disk, known, state, shown)
         except CatalogMissing:
             self.close()
