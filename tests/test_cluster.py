@@ -2,8 +2,6 @@
 path a Slurm array takes), failures per task, and the parameters' one-line errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -11,22 +9,18 @@ from icl_cli.cli import cluster
 from icl_cli.cli.lanes import Lane
 from icl_cli.errors import StepError
 from store import Store
+from tests.kit import COMMON, ICL, icl_process, tiny
 
 pytest.importorskip("submitit")
 
-ICL = [sys.executable, "-m", "icl_cli"]
-COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
-TINY = ["--arch", "tiny", "--train-size", "100", "--val-size", "50", "--init-epochs", "1",
-        "--epochs", "1", "--count", "2", "--max-steps", "5"]
+SETTINGS = tiny(train_size=100, val_size=50, count=2, max_steps=5, sampler_lr=None)
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
-    subprocess.run([*ICL, "init", "-w", ws, "-e", "base", "--method", "baseline", *TINY,
-                    *COMMON], check=True, capture_output=True)
-    subprocess.run([*ICL, "init", "-w", ws, "-e", "icl", "--method", "icl", "--from",
-                    "base:0", *COMMON], check=True, capture_output=True)
+    icl_process("init", "-w", ws, "-e", "base", "--method", "baseline", *SETTINGS, *COMMON)
+    icl_process("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
     return ws
 
 
@@ -80,9 +74,9 @@ def test_parameters_and_executor_checks(tmp_path):
 def test_icl_run_executor_local_through_the_command_line(ws):
     """``icl run -e A -e B --executor local``: the tasks' results on stdout as with
     --parallel (round 1 is done by the test above, so the tasks find it done)."""
-    res = subprocess.run([*ICL, "run", "-w", ws, "-e", "base", "-e", "icl", "--rounds", "1",
-                          "--executor", "local", "--executor-param", "timeout_min=10",
-                          "--json", *COMMON], capture_output=True, text=True)
+    res = icl_process("run", "-w", ws, "-e", "base", "-e", "icl", "--rounds", "1",
+                      "--executor", "local", "--executor-param", "timeout_min=10", "--json",
+                      *COMMON, code=None)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert set(out) == {"base", "icl"} and [r["round"] for r in out["icl"]] == [0, 1]
@@ -96,6 +90,5 @@ def test_icl_run_executor_local_through_the_command_line(ws):
      "--executor-param takes KEY=VALUE"),
 ])
 def test_icl_run_executor_refusals_are_one_line(ws, args, message):
-    res = subprocess.run([*ICL, "run", "-w", ws, "--rounds", "1", *args, *COMMON],
-                         capture_output=True, text=True)
+    res = icl_process("run", "-w", ws, "--rounds", "1", *args, *COMMON, code=None)
     assert res.returncode == 3 and message in res.stderr and "Traceback" not in res.stderr

@@ -21,6 +21,7 @@ from icl_cli.data import (
     read_idx,
     to_input,
 )
+from tests.kit import idx_bytes, write_folder, write_idx
 
 MNIST_DIR = Path(
     os.environ.get("ICL_MNIST_DIR", Path(__file__).parents[1].parent / "shared/data/mnist")
@@ -28,25 +29,6 @@ MNIST_DIR = Path(
 has_mnist = pytest.mark.skipif(
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), reason=f"no MNIST at {MNIST_DIR}"
 )
-
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    return struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
-
-
-def write_idx(path: Path, a: np.ndarray) -> Path:
-    blob = idx_bytes(a.astype(np.uint8))
-    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
-    return path
-
-
-def write_folder(root: Path, n_train=40, n_test=20, gz=True, k=4) -> Path:
-    rng = np.random.default_rng(0)
-    ext = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 5, 6)))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte{ext}", np.arange(n) % k)
-    return root
 
 
 # --------------------------------------------------------------------------- read_idx

@@ -6,27 +6,15 @@ small to give every rank a row, a real-only epoch); this process trains each cas
 and compares weights and epoch stats.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import ddp_worker
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.algo import ddp_worker
+from tests.kit import torchrun
+
 STATS = ("loss", "real_loss", "pn_loss", "grad_norm_max", "real_logit_max", "pn_logit_max")
-
-
-def torchrun(nproc: int, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``torchrun --standalone`` with one thread per rank and this checkout importable."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone",
-         "--nproc-per-node", str(nproc), *map(str, args)],
-        env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import json
 import h5py
 import numpy as np
 import pytest
-from clikit import COMMON, TINY, icl, icl_json
 
 from store import Store
+from tests.kit import COMMON, TINY, icl, icl_json
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_corrupted_shard_is_refused_with_a_clear_message(ws):
     assert "round-0001" in verify.stdout
     data[len(data) // 2] ^= 0xFF  # mend it, so later tests see a consistent workspace
     open(shard["path"], "wb").write(bytes(data))
-    assert icl("verify", "-w", ws).exit_code == 0
+    assert icl("verify", "-w", ws).code == 0
 
 
 def test_user_mistakes_get_one_line_and_an_exit_code(ws, tmp_path):
@@ -162,7 +162,7 @@ def test_interrupted_step_leaves_nothing_and_run_resumes(ws, monkeypatch):
     status = icl_json("status", "-w", ws)
     icl_row = next(r for r in status["experiments"] if r["experiment"] == "icl")
     assert icl_row["rounds"] == 1  # no checkpoint 2 was recorded
-    assert icl("verify", "-w", ws).exit_code == 0
+    assert icl("verify", "-w", ws).code == 0
 
     monkeypatch.setattr(train, "reclassify", real)
     rows = icl_json("run", "-w", ws, "-e", "icl", "--rounds", "2", *COMMON)

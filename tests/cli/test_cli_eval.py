@@ -3,9 +3,9 @@ a tiny net and the embedded MNIST subset."""
 
 import numpy as np
 import pytest
-from clikit import COMMON, TINY, icl, icl_json
 
 from store import Store
+from tests.kit import COMMON, TINY, icl, icl_json, write_idx
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +95,17 @@ def test_pgd_bad_settings_are_one_line(ws, args, message):
     assert message in out.stderr and "Traceback" not in out.output
 
 
-def write_idx(folder, images):
+def write_images(folder, images):
     """A minimal MNIST-layout folder whose test images are ``images`` (N, 28, 28)."""
     folder.mkdir()
-    n = len(images)
     for prefix in ("train", "t10k"):
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
-            bytes([0, 0, 8, 3]) + np.array([n, 28, 28], ">i4").tobytes()
-            + images.astype(np.uint8).tobytes())
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            bytes([0, 0, 8, 1]) + np.array([n], ">i4").tobytes() + bytes(n))
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.zeros(len(images)))
 
 
 def test_ood_scores_every_set_and_records_them(ws, tmp_path):
     rng = np.random.default_rng(0)
-    write_idx(tmp_path / "noise", rng.integers(0, 256, (50, 28, 28)))
+    write_images(tmp_path / "noise", rng.integers(0, 256, (50, 28, 28)))
     rows = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root",
                     tmp_path / "noise", *COMMON)
     sets = {r["set"] for r in rows}

@@ -3,10 +3,10 @@
 
 import pytest
 import torch
-from test_cli import TINY, icl, icl_json
 
 from icl_cli.algo.ascent import Ascent, reference_noise, synthesize, targets_per_class
 from icl_cli.models import build_model
+from tests.kit import TINY, icl, icl_json
 
 pytestmark = [
     pytest.mark.gpu,

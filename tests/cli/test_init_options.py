@@ -18,15 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import COMMON, icl, icl_json
-from test_data import write_folder, write_idx
-from typer.testing import CliRunner
 
-from icl_cli.cli import register
 from icl_cli.config import DataConfig
 from icl_cli.data import load
 from icl_cli.models import build_model
 from store import Store
+from tests.kit import COMMON, flags, icl, icl_json, write_folder, write_idx
 
 # Settings of a C_0 trained from scratch, and of the sampler of ``ref``-like experiments.
 INIT = {"arch": "tiny", "train_size": 200, "val_size": 100, "init_epochs": 1, "epochs": 1}
@@ -35,29 +32,9 @@ RUNTIME = ["--device", "cpu"]  # COMMON without --threads / --no-mlflow, for tho
 MNIST_SHAPE = (1, 28, 28)
 
 
-def flags(defaults: dict, changes: dict) -> list[str]:
-    """{"train_size": 200, "augment": True, "clamp": False} -> --train-size 200 --augment
-    --no-clamp; a value of None drops the option."""
-    out = []
-    for key, value in {**defaults, **changes}.items():
-        name = "--" + key.replace("_", "-")
-        if value is True:
-            out.append(name)
-        elif value is False:
-            out.append("--no-" + name[2:])
-        elif value is not None:
-            out += [name, str(value)]
-    return out
-
-
-def invoke(*args):
-    """``icl`` with any exit code (``icl()`` asserts one)."""
-    return CliRunner().invoke(register(), [str(a) for a in args])
-
-
 def fresh(ws, name: str, *extra, method: str = "baseline", **changes):
     """A new experiment whose C_0 is trained from scratch with INIT plus ``changes``."""
-    return icl("init", "-w", ws, "-e", name, "--method", method, *flags(INIT, changes),
+    return icl("init", "-w", ws, "-e", name, "--method", method, *flags({**INIT, **changes}),
                *extra, *COMMON)
 
 
@@ -66,7 +43,7 @@ def paired(ws, name: str, *extra, method: str = "icl", synthesize: bool = True,
     """A new experiment started --from base:0 with SAMPLER plus ``changes`` (train and
     sampler options); round 1 synthesized and reclassified unless told otherwise."""
     icl("init", "-w", ws, "-e", name, "--method", method, "--from", "base:0",
-        *flags(SAMPLER, changes), *extra, *COMMON)
+        *flags({**SAMPLER, **changes}), *extra, *COMMON)
     if synthesize and method != "baseline":
         icl("synthesize", "-w", ws, "-e", name, "--round", 1, *COMMON)
     if reclassify:
@@ -265,7 +242,7 @@ def test_download_is_recorded_and_passed_to_torchvision(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
     root, ws = tmp_path / "cifar", tmp_path / "ws"
     args = ["-w", ws, "--dataset", "cifar10", "--data-root", root,
-            *flags(INIT, {"train_size": 20, "val_size": 10}), *COMMON]
+            *flags({**INIT, "train_size": 20, "val_size": 10}), *COMMON]
     # Without --download the files must be there already: torchvision is not asked.
     out = icl("init", "-e", "offline", *args, code=3)
     assert "--download" in out.stderr and calls == []
@@ -319,14 +296,14 @@ def test_init_epochs_is_the_length_of_c0_training(ws, epochs):
 @pytest.mark.parametrize("zero", ["init-epochs", "epochs"])
 def test_zero_epochs_is_refused_up_front(ws, zero):
     if zero == "init-epochs":
-        out = invoke("init", "-w", ws, "-e", "zero-init", *flags(INIT, {"init_epochs": 0}),
-                     *COMMON)
+        out = icl("init", "-w", ws, "-e", "zero-init", *flags({**INIT, "init_epochs": 0}),
+                  *COMMON, code=None)
         words = "--init-epochs is out of range (0)"
     else:
-        out = invoke("init", "-w", ws, "-e", "zero-epochs", "--method", "baseline", "--from",
-                     "base:0", "--epochs", 0, *COMMON)
+        out = icl("init", "-w", ws, "-e", "zero-epochs", "--method", "baseline", "--from",
+                  "base:0", "--epochs", 0, *COMMON, code=None)
         words = "--epochs and --real-epochs are both 0"
-    assert out.exit_code == 3 and words in out.stderr, out.stderr
+    assert out.code == 3 and words in out.stderr, out.stderr
     assert "zero" not in json.dumps(icl_json("status", "-w", ws)["experiments"])
 
 
@@ -396,8 +373,8 @@ def test_a_rounds_own_weighting_is_recorded_and_replays_bit_for_bit(ws):
     assert not same(weights(ws, name, 1), weights(ws, "ref", 1))
     replay = icl("reclassify", *w, "--round", 1, "--replay", *COMMON)
     assert "matches bit for bit" in replay.stdout
-    bad = invoke("reclassify", *w, "--round", 1, "--pn-recency", 2, *COMMON)
-    assert bad.exit_code == 3 and "--pn-recency must be in (0, 1]" in bad.stderr
+    bad = icl("reclassify", *w, "--round", 1, "--pn-recency", 2, *COMMON, code=None)
+    assert bad.code == 3 and "--pn-recency must be in (0, 1]" in bad.stderr
 
 
 def test_an_experiment_recorded_before_a_setting_existed_is_the_same_experiment(ws):
@@ -417,12 +394,12 @@ def test_an_experiment_recorded_before_a_setting_existed_is_the_same_experiment(
         db.execute("update experiments set config = ?, config_hash = ? where name = 'old'",
                    (json.dumps(old), config_hash(old)))
     db.close()
-    again = icl_json("init", "-w", ws, "-e", "old", "--method", "icl", *flags(INIT, {}),
+    again = icl_json("init", "-w", ws, "-e", "old", "--method", "icl", *flags(INIT),
                      *COMMON)
     assert again["reused"] and "pn_recency" not in again["config"]["train"]
-    other = invoke("init", "-w", ws, "-e", "old", "--method", "icl",
-                   *flags(INIT, {"pn_weighting": "drawn"}), *COMMON)
-    assert other.exit_code != 0 and "another config" in other.stderr
+    other = icl("init", "-w", ws, "-e", "old", "--method", "icl",
+                *flags({**INIT, "pn_weighting": "drawn"}), *COMMON, code=None)
+    assert other.code != 0 and "another config" in other.stderr
 
 
 @pytest.mark.parametrize("epochs, real_epochs", [(2, 0), (1, 2)])
@@ -566,7 +543,7 @@ def test_experiment_names_it(ws, flag):
 
 
 def test_experiment_defaults_to_the_method_name(tmp_path):
-    icl("init", "-w", tmp_path, "--method", "baseline", *flags(INIT, {}), *COMMON)
+    icl("init", "-w", tmp_path, "--method", "baseline", *flags(INIT), *COMMON)
     with Store.open(tmp_path) as st:
         assert [e.name for e in st.experiments()] == ["baseline"]
 
@@ -599,19 +576,19 @@ def test_workspace_picks_the_folder(tmp_path, monkeypatch, how):
     where = [how, chosen] if how != "ICL_WORKSPACE" else []
     if how == "ICL_WORKSPACE":
         monkeypatch.setenv("ICL_WORKSPACE", str(chosen))
-    icl("init", *where, "-e", "w", "--method", "baseline", *flags(INIT, {}), *COMMON)
+    icl("init", *where, "-e", "w", "--method", "baseline", *flags(INIT), *COMMON)
     with Store.open(chosen) as st:
         assert st.experiment("w").name == "w"
     assert not (cwd / ".icl").exists()
 
 
 def test_workspace_default_is_the_nearest_parent_workspace(tmp_path, monkeypatch):
-    icl("init", "-w", tmp_path, "-e", "outer", "--method", "baseline", *flags(INIT, {}),
+    icl("init", "-w", tmp_path, "-e", "outer", "--method", "baseline", *flags(INIT),
         *COMMON)
     sub = tmp_path / "sub"
     sub.mkdir()
     monkeypatch.chdir(sub)
-    icl("init", "-e", "inner", "--method", "baseline", *flags(INIT, {}), *COMMON)
+    icl("init", "-e", "inner", "--method", "baseline", *flags(INIT), *COMMON)
     assert not (sub / ".icl").exists()
     with Store.open(tmp_path) as st:
         assert {e.name for e in st.experiments()} == {"outer", "inner"}
@@ -660,7 +637,7 @@ def test_no_mlflow_logs_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(store.store, "Tracker", RecordingTracker)
     monkeypatch.setattr(RecordingTracker, "made", [])
-    args = ["-w", tmp_path, "--method", "baseline", *flags(INIT, {}), "--threads", 1,
+    args = ["-w", tmp_path, "--method", "baseline", *flags(INIT), "--threads", 1,
             *RUNTIME]
     icl("init", "-e", "quiet", "--no-mlflow", *args)
     assert RecordingTracker.made == []
@@ -679,7 +656,7 @@ def test_mlflow_database_written_unless_no_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     quiet, logged = tmp_path / "quiet", tmp_path / "logged"
     for folder, extra in ((quiet, ["--no-mlflow"]), (logged, [])):
-        icl("init", "-w", folder, "--method", "baseline", *flags(INIT, {}), "--threads", 1,
+        icl("init", "-w", folder, "--method", "baseline", *flags(INIT), "--threads", 1,
             *RUNTIME, *extra)
     assert not (quiet / ".icl" / "mlflow.db").exists()
     assert (logged / ".icl" / "mlflow.db").is_file()

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,32 +15,22 @@ import pytest
 
 from icl_cli.cli.lanes import EventWriter
 from store import Store
+from tests.kit import COMMON, ICL, ROOT, child_env, icl_process, tiny
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--arch", "tiny", "--train-size", "100", "--val-size", "50", "--init-epochs", "1",
-        "--epochs", "1", "--count", "2", "--max-steps", "5", "--sampler-lr", "0.05"]
-COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
-
-
-def icl(*args, code: int | None = 0, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "icl_cli", *map(str, args)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=timeout)
-    assert code is None or res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    return res
+SETTINGS = tiny(train_size=100, val_size=50, count=2, max_steps=5)
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("par") / "ws"
-    icl("init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON)
-    icl("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
+    icl_process("init", "-w", ws, "-e", "base", "--method", "baseline", *SETTINGS, *COMMON)
+    icl_process("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
     return ws
 
 
 def test_two_experiments_side_by_side_print_both_results(ws):
-    res = icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--parallel", 2,
-              *COMMON)
+    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--parallel", 2,
+                      *COMMON)
     # stdout: each experiment's table, in the order given; stderr: the progress lines.
     assert res.stdout.index("'icl'") < res.stdout.index("'base'")
     assert "synth+reclass+eval" in res.stdout and "reclass+eval" in res.stdout
@@ -55,11 +44,11 @@ def test_two_experiments_side_by_side_print_both_results(ws):
         errors = {(e.experiment, e.round, e.split) for e in st.evaluations()}
     assert {("icl", 1, "test"), ("base", 1, "test")} <= errors
     # --json: one document, experiment -> rows, the same rows a single `icl run` prints.
-    doc = json.loads(icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1,
-                         "--parallel", 2, "--json", *COMMON).stdout)
+    doc = json.loads(icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1,
+                                 "--parallel", 2, "--json", *COMMON).stdout)
     assert list(doc) == ["icl", "base"]
-    alone = json.loads(icl("run", "-w", ws, "-e", "icl", "--rounds", 1, "--json",
-                           *COMMON).stdout)
+    alone = json.loads(icl_process("run", "-w", ws, "-e", "icl", "--rounds", 1, "--json",
+                                   *COMMON).stdout)
     assert doc["icl"] == alone and [r["round"] for r in doc["base"]] == [0, 1]
     assert all(r["ran"] == [] for r in doc["base"])  # done already: nothing re-ran
 
@@ -71,22 +60,22 @@ def test_a_failing_child_is_named_and_the_others_finish(ws):
     with Store.open(ws) as st:
         shard = st.active_shard("icl", 1)
     if shard is None:
-        icl("run", "-w", ws, "-e", "icl", "--rounds", 1, *COMMON)
+        icl_process("run", "-w", ws, "-e", "icl", "--rounds", 1, *COMMON)
         with Store.open(ws) as st:
             shard = st.active_shard("icl", 1)
     saved = shard.path.read_bytes()
     try:
         shard.path.write_bytes(saved[:-100])
-        res = icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 2, "--parallel",
-                  2, *COMMON, code=4)
+        res = icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 2, "--parallel",
+                          2, *COMMON, code=4)
         assert "'base'" in res.stdout and "'icl'" not in res.stdout
         line = [x for x in res.stderr.splitlines() if x.startswith("error:")]
         assert len(line) == 1 and "icl run -e icl failed (exit 4)" in line[0]
         assert "round-0001" in line[0]  # the child's own one line: which file
         with Store.open(ws) as st:
             assert st.checkpoint("base", 2) is not None and st.checkpoint("icl", 2) is None
-        doc = json.loads(icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 2,
-                             "--json", *COMMON, code=4).stdout)
+        doc = json.loads(icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 2,
+                                     "--json", *COMMON, code=4).stdout)
         assert doc["icl"]["exit_code"] == 4 and "round-0001" in doc["icl"]["error"]
         assert [r["round"] for r in doc["base"]] == [0, 1, 2]
     finally:
@@ -94,13 +83,13 @@ def test_a_failing_child_is_named_and_the_others_finish(ws):
 
 
 def test_bad_requests_are_refused_before_any_child_starts(ws):
-    res = icl("run", "-w", ws, "-e", "icl", "-e", "nope", "--rounds", 1, *COMMON, code=3)
+    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "nope", "--rounds", 1, *COMMON, code=3)
     assert "nope" in res.stderr and res.stderr.count("\n") == 1 and "started" not in res.stderr
-    res = icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--parallel", 0,
-              *COMMON, code=3)
+    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--parallel", 0,
+                      *COMMON, code=3)
     assert "--parallel must be >= 1" in res.stderr
-    res = icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--epochs", 0,
-              "--real-epochs", 0, *COMMON, code=3)
+    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--epochs", 0,
+                      "--real-epochs", 0, *COMMON, code=3)
     assert "--epochs and --real-epochs are both 0" in res.stderr
 
 
@@ -109,14 +98,12 @@ def test_bad_requests_are_refused_before_any_child_starts(ws):
                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
 def test_an_interrupt_stops_every_child_cleanly(tmp_path, sig, code, words):
     ws = tmp_path / "ws"
-    slow = ["--arch", "tiny", "--train-size", "1000", "--val-size", "100", "--init-epochs",
-            "1", "--epochs", "20", "--count", "20", "--max-steps", "50"]
-    icl("init", "-w", ws, "-e", "a", "--method", "baseline", *slow, *COMMON)
-    icl("init", "-w", ws, "-e", "b", "--method", "icl", "--from", "a:0", *COMMON)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    slow = tiny(train_size=1000, epochs=20, count=20, max_steps=50, sampler_lr=None)
+    icl_process("init", "-w", ws, "-e", "a", "--method", "baseline", *slow, *COMMON)
+    icl_process("init", "-w", ws, "-e", "b", "--method", "icl", "--from", "a:0", *COMMON)
     argv = ["run", "-w", ws, "-e", "a", "-e", "b", "--rounds", 3, "--parallel", 2, *COMMON]
     parent = subprocess.Popen(
-        [sys.executable, "-m", "icl_cli", *map(str, argv)], cwd=ROOT, env=env,
+        [*ICL, *map(str, argv)], cwd=ROOT, env=child_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # both children have a step running

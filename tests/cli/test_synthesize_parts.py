@@ -8,7 +8,6 @@ round-1 shard must equal ``whole``'s, drawn at once. 60 per class x 10 classes =
 samples: 3 blocks of 256 (256, 256, 88).
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +16,9 @@ import numpy as np
 import pytest
 
 from store import Store
-from tests.cli.clikit import COMMON, icl
+from tests.kit import COMMON, ICL, child_env, icl, tiny, torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
-            "--epochs", "1", "--count", "60", "--max-steps", "15", "--sampler-lr", "0.05"]
+SETTINGS = tiny(count=60)
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +56,13 @@ def part_files(ws, name):
     return sorted(p.name for p in (ws / "experiments" / name / "shards").glob("*.part-*"))
 
 
-def env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-
-
 @pytest.mark.slow
 def test_three_parts_as_three_processes_equal_the_whole_round(ws):
     name = paired(ws, "procs")
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "icl_cli", "synthesize", "-w", str(ws), "-e", name, "-r", "1",
-         "--part", f"{i}/3", *COMMON], env=env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for i in (1, 2, 3)]
+        [*ICL, "synthesize", "-w", str(ws), "-e", name, "-r", "1", "--part", f"{i}/3",
+         *COMMON], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in (1, 2, 3)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert_same_shard(ws, name)
@@ -217,10 +209,7 @@ def test_a_part_being_drawn_elsewhere_is_refused(ws):
 @pytest.mark.ddp
 def test_torchrun_ranks_split_the_round_by_themselves(ws):
     name = paired(ws, "ranks")
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", "-m", "icl_cli", "synthesize", "-w", str(ws), "-e", name, "-r", "1", *COMMON],
-        env=env(), capture_output=True, text=True, timeout=300)
+    run = torchrun(2, "-m", "icl_cli", "synthesize", "-w", ws, "-e", name, "-r", "1", *COMMON)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count(f"'{name}' round 1 shard v1") == 1  # rank 0 alone prints
     assert_same_shard(ws, name)
@@ -235,11 +224,8 @@ def test_torchrun_ranks_split_the_round_by_themselves(ws):
 @pytest.mark.ddp
 def test_a_rank_killed_while_drawing_fails_every_rank_and_records_nothing(ws):
     name = paired(ws, "killed")
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", str(Path(__file__).with_name("synth_entry.py")), "synthesize", "-w", str(ws),
-         "-e", name, "-r", "1", *COMMON], env={**env(), "ICL_TEST_KILL_RANK": "1"},
-        capture_output=True, text=True, timeout=300)
+    run = torchrun(2, Path(__file__).with_name("synth_entry.py"), "synthesize", "-w", ws,
+                   "-e", name, "-r", "1", *COMMON, env={"ICL_TEST_KILL_RANK": "1"})
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     # Rank 0's one line: the lost peer, or torchrun's SIGTERM if that came first.

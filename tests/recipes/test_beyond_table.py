@@ -1,12 +1,6 @@
 """recipes/beyond_table.py: means, paired differences and "better on" from a report."""
 
-import importlib.util
-from pathlib import Path
-
-spec = importlib.util.spec_from_file_location(
-    "beyond_table", Path(__file__).parents[2] / "recipes" / "beyond_table.py")
-beyond = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(beyond)
+from recipes import beyond_table as beyond
 
 
 def row(name, ece, auroc, attacks=(), best=2):

@@ -1,12 +1,6 @@
 """The recipes' table maker: means, stds and paired differences from `icl report --json`."""
 
-import importlib.util
-from pathlib import Path
-
-spec = importlib.util.spec_from_file_location(
-    "summarize", Path(__file__).parents[2] / "recipes" / "summarize.py")
-summarize = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(summarize)
+from recipes import summarize
 
 
 def row(name, method, seed, test_best, parent=None, test_last=None, val_round=2):

@@ -7,16 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from relkit import (
-    COMMON,
-    INIT,
-    TINY,
-    copy_ws,
-    outcome,
-    run_child,
-    start_server,
-    use_catalog,
-)
+
+from tests.kit import COMMON, TINY
+from tests.reliability.relkit import INIT, copy_ws, outcome, run_child, start_server, use_catalog
 
 start_server()  # warms up in the background while the rest of the suite runs
 

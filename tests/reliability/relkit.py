@@ -18,7 +18,6 @@ catalog readers here (:func:`rows`, :func:`catalog`, :func:`outcome`...) query t
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -28,18 +27,13 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-from typer.testing import CliRunner
 
-from icl_cli.cli import register
+from tests.kit import COMMON, ROOT, TINY, Result
 
-TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
-        "--epochs", "1", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05"]
-COMMON = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
 INIT = ["init", "-e", "icl", "--method", "icl", *TINY, *COMMON]  # the experiment most tests use
 TABLES = ("experiments", "shards", "checkpoints", "evaluations", "attacks", "steps")
 BACKENDS = ("sqlite", "postgresql")
@@ -90,25 +84,7 @@ def clone_catalog(url: str) -> str:
 
 
 # ----------------------------------------------------------------- running icl
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self):
-        return json.loads(self.stdout)
-
-
-def icl(*args, code: int | None = 0, env: dict | None = None) -> Result:
-    """Run ``icl ARGS`` in this process (typer's CliRunner); check the exit code."""
-    r = CliRunner().invoke(register(), [str(a) for a in args], env=env)
-    res = Result(r.exit_code, r.stdout, r.stderr)
-    if code is not None:
-        assert res.code == code, (args, res)
-    return res
+# In this process: ``icl`` (tests.kit). As separate processes, below.
 
 
 def _default_sigint() -> None:
@@ -221,15 +197,16 @@ def _context():
         from multiprocessing import forkserver
 
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["relkit", "relwarm", "icl_cli.steps.run",
+        ctx.set_forkserver_preload(["tests.reliability.relkit", "tests.reliability.relwarm",
+                                    "icl_cli.steps.run",
                                     "icl_cli.steps.init", "store.verify", "h5py",
                                     "sqlalchemy.dialects.sqlite", "pytest",
                                     "sqlalchemy.dialects.postgresql", "psycopg"])
         # The server is a fresh `python -c` whose environment its children inherit: let
-        # it import this folder's modules, and keep the user's icl settings out of it.
+        # it import this checkout's tests package, and keep the user's icl settings out.
         saved = dict(os.environ)
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(Path(__file__).parent), saved.get("PYTHONPATH")) if p)
+            p for p in (str(ROOT), saved.get("PYTHONPATH")) if p)
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         for var in ("ICL_WORKSPACE", "ICL_CATALOG_URL", "MLFLOW_TRACKING_URI", "ICL_DEBUG"):
             os.environ.pop(var, None)

@@ -8,19 +8,19 @@ import gzip
 import math
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from relkit import (
-    COMMON,
+
+from icl_cli.data import EMBEDDED_DIR, read_idx
+from tests.kit import COMMON, icl, idx_bytes
+from tests.reliability.relkit import (
     assert_unchanged,
     execute,
     files,
-    icl,
     one_line,
     rows,
     run_child,
@@ -29,10 +29,8 @@ from relkit import (
     spawn,
 )
 
-from icl_cli.data import EMBEDDED_DIR, read_idx
-
 INIT_D = ["init", "-e", "d", "--method", "icl", "--arch", "tiny", "--init-epochs", "1",
-          "--no-mlflow", "--threads", "1", "--device", "cpu"]
+          *COMMON]
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
        "t10k-labels-idx1-ubyte")
 
@@ -48,15 +46,10 @@ def ws(sqlite_pair, tmp_path_factory) -> Path:
     return ws
 
 
-def _idx_bytes(a: np.ndarray, type_code: int = 0x08) -> bytes:
-    return struct.pack(">HBB", 0, type_code, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + \
-        a.tobytes()
-
-
 def _write(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
     folder.mkdir(parents=True)
     for name, a in arrays.items():
-        (folder / name).write_bytes(_idx_bytes(a))
+        (folder / name).write_bytes(idx_bytes(a))
     return folder
 
 
@@ -85,7 +78,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     variant("nan")
     floats = good[IDX[0]].astype(">f4")
     floats[0, 0, 0] = math.nan
-    (out["nan"] / IDX[0]).write_bytes(_idx_bytes(floats, 0x0D))
+    (out["nan"] / IDX[0]).write_bytes(idx_bytes(floats, 0x0D))
     variant("gzip")
     (out["gzip"] / IDX[0]).unlink()
     (out["gzip"] / f"{IDX[0]}.gz").write_bytes(gzip.compress(b"x" * 100)[:-12])
@@ -255,7 +248,7 @@ def test_a_bad_catalog_url_is_one_line(ws, url, words):
 
 
 def test_a_folder_in_place_of_a_checkpoint_is_named(tmp_path):
-    from relkit import INIT
+    from tests.reliability.relkit import INIT
 
     ws = tmp_path / "ws"
     icl(*INIT, "-w", ws)

@@ -9,7 +9,9 @@ import shutil
 import sqlite3
 
 import pytest
-from relkit import COMMON, INIT, files, icl, one_line, rows
+
+from tests.kit import COMMON, icl
+from tests.reliability.relkit import INIT, files, one_line, rows
 
 HAS_REBUILD = "--rebuild" in icl("verify", "--help").stdout
 needs_rebuild = pytest.mark.skipif(not HAS_REBUILD, reason="`icl verify --rebuild` is not "

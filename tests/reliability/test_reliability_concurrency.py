@@ -16,9 +16,11 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from relkit import (
+
+from store import Store
+from tests.kit import COMMON
+from tests.reliability.relkit import (
     BACKENDS,
-    COMMON,
     ELSEWHERE,
     catalog_url,
     check_after_crash,
@@ -30,8 +32,6 @@ from relkit import (
     run_child,
     spawn,
 )
-
-from store import Store
 
 both = pytest.mark.parametrize("backend", BACKENDS)
 

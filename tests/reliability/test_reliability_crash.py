@@ -27,11 +27,11 @@ import signal
 import time
 
 import pytest
-from relkit import (
+
+from tests.kit import COMMON, tiny
+from tests.reliability.relkit import (
     BACKENDS,
-    COMMON,
     INIT,
-    TINY,
     check_after_crash,
     has_experiment,
     one_line,
@@ -169,8 +169,8 @@ def test_ctrl_c_through_the_console_entry_point(templates, tmp_path, logs, sig, 
     assert outcome(ws, "icl") == templates.reference
 
 
-SLOW = [*TINY[:2], "--train-size", "1000", "--val-size", "100", "--init-epochs", "2",
-        "--epochs", "2", "--count", "20", "--max-steps", "60", "--sampler-lr", "0.01"]
+SLOW = tiny(train_size=1000, init_epochs=2, epochs=2, count=20, max_steps=60,
+            sampler_lr=0.01)
 
 
 @pytest.mark.slow

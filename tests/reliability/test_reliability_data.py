@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from relkit import COMMON, one_line, rows, run_child
 
 from icl_cli.data import EMBEDDED_DIR
+from tests.kit import COMMON, tiny
+from tests.reliability.relkit import one_line, rows, run_child
 
-TINY_IDX = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "1",
-            "--epochs", "1", "--count", "2", "--max-steps", "3"]
+TINY_IDX = tiny(count=2, max_steps=3, sampler_lr=None)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from relkit import COMMON, TINY, execute, icl, one_line, rows
+from tests.kit import COMMON, TINY, icl
+from tests.reliability.relkit import execute, one_line, rows
 
 
 def test_a_diverged_init_leaves_no_experiment_and_the_name_is_free(tmp_path):

@@ -14,12 +14,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from relkit import (
-    COMMON,
-    TINY,
+
+from tests.kit import COMMON, TINY, icl
+from tests.reliability.relkit import (
     assert_unchanged,
     execute,
-    icl,
     one_line,
     rows,
     run_child,

@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from relkit import run_child
 
 from store import Store
 from store import tracking as tracking_mod
 from store.tracking import catalog_points, flatten, sync_from_catalog
+from tests.reliability.relkit import run_child
 
 TRACKED = ["--threads", "1", "--device", "cpu"]  # MLflow on
 

@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from relkit import COMMON, INIT, TINY, icl, one_line, rows, run_child, snapshot
 
 import icl_cli.config
 from icl_cli.config import sampler_bytes
+from tests.kit import COMMON, TINY, icl
+from tests.reliability.relkit import INIT, one_line, rows, run_child, snapshot
 
 
 def test_the_sampler_estimate_by_hand():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from relkit import COMMON, TINY, icl
+from tests.kit import COMMON, TINY, icl
 
 
 def _status(ws) -> dict:

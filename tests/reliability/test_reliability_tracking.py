@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from relkit import execute
 
 from store import Store
 from store import tracking as tracking_mod
 from store.tracking import flatten
+from tests.reliability.relkit import execute
 
 CONFIG = {"method": "icl", "seed": 0, "train": {"lr": 0.01}}
 WARNING = "warning: MLflow tracking at "

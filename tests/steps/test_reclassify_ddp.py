@@ -7,41 +7,29 @@ on every rank in one line and leaves nothing recorded.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from store import Store
-from tests.cli.clikit import COMMON, icl, icl_json
+from tests.kit import COMMON, icl, icl_json, tiny, torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
 ENTRY = Path(__file__).with_name("ddp_entry.py")
-TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-epochs", "2",
-        "--epochs", "2", "--count", "4", "--max-steps", "15", "--sampler-lr", "0.05",
-        "--lr", "0.05"]
+SETTINGS = tiny(init_epochs=2, epochs=2, lr=0.05)
 pytestmark = pytest.mark.ddp
 
 
 def torchrun_icl(*args, env=None):
-    """``torchrun --standalone --nproc-per-node 2`` of the icl command line, 1 thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", str(ENTRY), *map(str, args)], env=env, capture_output=True, text=True,
-        timeout=300)
+    """The icl command line on 2 ranks under torchrun (a rank may be told to die)."""
+    return torchrun(2, ENTRY, *args, env=env)
 
 
 @pytest.fixture(scope="module")
 def synthesized(tmp_path_factory):
     """A workspace at C_0 with round 1's shard drawn: reclassify round 1 is next."""
     ws = tmp_path_factory.mktemp("ws")
-    icl("init", "-w", ws, "-e", "icl", "--method", "icl", *TINY, *COMMON)
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", *SETTINGS, *COMMON)
     icl("synthesize", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
     return ws
 
@@ -131,9 +119,9 @@ def test_init_and_run_under_torchrun_record_the_one_process_experiment(tmp_path)
     """``icl init`` (C_0 on 2 ranks) and ``icl run --rounds 1`` (synthesis split by rank,
     reclassify with DDP, rank 0 evaluating): the one-process experiment, recorded once."""
     one, two = tmp_path / "one", tmp_path / "two"
-    icl("init", "-w", one, "-e", "icl", "--method", "icl", *TINY, *COMMON)
+    icl("init", "-w", one, "-e", "icl", "--method", "icl", *SETTINGS, *COMMON)
     icl("run", "-w", one, "-e", "icl", "--rounds", "1", *COMMON)
-    for argv in (["init", "-w", two, "-e", "icl", "--method", "icl", *TINY, *COMMON],
+    for argv in (["init", "-w", two, "-e", "icl", "--method", "icl", *SETTINGS, *COMMON],
                  ["run", "-w", two, "-e", "icl", "--rounds", "1", *COMMON, "--json"]):
         ran = torchrun_icl(*argv)
         assert ran.returncode == 0, ran.stderr[-3000:]
