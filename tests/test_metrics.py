@@ -35,6 +35,18 @@ def test_detection_by_hand():
     assert (perfect.auroc, perfect.aupr, perfect.fpr95) == (1.0, 1.0, 0.0)
 
 
+def test_a_perfect_separation_scores_at_most_one():
+    """torchmetrics sums in float32: this one's AUPR came out 1.0000001, a share above 1
+    (and its AUROC 0.99999994: float32's precision, in range)."""
+    g = torch.Generator().manual_seed(13)
+    n, m = int(torch.randint(100, 3000, (1,), generator=g)), int(torch.randint(100, 3000, (1,),
+                                                                               generator=g))
+    perfect = detection(torch.rand(n, generator=g) + 2, torch.rand(m, generator=g))
+    assert (n, m) == (1018, 1852)
+    assert perfect.aupr == 1.0 and perfect.fpr95 == 0.0
+    assert perfect.auroc == pytest.approx(1.0, abs=1e-6) and perfect.auroc <= 1.0
+
+
 def test_scores():
     s = ood_scores(torch.tensor([[0.0, math.log(3)]]))
     assert s["max_softmax"].item() == pytest.approx(0.75)
