@@ -103,7 +103,15 @@ def write_images(folder, images):
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.zeros(len(images)))
 
 
-def test_ood_scores_every_set_and_records_them(ws, tmp_path):
+def test_ood_scores_every_set_and_records_them(ws, tmp_path, monkeypatch):
+    import torch
+
+    import icl_cli.steps.ood as ood_step
+
+    drawn = []  # each run's generated sets, as the step made them
+    made = ood_step.generated_sets
+    monkeypatch.setattr(ood_step, "generated_sets",
+                        lambda *a, **k: drawn.append(made(*a, **k)) or drawn[-1])
     rng = np.random.default_rng(0)
     write_images(tmp_path / "noise", rng.integers(0, 256, (50, 28, 28)))
     rows = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root",
@@ -121,12 +129,15 @@ def test_ood_scores_every_set_and_records_them(ws, tmp_path):
     png = ws / "experiments" / "icl" / "figures" / "ood-round-0000.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| icl | 0 | uniform |" in icl("report", "-w", ws, "--no-plot").stdout
-    # Another seed draws other noise: the generated sets follow --seed.
+    # Another seed draws other noise: the generated sets follow --seed. (Not read from a
+    # score: a net can tell uniform noise from digits perfectly at either seed.)
     other = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--seed", "1",
                      "--no-plot", *COMMON)
+    first, second = drawn
+    for name in ("uniform", "gaussian", "constant", "blend"):
+        assert not torch.equal(first[name], second[name]), name
+    assert torch.equal(first["flip"], second["flip"])  # the test images, no draw
     auroc = {(r["set"], r["score"]): r["auroc"] for r in rows}
-    assert any(auroc[("uniform", r["score"])] != r["auroc"]
-               for r in other if r["set"] == "uniform")
     assert all(auroc[("flip", r["score"])] == r["auroc"] for r in other if r["set"] == "flip")
     # --limit: the first N test images against N of each set, recorded.
     few = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--limit", "300",
