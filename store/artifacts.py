@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,12 +24,20 @@ from typing import TYPE_CHECKING, Any
 from . import checkpoints as ckpt_files
 from . import shards as shard_files
 from .catalog import Catalog
-from .errors import BusyError, ConflictError, IntegrityError, StoreError
+from .errors import BusyError, ConflictError, IntegrityError, OutsideWorkspace, StoreError
 from .hashing import config_hash
 from .infos import CheckpointInfo, ExperimentInfo, ShardInfo, to_info
 from .locking import advisory_lock, experiment_lock
 from .schema import utcnow
-from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, atomic_write, sha256_file
+from .workspace import (
+    EXPERIMENTS_DIR,
+    ICL_DIR,
+    LOCKS_DIR,
+    atomic_write,
+    contained,
+    leaving_link,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,8 +105,16 @@ class ArtifactFiles:
         self.root, self.catalog = root, catalog
 
     def rel(self, path: Path) -> str:
-        """``path`` relative to the workspace root, POSIX style (as stored in the catalog)."""
-        return Path(path).resolve().relative_to(self.root).as_posix()
+        """``path`` relative to the workspace root, POSIX style (as stored in the catalog):
+        by its name under the root (a link keeps its own name), else as it resolves.
+        OutsideWorkspace for a path that is not in the workspace at all."""
+        named = Path(os.path.normpath(os.path.abspath(path)))
+        for candidate in (named, Path(path).resolve()):
+            try:
+                return candidate.relative_to(self.root).as_posix()
+            except ValueError:
+                continue
+        raise OutsideWorkspace(f"{path} is not inside the workspace {self.root}")
 
     def _name(self, experiment: str | None) -> str:
         return self.catalog.experiment(experiment).name
@@ -121,7 +138,7 @@ class ArtifactFiles:
         if int(round) < 1:
             raise StoreError(f"shards belong to rounds >= 1, got round {round}")
         data = shard_files.prepare_arrays(arrays)
-        folder = self.root / "experiments" / name / "shards"
+        folder = contained(self.root, self.root / "experiments" / name / "shards")
         known = [sh.version for sh in self.catalog.reader.shards(name, round)]
         # Skip versions whose file exists without a row (a crash after rename): never
         # overwrite a file, so an orphan stays as evidence until the user removes it.
@@ -137,7 +154,8 @@ class ArtifactFiles:
             "source_checkpoint": attrs.get("source_checkpoint"),
             "experiment": name,
         }
-        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
+        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs),
+                     root=self.root)
 
         from sqlalchemy import update
 
@@ -201,7 +219,8 @@ class ArtifactFiles:
         path = self.part_path(name, round, version, index, parts)
         file_attrs = {**attrs, "round": round, "version": version, "experiment": name,
                       "part_index": index, "part_count": parts}
-        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs))
+        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs),
+                     root=self.root)
         return PartInfo(name, round, version, index, parts, path, sha256_file(path),
                         int(data["samples"].shape[0]))
 
@@ -209,7 +228,7 @@ class ArtifactFiles:
                      parts: int) -> tuple[PartInfo, dict[str, Any]] | None:
         """The part file of that name, if there is one: its PartInfo (sha256 of the bytes
         there now) and its own attributes (``shards.read_meta``), unchecked."""
-        path = self.part_path(experiment, round, version, index, parts)
+        path = contained(self.root, self.part_path(experiment, round, version, index, parts))
         if not path.is_file():
             return None
         meta = shard_files.read_meta(path, self.rel(path))
@@ -239,7 +258,8 @@ class ArtifactFiles:
     def remove_parts(self, experiment: str, round: int, version: int) -> list[Path]:
         """Delete every part file of round ``round``'s shard v``version`` (once the shard
         joined from them is recorded); returns what was removed."""
-        folder = self.root / EXPERIMENTS_DIR / self._name(experiment) / "shards"
+        folder = contained(self.root, self.root / EXPERIMENTS_DIR / self._name(experiment)
+                           / "shards")
         gone = []
         for path in sorted(folder.glob(f"round-{round:04d}.v{version}.part-*.h5")):
             m = shard_files.PART_FILE.match(path.name)
@@ -258,10 +278,10 @@ class ArtifactFiles:
         name = self._name(experiment)
         claim = f"{name}@part-{index}-of-{parts}"
         server = self.catalog.server
+        lock = contained(self.root, self.root / ICL_DIR / LOCKS_DIR / f"{claim}.lock")
         with ExitStack() as stack:
             try:  # only the claim itself is rephrased, not a BusyError of the body
-                stack.enter_context(experiment_lock(
-                    self.root / ICL_DIR / LOCKS_DIR / f"{claim}.lock", name))
+                stack.enter_context(experiment_lock(lock, name))
                 if server is not None and server.dialect.name == "postgresql":
                     stack.enter_context(advisory_lock(server, claim))
             except BusyError:
@@ -307,6 +327,8 @@ class ArtifactFiles:
 
         self.catalog.write(drop)
         folder = self.root / EXPERIMENTS_DIR / name
+        if leaving_link(self.root, folder) is not None or folder.is_symlink():
+            return  # its rows are gone; a link is not icl's to remove
         for sub in sorted(folder.glob("*"), reverse=True) if folder.is_dir() else []:
             if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
                 sub.rmdir()
@@ -357,7 +379,9 @@ class ArtifactFiles:
 
     def check_file(self, path: Path, expected: str, what: str, fix: str) -> None:
         """IntegrityError unless ``path`` is a file whose sha256 is ``expected``; the message
-        names it as ``what`` and ends with ``fix`` (the command that re-creates it)."""
+        names it as ``what`` and ends with ``fix`` (the command that re-creates it). A file
+        behind a link that leaves the workspace is OutsideWorkspace, never read."""
+        contained(self.root, path, what, fix)
         if not path.is_file():
             raise IntegrityError(f"{what} is missing: {fix}")
         got = sha256_file(path)
@@ -391,7 +415,8 @@ class ArtifactFiles:
                    STORE_KEY: catalog_record(exp, parent)}
         cfg = payload.get("config")
         cfg_hash = config_hash(cfg) if isinstance(cfg, dict) else None
-        path = self.root / "experiments" / name / "checkpoints" / ckpt_files.checkpoint_name(round)
+        path = contained(self.root, self.root / "experiments" / name / "checkpoints"
+                         / ckpt_files.checkpoint_name(round))
         existing = self.checkpoint(name, round)
         if existing is not None and not replace:
             raise ConflictError(
@@ -407,7 +432,7 @@ class ArtifactFiles:
         if bad:
             raise StoreError(f"checkpoint weights {', '.join(bad[:3])} hold NaN or infinite "
                              f"values (training diverged); round {round} was not saved")
-        atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload))
+        atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload), root=self.root)
         sha = sha256_file(path)
 
         from sqlalchemy import select

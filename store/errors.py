@@ -47,6 +47,11 @@ class ConflictError(StoreError):
     """A row already exists with different content (experiment config, checkpoint...)."""
 
 
+class OutsideWorkspace(IntegrityError):
+    """A link inside the workspace (a folder or file where icl keeps its own) leads out of
+    it: icl neither writes nor deletes through it, nor reads an artefact through it."""
+
+
 class CatalogUnusable(StoreError):
     """The catalog database cannot be used: unreadable, read-only, on a full disk, or its
     server unreachable (the message names the catalog and what to check)."""

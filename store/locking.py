@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import BusyError, catalog_errors
-from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, validate_name
+from .workspace import EXPERIMENTS_DIR, ICL_DIR, LOCKS_DIR, contained, validate_name
 
 _HELD: dict[str, list] = {}  # lock path -> [open file, depth]
 _GUARD = threading.Lock()
@@ -247,7 +247,10 @@ class Locks:
             and engine.dialect.name == "postgresql" else None
 
     def path(self, experiment: str) -> Path:
-        return self.root / ICL_DIR / LOCKS_DIR / f"{validate_name(experiment)}.lock"
+        """``.icl/locks/<experiment>.lock``; OutsideWorkspace where a link on the way leads
+        out of the workspace (the lock file is written: never through such a link)."""
+        return contained(self.root,
+                         self.root / ICL_DIR / LOCKS_DIR / f"{validate_name(experiment)}.lock")
 
     @contextmanager
     def lock(self, experiment: str, wait: bool = False, command: str | None = None):

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from .errors import catalog_damaged, catalog_errors, catalog_unusable, first_line
 from .infos import (
@@ -42,13 +43,26 @@ from .schema import ALEMBIC_VERSION_TABLE, BUSY_TIMEOUT_MS, SCHEMA_VERSION_TABLE
 _INHERITED: list = []  # connections a forked child must neither use nor close
 
 
+def sqlite_url(path: Path) -> str:
+    """The ``sqlite:///PATH`` URL of a file, its path percent-escaped (``?``, ``#``, ``%``,
+    spaces...), so that SQLAlchemy and MLflow read the same file back, never a prefix of
+    its path cut at a ``?``.
+
+    Example:
+        >>> sqlite_url(Path("/data/run?1/.icl/catalog.db"))
+        'sqlite:////data/run%3F1/.icl/catalog.db'
+    """
+    return "sqlite:///" + quote(str(path), safe="/")
+
+
 def sqlite_file(url: str) -> Path | None:
-    """The file of a plain ``sqlite:///PATH`` URL; None for any other catalog (a server, a
-    SQLite URL with a driver, options or in memory), which the engine reads instead."""
+    """The file of a plain ``sqlite:///PATH`` URL (percent-escapes decoded, as SQLAlchemy
+    decodes them); None for any other catalog (a server, a SQLite URL with a driver,
+    options or in memory), which the engine reads instead."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or "?" in url:
         return None
-    path = url[len(prefix):]
+    path = unquote(url[len(prefix):])
     return Path(path) if path and path != ":memory:" else None
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import IntegrityError
 from .hashing import config_hash
-from .workspace import ICL_DIR, atomic_write, sha256_file
+from .workspace import ICL_DIR, atomic_write, contained, sha256_file
 
 REFERENCES_DIR = "references"
 
@@ -27,8 +27,10 @@ def reference_key(spec: dict[str, Any]) -> str:
 
 
 def _paths(root: Path, key: str) -> tuple[Path, Path]:
+    """The net's file and its hash file, refused (OutsideWorkspace) behind a link that leaves
+    the workspace."""
     folder = Path(root) / ICL_DIR / REFERENCES_DIR
-    return folder / f"{key}.pt", folder / f"{key}.sha256"
+    return (contained(root, folder / f"{key}.pt"), contained(root, folder / f"{key}.sha256"))
 
 
 def load_reference(root: Path, key: str) -> tuple[dict[str, Any], str] | None:
@@ -52,7 +54,7 @@ def save_reference(root: Path, key: str, state: dict[str, Any]) -> str:
     import torch
 
     path, digest = _paths(root, key)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp), root=root)
     sha = sha256_file(path)
-    atomic_write(digest, lambda tmp: tmp.write_text(sha + "\n"))
+    atomic_write(digest, lambda tmp: tmp.write_text(sha + "\n"), root=root)
     return sha

@@ -37,6 +37,7 @@ from .errors import (
     CatalogMissing,
     ConflictError,
     NotAWorkspace,
+    OutsideWorkspace,
     StoreError,
     Terminated,
     display_url,
@@ -44,6 +45,7 @@ from .errors import (
 from .hashing import config_hash
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import Locks
+from .reader import sqlite_url
 from .results import Results
 from .steplog import StepLog
 from .tracking import NullTracker, Runs, Tracker
@@ -53,6 +55,8 @@ from .workspace import (
     ICL_DIR,
     LOCKS_DIR,
     atomic_write,
+    check_root,
+    contained,
     experiments_on_disk,
     is_workspace,
     refuse_unrecorded,
@@ -114,7 +118,7 @@ class Store:
     (or :meth:`rebuild` after the catalog was lost)."""
 
     def __init__(self, root: Path, catalog_url: str) -> None:
-        self.root = Path(root).resolve()
+        self.root = check_root(Path(root).resolve())
         self.catalog_url = catalog_url
         self.catalog = Catalog(catalog_url, self.root)
         self.files = ArtifactFiles(self.root, self.catalog)
@@ -159,7 +163,18 @@ class Store:
     @staticmethod
     def _url(root: Path, catalog_url: str | None) -> str:
         url = catalog_url or os.environ.get("ICL_CATALOG_URL")
-        return url or f"sqlite:///{root / ICL_DIR / CATALOG_FILE}"
+        return url or Store.default_url(root)
+
+    @staticmethod
+    def default_url(root: Path) -> str:
+        """The URL of the workspace's own SQLite catalog, ``<ws>/.icl/catalog.db``."""
+        return sqlite_url(Path(root) / ICL_DIR / CATALOG_FILE)
+
+    @property
+    def own_catalog(self) -> bool:
+        """True when the catalog is the workspace's own ``.icl/catalog.db`` (the common
+        case; else ``ICL_CATALOG_URL`` names another: a server, or a file elsewhere)."""
+        return self.catalog_url == self.default_url(self.root)
 
     @classmethod
     def init(cls, root: Path, catalog_url: str | None = None) -> Store:
@@ -168,6 +183,7 @@ class Store:
         the catalog does not know: a new catalog never replaces a lost one."""
         root = Path(root).expanduser().resolve()
         store = cls(root, cls._url(root, catalog_url))  # connects on first use only
+        store._refuse_links()
         store._refuse_unrecorded()
         (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
         (root / EXPERIMENTS_DIR).mkdir(exist_ok=True)
@@ -184,8 +200,9 @@ class Store:
         default_db = root / ICL_DIR / CATALOG_FILE
         url = cls._url(root, catalog_url)
         store = cls(root, url)
+        store._refuse_links()
         store._refuse_unrecorded()
-        if not is_workspace(root) or (url.endswith(str(default_db)) and not default_db.is_file()):
+        if not is_workspace(root) or (store.own_catalog and not default_db.is_file()):
             raise NotAWorkspace(
                 f"not an icl workspace: {root}; run `icl init` there or pass --workspace"
             )
@@ -213,11 +230,25 @@ class Store:
         if not (root / EXPERIMENTS_DIR).is_dir() and not is_workspace(root):
             raise NotAWorkspace(f"not an icl workspace: {root} (no experiments/ folder to "
                                 "rebuild from); pass the workspace with --workspace")
-        (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
         store = cls(root, cls._url(root, catalog_url))
+        store._refuse_links()
+        (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
         store.catalog.create()
         store.rebuilt = record_from_files(store.files)
         return store
+
+    def _refuse_links(self) -> None:
+        """OutsideWorkspace if a folder or file where the workspace keeps its catalog, locks
+        or experiments is a link that leads out of it (a few ``lstat`` calls)."""
+        own = [ICL_DIR, f"{ICL_DIR}/{LOCKS_DIR}", EXPERIMENTS_DIR]
+        if self.own_catalog:
+            own += [f"{ICL_DIR}/{CATALOG_FILE}{end}" for end in ("", "-wal", "-shm")]
+        try:
+            for rel in own:
+                contained(self.root, self.root / rel)
+        except OutsideWorkspace:
+            self.close()
+            raise
 
     def _refuse_unrecorded(self) -> None:
         """CatalogMissing if ``experiments/`` holds shards or checkpoints of experiments
@@ -227,7 +258,7 @@ class Store:
         if not on_disk:
             return
         db = self.root / ICL_DIR / CATALOG_FILE
-        default = self.catalog_url == f"sqlite:///{db}"
+        default = self.own_catalog
         missing = default and not db.is_file()
         known = set() if missing else self.catalog.names()
         state = "is missing" if missing else "is empty" if not known else "does not know them"
@@ -287,9 +318,13 @@ class Store:
             s.flush()
             return experiment_info(row)
 
+        folders = [self.root / EXPERIMENTS_DIR / name / sub
+                   for sub in ("shards", "checkpoints", "figures")]
+        for folder in folders:
+            contained(self.root, folder)
         info = self.catalog.write(create)
-        for sub in ("shards", "checkpoints", "figures"):
-            (self.root / EXPERIMENTS_DIR / name / sub).mkdir(parents=True, exist_ok=True)
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
         return info
 
     # ------------------------------------------------------------------ steps
@@ -351,14 +386,14 @@ class Store:
         parts = PurePosixPath(name).parts
         if not parts or any(not _PART_RE.fullmatch(p) for p in parts):
             raise StoreError(f"invalid figure name {name!r}: use relative names like 'grid.png'")
-        path = self.root / EXPERIMENTS_DIR / exp / "figures" / Path(*parts)
+        path = contained(self.root, self.root / EXPERIMENTS_DIR / exp / "figures" / Path(*parts))
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def write_figure(self, path: Path, write_fn) -> Path:
         """Write a figure at ``path`` (from ``figure_path``) atomically: ``write_fn(tmp)``
         writes the bytes to a temporary name that is then renamed into place."""
-        return atomic_write(path, write_fn)
+        return atomic_write(path, write_fn, root=self.root)
 
     @cached_property
     def _runs(self) -> Runs:
@@ -397,7 +432,8 @@ class Store:
     @property
     def tracking_uri(self) -> str:
         """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<ws>/.icl/mlflow.db``."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / ICL_DIR}/mlflow.db"
+        own = sqlite_url(self.root / ICL_DIR / "mlflow.db")
+        return os.environ.get("MLFLOW_TRACKING_URI") or own
 
     def verify(self, repair: bool = False) -> VerifyReport:
         """Check every recorded file and the step log; see ``store.verify``."""

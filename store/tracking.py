@@ -220,6 +220,11 @@ class Tracker(NullTracker):
         self._own = _own_db(self.tracking_uri, self._where[0])
         try:
             if self._own is not None:
+                from .workspace import contained
+
+                workspace = self._own.parent.parent  # <ws>/.icl/mlflow.db
+                for own in (self._own, self._own.with_name("mlartifacts")):
+                    contained(workspace, own)  # never tracked through a link out of it
                 self._open_own_db(self._own)
             else:
                 self._client = _import_mlflow()(tracking_uri=self.tracking_uri)
@@ -436,13 +441,13 @@ def _same(held: float | None, value: float) -> bool:
 def _own_db(tracking_uri: str, artifact_location: str | None) -> Path | None:
     """The workspace's own ``mlflow.db`` (``sqlite:///<ws>/.icl/mlflow.db`` used with
     ``file://<ws>/.icl/mlartifacts``), else None: a server's, or a file the user chose."""
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
     from urllib.request import url2pathname
 
     if not tracking_uri.startswith("sqlite:///") or not (artifact_location or "").startswith(
             "file:"):
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = Path(unquote(tracking_uri.removeprefix("sqlite:///")))
     artifacts = Path(url2pathname(urlparse(artifact_location).path))
     named = (db.name, artifacts.name) == ("mlflow.db", "mlartifacts")
     return db if named and db.parent == artifacts.parent else None

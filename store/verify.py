@@ -22,9 +22,18 @@ from pathlib import Path
 from .artifacts import ArtifactFiles, checkpoint_fix, shard_fix
 from .errors import IntegrityError
 from .infos import VerifyReport
+from .references import REFERENCES_DIR
 from .shards import PART_FILE
 from .steplog import StepLog
-from .workspace import EXPERIMENTS_DIR, TMP_MARK, pid_alive
+from .workspace import (
+    EXPERIMENTS_DIR,
+    ICL_DIR,
+    LOCKS_DIR,
+    TMP_MARK,
+    leaving_link,
+    outside,
+    pid_alive,
+)
 
 # Exactly what ``workspace.tmp_path_for`` writes: <name>.tmp-<pid>-<8 hex digits>.
 _TMP_NAME = re.compile(rf"^.+{re.escape(TMP_MARK)}(\d+)-[0-9a-f]{{8}}$")
@@ -54,19 +63,22 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
     experiments = files.catalog.experiments()
     problems: list[str] = []
     repaired: list[str] = []
-    referenced: set[str] = set()
-    for exp in experiments:
-        for sh in files.shards(exp.name):
-            referenced.add(files.rel(sh.path))
-            _check(files, sh.path, sh.sha256, "shard", shard_fix(exp.name, sh.round), problems)
-        for ck in files.checkpoints(exp.name):
-            referenced.add(files.rel(ck.path))
-            fix = checkpoint_fix(exp.name, ck.round)
-            _check(files, ck.path, ck.sha256, "checkpoint", fix, problems)
+    recorded = [(sh.path, sh.sha256, "shard", shard_fix(exp.name, sh.round))
+                for exp in experiments for sh in files.shards(exp.name)]
+    recorded += [(ck.path, ck.sha256, "checkpoint", checkpoint_fix(exp.name, ck.round))
+                 for exp in experiments for ck in files.checkpoints(exp.name)]
+    referenced = {files.rel(path) for path, *_ in recorded}
+    links = _links_out(files.root, {files.rel(path): fix for path, _, _, fix in recorded})
+    problems += [line for _, line in links]
+    for path, sha, what, fix in recorded:
+        found = leaving_link(files.root, path)
+        if found is None or found[0] not in {link for link, _ in links}:
+            _check(files, path, sha, what, fix, problems)
 
     base = files.root / EXPERIMENTS_DIR
+    inside = leaving_link(files.root, base) is None
     temporary: list[Path] = []
-    for tmp in sorted(base.rglob(f"*{TMP_MARK}*")) if base.is_dir() else []:
+    for tmp in sorted(base.rglob(f"*{TMP_MARK}*")) if inside and base.is_dir() else []:
         if not _is_icl_temporary(tmp, base):
             continue
         if repair and not _writer_alive(tmp):
@@ -75,8 +87,9 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
         else:
             temporary.append(tmp)
 
-    on_disk = ([*base.glob("*/shards/*.h5"), *base.glob("*/checkpoints/*.pt")]
-               if base.is_dir() else [])
+    on_disk = [p for p in ([*base.glob("*/shards/*.h5"), *base.glob("*/checkpoints/*.pt")]
+                           if inside and base.is_dir() else [])
+               if leaving_link(files.root, p) is None]  # a link out: named above
     # A part file (``--part i/N``) waits for the round's other parts: not an orphan.
     parts = sorted(p for p in on_disk if PART_FILE.match(p.name))
     orphans = sorted(p for p in on_disk
@@ -108,6 +121,49 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
         repaired=repaired,
         stale=stale,
     )
+
+
+def _links_out(root: Path, fixes: dict[str, str]) -> list[tuple[Path, str]]:
+    """(link, problem line) for every link where icl keeps its own files (``.icl/``, its
+    catalog, locks, MLflow data and reference nets; ``experiments/``, each experiment's
+    folders and every file in them) that leads out of the workspace. ``fixes``: the
+    command that re-creates a recorded file, by its workspace-relative path."""
+    found: list[tuple[Path, str]] = []
+
+    def look(path: Path, depth: int) -> None:
+        """Report ``path`` if it is a link that leaves; descend ``depth`` more levels into
+        a folder that is not a link."""
+        if os.path.islink(path):
+            real = Path(os.path.realpath(path))
+            if real != root and root not in real.parents:
+                rel = path.relative_to(root).as_posix()
+                found.append((path, str(outside(root, path, real, fix=fixes.get(rel)))))
+            return
+        if depth and path.is_dir():
+            try:
+                entries = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError:
+                return
+            for entry in entries:
+                look(Path(entry.path), depth - 1)
+
+    icl = root / ICL_DIR
+    look(icl, 0)
+    if leaving_link(root, icl) is None:
+        for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "mlflow.db",
+                     "mlartifacts"):
+            look(icl / name, 0)
+        for name in (LOCKS_DIR, REFERENCES_DIR):
+            look(icl / name, 1)
+    base = root / EXPERIMENTS_DIR
+    look(base, 0)
+    if leaving_link(root, base) is None and base.is_dir():
+        for entry in sorted(os.scandir(base), key=lambda e: e.name):
+            look(Path(entry.path), 0)
+            if not entry.is_symlink() and entry.is_dir():
+                for sub in _TMP_DIRS:
+                    look(Path(entry.path, sub), 8)
+    return found
 
 
 def _check(files: ArtifactFiles, path: Path, sha: str, what: str, fix: str,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CatalogMissing, CatalogUnusable, NotAWorkspace, StoreError
+from .errors import CatalogMissing, CatalogUnusable, NotAWorkspace, OutsideWorkspace, StoreError
 
 ICL_DIR = ".icl"
 CATALOG_FILE = "catalog.db"
@@ -49,6 +49,73 @@ def is_workspace(folder: Path) -> bool:
     catalog lives on a database server, see ``ICL_CATALOG_URL``)."""
     icl = folder / ICL_DIR
     return (icl / CATALOG_FILE).is_file() or (icl / LOCKS_DIR).is_dir()
+
+
+def check_root(root: Path) -> Path:
+    """``root`` if icl can name it on one line: a workspace path holding a line break is a
+    StoreError (every other printable character works; URLs built from it are escaped)."""
+    if any(c in str(root) for c in "\n\r"):
+        raise StoreError(f"the workspace path {str(root)!r} holds a line break, which icl "
+                         "cannot show on one line: rename the folder without it")
+    return root
+
+
+def leaving_link(root: Path, path: Path) -> tuple[Path, Path] | None:
+    """The first link on the way from ``root`` down to ``path`` (``path`` itself included)
+    that leads out of ``root``, with where it leads; None when every step stays inside
+    (links that stay inside the workspace are fine). A ``path`` not under ``root`` at all
+    is its own answer. One ``lstat`` per component; ``realpath`` only for links.
+
+    Example:
+        >>> leaving_link(ws, ws / "experiments/icl/shards/round-0001.v1.h5")  # doctest: +SKIP
+        (PosixPath('/ws/experiments/icl/shards'), PosixPath('/scratch/shards'))
+    """
+    top = Path(os.path.realpath(root))
+    where = Path(os.path.abspath(path))
+    try:
+        parts = where.relative_to(top).parts
+    except ValueError:
+        try:
+            parts = where.relative_to(os.path.abspath(root)).parts
+        except ValueError:
+            real = Path(os.path.realpath(where))
+            return None if real == top or top in real.parents else (where, real)
+    step = top
+    for part in parts:
+        step = step / part
+        if os.path.islink(step):
+            real = Path(os.path.realpath(step))
+            if real != top and top not in real.parents:
+                return step, real
+    return None
+
+
+def outside(root: Path, link: Path, real: Path, what: str | None = None,
+            fix: str | None = None) -> OutsideWorkspace:
+    """The one-line refusal of ``link`` (under ``root``), which leads to ``real``, outside
+    the workspace; ``what``: the artefact behind it, ``fix``: the command that re-creates
+    that artefact once the link is gone."""
+    try:
+        name = Path(os.path.abspath(link)).relative_to(os.path.realpath(root)).as_posix()
+    except ValueError:
+        name = str(link)
+    behind = "" if what is None else f"{what} lies behind a link that leaves the workspace: "
+    then = (f", then {fix}" if fix else "")
+    return OutsideWorkspace(
+        f"{behind}{name} is a link that leaves the workspace (to {real}); icl neither reads "
+        "nor writes its own files through such a link: replace it with a folder or file of "
+        f"the workspace's own{then} (to keep a workspace on other storage, put the whole "
+        "workspace there)")
+
+
+def contained(root: Path, path: Path, what: str | None = None, fix: str | None = None
+              ) -> Path:
+    """``path`` (under the workspace ``root``) if writing, deleting or reading it stays
+    inside the workspace; else OutsideWorkspace naming the link that leaves it."""
+    found = leaving_link(root, path)
+    if found is not None:
+        raise outside(root, *found, what=what, fix=fix)
+    return Path(path)
 
 
 def find_workspace(explicit: Path | None = None, cwd: Path | None = None) -> Path:
@@ -83,12 +150,17 @@ CHECKPOINT_FILE = re.compile(r"^round-(\d{4,})\.pt$")
 
 def experiments_on_disk(root: Path) -> dict[str, list[Path]]:
     """{experiment: its shard and checkpoint files} for every folder of ``experiments/``
-    that holds at least one (temporaries, figures and empty folders do not count)."""
+    that holds at least one (temporaries, figures and empty folders do not count, nor
+    anything behind a link that leaves the workspace: ``icl verify`` names those links)."""
     out: dict[str, list[Path]] = {}
+    if leaving_link(root, Path(root) / EXPERIMENTS_DIR) is not None:
+        return out
     for entry in _entries(root / EXPERIMENTS_DIR, dirs=True):
         found = [Path(entry.path, sub, f.name) for sub, pattern in
                  (("shards", SHARD_FILE), ("checkpoints", CHECKPOINT_FILE))
-                 for f in _entries(Path(entry.path, sub)) if pattern.match(f.name)]
+                 if leaving_link(root, Path(entry.path, sub)) is None
+                 for f in _entries(Path(entry.path, sub)) if pattern.match(f.name)
+                 and not (f.is_symlink() and leaving_link(root, Path(f.path)) is not None)]
         if found:
             out[entry.name] = found
     return out
@@ -98,7 +170,7 @@ def _entries(folder: Path, dirs: bool = False) -> list[os.DirEntry]:
     try:
         found = [e for e in os.scandir(folder)
                  if (e.is_dir(follow_symlinks=False) if dirs else e.is_file())]
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
         return []
     return sorted(found, key=lambda e: e.name)
 
@@ -153,14 +225,19 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def atomic_write(path: Path, write_fn: Callable[[Path], object]) -> Path:
+def atomic_write(path: Path, write_fn: Callable[[Path], object],
+                 root: Path | None = None) -> Path:
     """Create ``path`` atomically: ``write_fn(tmp)`` writes a temporary file next to it,
-    which is fsynced, renamed over ``path`` and the folder fsynced.
+    which is fsynced, renamed over ``path`` and the folder fsynced. ``root``: the workspace
+    ``path`` belongs to; a link on the way that leaves it is refused (OutsideWorkspace)
+    before anything is made.
 
     On any exception, KeyboardInterrupt included, the temporary file is removed and the
     exception re-raised; ``path`` is then untouched. Returns ``path``.
     """
     path = Path(path)
+    if root is not None:
+        contained(root, path)
     if path.is_dir() and not path.is_symlink():
         raise StoreError(f"{path} is a folder where icl keeps a file: move it away, then run "
                          "the command again")
