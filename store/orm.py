@@ -62,9 +62,11 @@ from .schema import (
     ALEMBIC_VERSION_TABLE,
     BUSY_TIMEOUT_MS,
     KNOWN_REVISIONS,
+    REFERENCE_NETS_TABLE,
     SCHEMA_REVISION,
     SCHEMA_VERSION,
     SCHEMA_VERSION_TABLE,
+    WORKSPACE_PLACES_TABLE,
     schema_revision,
     utcnow,
 )
@@ -201,6 +203,35 @@ class Step(Base):
     message: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None] = mapped_column(String(255))
+
+
+class WorkspacePlace(Base):
+    """Where the workspace this catalog serves lives: its id (``<ws>/.icl/workspace-id``, a
+    random uuid), a folder it was seen at (one row per place: a workspace on shared storage
+    may be mounted at another path on another machine, each adopted with ``icl verify
+    --adopt``), the host that recorded it, and the database the row was written in (a
+    catalog copied to another database does not serve the original's workspace any more)."""
+
+    __tablename__ = WORKSPACE_PLACES_TABLE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    catalog: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReferenceNet(Base):
+    """A reference net of ``.icl/references/`` (``icl quality``), trusted through this
+    row's sha256: ``key`` is the hash of what the net is a function of, ``path`` its file
+    relative to the workspace."""
+
+    __tablename__ = REFERENCE_NETS_TABLE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def _sqlite_setup(engine: Engine) -> None:

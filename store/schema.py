@@ -7,7 +7,7 @@ plain-SQL reader (``store.reader``), the locks and :class:`~store.catalog.Catalo
 these from here instead of from each other.
 
 Example:
-    >>> schema_revision(SCHEMA_VERSION) == SCHEMA_REVISION == "0004"
+    >>> schema_revision(SCHEMA_VERSION) == SCHEMA_REVISION == "0005"
     True
 """
 
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
 ``attacks.params``. 4: ``shards.seed`` a 64-bit integer (PostgreSQL's INTEGER is 32 bits).
+5: the ``workspace_places`` table (which workspace a catalog serves) and the
+``reference_nets`` table (the sha256 of each cached reference net).
 The migrations in ``store/migrations`` bring an older catalog to it in place."""
 
 
@@ -32,6 +34,11 @@ SCHEMA_REVISION = schema_revision(SCHEMA_VERSION)
 KNOWN_REVISIONS = frozenset(schema_revision(v) for v in range(1, SCHEMA_VERSION + 1))
 """Every revision this icl knows; a catalog stamped at any other was written by a newer
 icl."""
+
+WORKSPACE_PLACES_TABLE = "workspace_places"
+"""Schema 5: the workspace a catalog serves, one row per folder it was seen at."""
+REFERENCE_NETS_TABLE = "reference_nets"
+"""Schema 5: the sha256 of each reference net of ``.icl/references/``."""
 
 SCHEMA_VERSION_TABLE = "schema_version"
 """The table whose one row holds the schema version (read by every icl, old or new); a

@@ -173,6 +173,8 @@ def test_open_upgrades_a_version_1_catalog_and_keeps_its_rows(tmp_path):
     with sqlite3.connect(db) as con:  # what icl 0.1's first schema held
         con.execute("ALTER TABLE experiments DROP COLUMN data_fingerprint")
         con.execute("DROP TABLE round_metrics")
+        con.execute("DROP TABLE workspace_places")  # schema 5's
+        con.execute("DROP TABLE reference_nets")
         con.execute("UPDATE schema_version SET version = 1")
 
     st = Store.open(tmp_path / "ws")
