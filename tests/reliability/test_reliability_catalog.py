@@ -13,10 +13,6 @@ import pytest
 from tests.kit import COMMON, icl
 from tests.reliability.relkit import INIT, files, one_line, rows
 
-HAS_REBUILD = "--rebuild" in icl("verify", "--help").stdout
-needs_rebuild = pytest.mark.skipif(not HAS_REBUILD, reason="`icl verify --rebuild` is not "
-                                   "wired into icl_cli/app.py yet")
-
 
 def _lose(ws, how: str) -> None:
     db = ws / ".icl" / "catalog.db"
@@ -54,7 +50,6 @@ def test_a_lost_catalog_refuses_every_command_and_overwrites_nothing(templates, 
     assert (ws / ".icl" / "catalog.db").exists() == (how in ("emptied", "rows-deleted"))
 
 
-@needs_rebuild
 @pytest.mark.parametrize("how", ["deleted", "emptied", "whole-.icl"])
 def test_verify_rebuild_records_the_files_and_run_finds_the_rounds_done(templates, tmp_path,
                                                                        how):
