@@ -108,7 +108,8 @@ def init(
         help="mnist-cnn, resnet32, resnet8 or tiny.")] = None,
     init_epochs: Annotated[int | None, typer.Option(help="Epochs to train C_0.")] = None,
     epochs: Epochs = None, real_epochs: RealEpochs = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Real images per training batch, C_0's and each round's.")] = None,
     lr: Lr = None,
     decay_round: Annotated[int | None, typer.Option(help="Round of the x0.1 decay.")] = None,
     pn_weight: PnWeight = None, pn_weighting: PnWeighting = None,
