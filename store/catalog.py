@@ -17,6 +17,7 @@ place (``store.orm.migrate``), a current one is read as is, without SQLAlchemy o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -116,6 +117,32 @@ class Catalog:
     def _schema(self) -> tuple[int | None, str | None]:
         """The catalog's schema version and Alembic revision, as the reader finds them."""
         return self.reader.version(), self.reader.revision()
+
+    def identity(self) -> str | None:
+        """Which database this is, as the database itself says (not as a URL names it):
+        a SQLite file's real path; PostgreSQL's cluster id and database name. A copy of
+        the catalog in another database has another identity; None where none can be told.
+        """
+        path = sqlite_file(self.url)
+        if path is not None:
+            return f"sqlite:{os.path.realpath(path)}"
+        engine = self.engine
+        if engine.dialect.name != "postgresql":
+            url = engine.url
+            return f"{engine.dialect.name}:{url.host or ''}:{url.port or ''}:{url.database}"
+        with catalog_errors(), engine.connect() as conn:
+            name = conn.exec_driver_sql("SELECT current_database()").scalar()
+        from sqlalchemy.exc import DBAPIError
+
+        try:  # the cluster's id: readable by every role on PostgreSQL, if not revoked
+            with engine.connect() as conn:
+                cluster = conn.exec_driver_sql(
+                    "SELECT system_identifier FROM pg_control_system()").scalar()
+        except DBAPIError:
+            with catalog_errors(), engine.connect() as conn:
+                port = conn.exec_driver_sql("SELECT current_setting('port')").scalar()
+            cluster = f"port {port}"
+        return f"postgresql:{cluster}:{name}"
 
     def has_schema(self) -> bool:
         """True if the database holds icl's tables (an emptied or new file does not)."""

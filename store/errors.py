@@ -52,6 +52,11 @@ class OutsideWorkspace(IntegrityError):
     it: icl neither writes nor deletes through it, nor reads an artefact through it."""
 
 
+class CatalogOfAnotherWorkspace(StoreError):
+    """The catalog (``ICL_CATALOG_URL``) serves another workspace, or this workspace is a
+    copy of the one it serves; a moved workspace is told to run ``icl verify --adopt``."""
+
+
 class CatalogUnusable(StoreError):
     """The catalog database cannot be used: unreadable, read-only, on a full disk, or its
     server unreachable (the message names the catalog and what to check)."""

@@ -38,7 +38,12 @@ from .infos import (
     ShardInfo,
     StepInfo,
 )
-from .schema import ALEMBIC_VERSION_TABLE, BUSY_TIMEOUT_MS, SCHEMA_VERSION_TABLE
+from .schema import (
+    ALEMBIC_VERSION_TABLE,
+    BUSY_TIMEOUT_MS,
+    SCHEMA_VERSION_TABLE,
+    WORKSPACE_PLACES_TABLE,
+)
 
 _INHERITED: list = []  # connections a forked child must neither use nor close
 
@@ -222,6 +227,15 @@ class CatalogReader:
         found = sorted(r[0] for r in self.source.rows(
             f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}"))
         return ",".join(found) or None
+
+    # ------------------------------------------------------ schema 5's tables
+    def places(self) -> list[tuple[str, str, str | None, str | None]]:
+        """(workspace id, path, host, catalog) of every place the catalog's workspace was
+        seen at, oldest first; empty before schema 5 or before any workspace used it."""
+        if not self.source.has_table(WORKSPACE_PLACES_TABLE):
+            return []
+        return [tuple(r) for r in self.source.rows(
+            "SELECT workspace_id, path, host, catalog FROM workspace_places ORDER BY id")]
 
     # ----------------------------------------------------------- experiments
     def _experiments(self, rest: str, params: Sequence[Any] = ()) -> list[ExperimentInfo]:

@@ -45,7 +45,7 @@ from .errors import (
 from .hashing import config_hash
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import Locks
-from .reader import sqlite_url
+from .reader import sqlite_file, sqlite_url
 from .results import Results
 from .steplog import StepLog
 from .tracking import NullTracker, Runs, Tracker
@@ -126,6 +126,7 @@ class Store:
         self.locks = Locks(self.root, self.catalog.server)  # a server adds advisory locks
         self.log = StepLog(self.catalog, self.locks)
         self.rebuilt: list[str] = []  # what :meth:`rebuild` recorded (shown by ``verify``)
+        self.adopted: list[str] = []  # what ``open(adopt=True)`` recorded (idem)
 
     # ------------------------------------------------------- the parts' methods
     experiment = _via("catalog", Catalog.experiment)
@@ -184,16 +185,22 @@ class Store:
         root = Path(root).expanduser().resolve()
         store = cls(root, cls._url(root, catalog_url))  # connects on first use only
         store._refuse_links()
+        store._bind(claim=False)  # another workspace's catalog: refused before any write
         store._refuse_unrecorded()
         (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
         (root / EXPERIMENTS_DIR).mkdir(exist_ok=True)
         store.catalog.create()
+        store._bind()
         return store
 
     @classmethod
-    def open(cls, root: Path | None = None, catalog_url: str | None = None) -> Store:
+    def open(cls, root: Path | None = None, catalog_url: str | None = None,
+             adopt: bool = False) -> Store:
         """Open the workspace at ``root`` (None: ``find_workspace()``). A missing or emptied
-        catalog beside experiments' files is CatalogMissing (run ``icl verify --rebuild``)."""
+        catalog beside experiments' files is CatalogMissing (run ``icl verify --rebuild``).
+        A catalog of another workspace (``ICL_CATALOG_URL``) is CatalogOfAnotherWorkspace;
+        ``adopt``: the workspace was moved here, record its new place (``store.owner``;
+        ``store.adopted`` says what was recorded)."""
         from .workspace import find_workspace
 
         root = find_workspace() if root is None else Path(root).expanduser().resolve()
@@ -201,12 +208,15 @@ class Store:
         url = cls._url(root, catalog_url)
         store = cls(root, url)
         store._refuse_links()
+        if is_workspace(root) and not adopt:
+            store._bind(claim=False)
         store._refuse_unrecorded()
         if not is_workspace(root) or (store.own_catalog and not default_db.is_file()):
             raise NotAWorkspace(
                 f"not an icl workspace: {root}; run `icl init` there or pass --workspace"
             )
         store.catalog.open()
+        store.adopted = store._bind(adopt=adopt)
         return store
 
     @classmethod
@@ -232,10 +242,29 @@ class Store:
                                 "rebuild from); pass the workspace with --workspace")
         store = cls(root, cls._url(root, catalog_url))
         store._refuse_links()
+        store._bind(claim=False)
         (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
         store.catalog.create()
+        store._bind()
         store.rebuilt = record_from_files(store.files)
         return store
+
+    def _bind(self, claim: bool = True, adopt: bool = False) -> list[str]:
+        """Check that the catalog serves this workspace, claiming a new one (see
+        ``store.owner``); nothing for the workspace's own ``.icl/catalog.db``. The store is
+        closed when it is refused. Returns what was recorded."""
+        if self.own_catalog:
+            return []
+        from .owner import bind
+
+        file = sqlite_file(self.catalog_url)
+        if not claim and not adopt and file is not None and not file.is_file():
+            return []  # a catalog file not made yet: no one's
+        try:
+            return bind(self, claim=claim, adopt=adopt)
+        except BaseException:
+            self.close()
+            raise
 
     def _refuse_links(self) -> None:
         """OutsideWorkspace if a folder or file where the workspace keeps its catalog, locks
@@ -440,5 +469,7 @@ class Store:
         from .verify import verify
 
         report = verify(self.files, self.log, repair)
+        if self.adopted:
+            report = replace(report, repaired=[*self.adopted, *report.repaired])
         return replace(report, rebuilt=list(self.rebuilt)) if self.rebuilt else report
 

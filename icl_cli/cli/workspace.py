@@ -98,6 +98,10 @@ def verify(
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Re-create a lost or emptied catalog from the shards' and "
         "checkpoints' own metadata (no file is changed).")] = False,
+    adopt: Annotated[bool, typer.Option(
+        "--adopt", help="The workspace was moved here: record its new place in its "
+        "ICL_CATALOG_URL catalog (a copy is refused: it needs a catalog of its own).")]
+    = False,
     workspace: Workspace = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
     """Check every shard and checkpoint hash, list orphans and temporary leftovers. With
@@ -107,6 +111,10 @@ def verify(
             from store import Store
 
             store = Store.rebuild(workspace)
+        elif adopt:
+            from store import Store, find_workspace
+
+            store = Store.open(find_workspace(workspace), adopt=True)
         else:
             store = open_store(workspace)
         report = store.verify(repair=repair)
