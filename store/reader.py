@@ -41,6 +41,7 @@ from .infos import (
 from .schema import (
     ALEMBIC_VERSION_TABLE,
     BUSY_TIMEOUT_MS,
+    REFERENCE_NETS_TABLE,
     SCHEMA_VERSION_TABLE,
     WORKSPACE_PLACES_TABLE,
 )
@@ -236,6 +237,14 @@ class CatalogReader:
             return []
         return [tuple(r) for r in self.source.rows(
             "SELECT workspace_id, path, host, catalog FROM workspace_places ORDER BY id")]
+
+    def reference(self, key: str) -> tuple[str, str] | None:
+        """(path, sha256) of the reference net recorded under ``key``, or None."""
+        if not self.source.has_table(REFERENCE_NETS_TABLE):
+            return None
+        found = self.source.rows("SELECT path, sha256 FROM reference_nets WHERE key = ?",
+                                 (key,))
+        return (found[0][0], found[0][1]) if found else None
 
     # ----------------------------------------------------------- experiments
     def _experiments(self, rest: str, params: Sequence[Any] = ()) -> list[ExperimentInfo]:

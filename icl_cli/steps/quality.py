@@ -66,14 +66,14 @@ def cached_reference(store, exp, x: torch.Tensor, y: torch.Tensor, num_classes: 
             "data": exp.data_fingerprint or exp.name}
     key = reference_key(spec)
     net = ReferenceMLP(x[0].numel(), num_classes).to(x.device)
-    cached = load_reference(store.root, key)
+    cached = load_reference(store, key)
     if cached is not None:
         state, sha = cached
         net.load_state_dict(state["model"])
         return net.eval(), sha, False
     net = train_reference(x, y, num_classes, epochs, seed)
     state = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "meta": spec}
-    return net, save_reference(store.root, key, state), True
+    return net, save_reference(store, key, state), True
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def test_checkpoints_parts_figures_locks_and_references_refuse_a_link_out(tmp_pa
             with st.step("icl", "evaluate", 0, {}):
                 pass
         with pytest.raises(IntegrityError, match=r"\.icl/references is a link"):
-            save_reference(st.root, "k", {"model": {"w": torch.ones(1)}})
+            save_reference(st, "k", {"model": {"w": torch.ones(1)}})
     lock.unlink()
     _link_out(exp / "shards", tmp_path / "out-shards")
     with Store.open(ws) as st:
