@@ -57,6 +57,12 @@ def checkpoint_fix(experiment: str, round: int) -> str:
     return f"re-create it{what} with `icl reclassify --round {round} --force -e {experiment}`"
 
 
+def _numbers(path: Path) -> tuple[int, int, int, int]:
+    """(round, version, part i, of N) of a part file's name."""
+    m = shard_files.PART_FILE.match(path.name)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4))
+
+
 def unrecorded(path: Path) -> ConflictError:
     """The refusal to write over a file that is on disk but not in the catalog."""
     return ConflictError(
@@ -200,15 +206,32 @@ class ArtifactFiles:
 
     # ------------------------------------------------------------------ parts
     def part_path(self, experiment: str, round: int, version: int, index: int,
-                  parts: int) -> Path:
-        """``experiments/<exp>/shards/round-0007.v1.part-2-of-3.h5``."""
+                  parts: int, key: str | None = None) -> Path:
+        """``experiments/<exp>/shards/round-0007.v1.part-2-of-3.h5`` (with ``key``, the
+        settings' key: ``round-0007.v1.part-2-of-3.<key>.h5``)."""
         return (self.root / EXPERIMENTS_DIR / self._name(experiment) / "shards"
-                / shard_files.part_name(round, version, index, parts))
+                / shard_files.part_name(round, version, index, parts, key))
+
+    def _part_of(self, plain: Path, key: str) -> Path:
+        """Where a part of the set ``key`` goes: its plain name, unless a part of another
+        set (or a file that tells no set) holds it; then the name with its key."""
+        contained(self.root, plain)
+        if not (plain.exists() or plain.is_symlink()):
+            return plain
+        try:
+            held = shard_files.part_key(shard_files.read_meta(plain, self.rel(plain)))
+        except IntegrityError:
+            held = None
+        return plain if held == key else plain.with_name(
+            shard_files.part_name(*_numbers(plain), key))
 
     def write_part(self, experiment: str, round: int, version: int, index: int, parts: int,
                    arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> PartInfo:
         """Write part ``index`` of ``parts`` of round ``round``'s shard v``version``
-        atomically (a part drawn again replaces its file) and return it with its sha256.
+        atomically and return it with its sha256. A part drawn again with the same settings
+        replaces its file; one of other settings (seed, sampler_config, source_checkpoint,
+        round_count) never replaces a part of another set: it gets a name of its own
+        (``shards.part_key``).
 
         arrays: as for :meth:`write_shard`; attrs: seed, sampler_config, source_checkpoint,
         rows, round_count, draw_seconds, device. The caller records it (a
@@ -216,7 +239,8 @@ class ArtifactFiles:
         """
         name = self._name(experiment)
         data = shard_files.prepare_arrays(arrays)
-        path = self.part_path(name, round, version, index, parts)
+        path = self._part_of(self.part_path(name, round, version, index, parts),
+                             shard_files.part_key(attrs))
         file_attrs = {**attrs, "round": round, "version": version, "experiment": name,
                       "part_index": index, "part_count": parts}
         atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs),
@@ -225,10 +249,20 @@ class ArtifactFiles:
                         int(data["samples"].shape[0]))
 
     def part_on_disk(self, experiment: str, round: int, version: int, index: int,
-                     parts: int) -> tuple[PartInfo, dict[str, Any]] | None:
-        """The part file of that name, if there is one: its PartInfo (sha256 of the bytes
-        there now) and its own attributes (``shards.read_meta``), unchecked."""
-        path = contained(self.root, self.part_path(experiment, round, version, index, parts))
+                     parts: int, attrs: dict[str, Any] | None = None
+                     ) -> tuple[PartInfo, dict[str, Any]] | None:
+        """The part file of the set drawn with ``attrs`` (seed, sampler_config,
+        source_checkpoint, round_count; None: the newest part file of that round, version
+        and part), if there is one: its PartInfo (sha256 of the bytes there now) and its
+        own attributes (``shards.read_meta``), unchecked."""
+        plain = contained(self.root, self.part_path(experiment, round, version, index, parts))
+        if attrs is not None:
+            path = self._part_of(plain, shard_files.part_key(attrs))
+        else:
+            found = [p for p in plain.parent.glob(plain.name.removesuffix(".h5") + "*.h5")
+                     if shard_files.PART_FILE.match(p.name)
+                     and _numbers(p) == (round, version, index, parts) and p.is_file()]
+            path = max(found, key=lambda p: p.stat().st_mtime_ns, default=plain)
         if not path.is_file():
             return None
         meta = shard_files.read_meta(path, self.rel(path))

@@ -127,6 +127,8 @@ class VerifyReport:
     live process may still be writing); orphans: shard/checkpoint files no catalog row
     names (never deleted); parts: part files of rounds drawn ``--part i/N`` whose parts
     are not all drawn yet (joined by the last part, or ``icl synthesize --merge``);
+    obsolete: a line for each part file that will never be joined (its round has a shard
+    of its version now, or its part was drawn again), with the command that deletes it;
     repaired: what ``repair=True`` did;
     ok: no problems and no temporaries left by a dead writer (orphans, and a file a live
     icl process is writing right now, do not make it fail).
@@ -140,6 +142,7 @@ class VerifyReport:
     stale: list[str] = field(default_factory=list)  # rounds downstream of a replaced file
     rebuilt: list[str] = field(default_factory=list)  # what ``Store.rebuild`` recorded
     parts: list[Path] = field(default_factory=list)
+    obsolete: list[str] = field(default_factory=list)  # part files never to be joined
 
 
 def to_info(cls: type[InfoT], row: Any, **given: Any) -> InfoT:

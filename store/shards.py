@@ -24,9 +24,11 @@ Parts (``icl synthesize --round t --part i/N``): ``round-0007.v1.part-2-of-3.h5`
 the shards, the same datasets for the round's rows ``rows`` (an int64 array of
 [start, stop) pairs, one per block, in the order the datasets hold them), and the same
 attributes plus ``part_index``, ``part_count``, ``rows``, ``round_count`` (the samples of
-the whole round), ``draw_seconds`` and ``device``. A part
-is not a shard: the catalog has no row for it (the step log records it), and the N parts
-of a round are joined into its shard, then removed.
+the whole round), ``draw_seconds`` and ``device``. A part of other settings (seed, sampler,
+source checkpoint, count) than the part holding that name is
+``round-0007.v1.part-2-of-3.<key>.h5`` (``part_key``): a part never replaces one of another
+set. A part is not a shard: the catalog has no row for it (the step log records it), and
+the N parts of a round are joined into its shard, then removed.
 
 Reading one with plain h5py::
 
@@ -72,8 +74,9 @@ REQUIRED_ATTRS = (
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: good gzip ratio, cheap partial reads
 PART_ATTRS = ("part_index", "part_count", "round_count")
 """A part file's integer attributes; ``rows`` (its blocks' [start, stop) pairs) is the other."""
-PART_FILE = re.compile(r"^round-(\d{4,})\.v(\d+)\.part-(\d+)-of-(\d+)\.h5$")
-"""A part file's name: round, version, part i, of N (``icl verify`` tells parts by it)."""
+PART_FILE = re.compile(r"^round-(\d{4,})\.v(\d+)\.part-(\d+)-of-(\d+)(?:\.([0-9a-f]{16}))?\.h5$")
+"""A part file's name: round, version, part i, of N, and, for a part whose plain name a
+part of other settings holds, the key of its settings (``icl verify`` tells parts by it)."""
 
 
 def shard_name(round: int, version: int) -> str:
@@ -81,9 +84,25 @@ def shard_name(round: int, version: int) -> str:
     return f"round-{round:04d}.v{version}.h5"
 
 
-def part_name(round: int, version: int, index: int, parts: int) -> str:
-    """``round-0007.v1.part-2-of-3.h5``: part 2 of 3 of round 7's shard v1."""
-    return f"round-{round:04d}.v{version}.part-{index}-of-{parts}.h5"
+def part_name(round: int, version: int, index: int, parts: int, key: str | None = None
+              ) -> str:
+    """``round-0007.v1.part-2-of-3.h5``: part 2 of 3 of round 7's shard v1; with ``key``
+    (:func:`part_key`), ``round-0007.v1.part-2-of-3.<key>.h5``: the same part of a set drawn
+    with other settings, whose plain name a part of another set holds."""
+    tail = "" if key is None else f".{key}"
+    return f"round-{round:04d}.v{version}.part-{index}-of-{parts}{tail}.h5"
+
+
+def part_key(attrs: dict[str, Any]) -> str:
+    """What a part's set is drawn with, as 16 hex digits: its seed, sampler settings, source
+    checkpoint and the round's sample count (from the attributes a part is written with,
+    or those ``read_meta`` reads back: the same key)."""
+    from .hashing import config_hash
+
+    return config_hash({"seed": attrs.get("seed"),
+                        "sampler_config": attrs.get("sampler_config") or {},
+                        "source_checkpoint": attrs.get("source_checkpoint") or None,
+                        "round_count": attrs.get("round_count")})
 
 
 def tool_version() -> str:

@@ -15,8 +15,10 @@ It reads through the store's public parts only: :class:`~store.artifacts.Artifac
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 from .artifacts import ArtifactFiles, checkpoint_fix, shard_fix
@@ -33,6 +35,7 @@ from .workspace import (
     leaving_link,
     outside,
     pid_alive,
+    sha256_file,
 )
 
 # Exactly what ``workspace.tmp_path_for`` writes: <name>.tmp-<pid>-<8 hex digits>.
@@ -91,11 +94,13 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
                            if inside and base.is_dir() else [])
                if leaving_link(files.root, p) is None]  # a link out: named above
     # A part file (``--part i/N``) waits for the round's other parts: not an orphan.
-    parts = sorted(p for p in on_disk if PART_FILE.match(p.name))
+    steps = log.steps()
+    parts, obsolete = _parts(files, steps, sorted(p for p in on_disk if PART_FILE.match(p.name)),
+                             problems)
     orphans = sorted(p for p in on_disk
                      if files.rel(p) not in referenced and not PART_FILE.match(p.name))
 
-    dead = [s for s in log.steps() if s.state == "interrupted" and s.finished_at is None]
+    dead = [s for s in steps if s.state == "interrupted" and s.finished_at is None]
     for s in dead:
         what = f"`{s.name}{'' if s.round is None else f' --round {s.round}'}`"
         if repair:
@@ -120,7 +125,65 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
         parts=parts,
         repaired=repaired,
         stale=stale,
+        obsolete=obsolete,
     )
+
+
+def join_command(part: Path) -> str:
+    """The command that joins the parts of the round a part file belongs to, e.g.
+    ``icl synthesize --round 7 --merge -e icl`` (``part``: ``.../<exp>/shards/<part>``)."""
+    m = PART_FILE.match(part.name)
+    return f"icl synthesize --round {int(m.group(1))} --merge -e {part.parent.parent.name}"
+
+
+def _parts(files: ArtifactFiles, steps: list, on_disk: list[Path], problems: list[str]
+           ) -> tuple[list[Path], list[str]]:
+    """(the part files waiting for the rest of their round, a line for each obsolete one)
+    of ``on_disk``; a part that fails the sha256 its step record holds is a problem. A part
+    is obsolete once its round has a shard of its version or later (drawn whole, or joined
+    from other parts: it is never joined), or once its part of the same set was drawn
+    again into another file. A part's record is the newest step whose config names its
+    ``path`` with a ``sha256`` and its ``part`` [i, N] (``synthesize-part`` steps)."""
+    records: dict[str, object] = {}
+    newest: dict[tuple, str] = {}
+    for s in steps:  # oldest first: the last record of a file, and of a part, wins
+        c = s.config or {}
+        if s.state == "ok" and isinstance(c.get("path"), str) and c.get("sha256") \
+                and isinstance(c.get("part"), list):
+            records[c["path"]] = c
+            newest[_part_of_set(s.experiment, s.round, c)] = c["path"]
+    shards: dict[tuple[str, int], int] = {}
+    waiting, obsolete = [], []
+    for path in on_disk:
+        exp, rel = path.parent.parent.name, files.rel(path)
+        t, v, i, n = (int(g) for g in PART_FILE.match(path.name).groups()[:4])
+        if (exp, t) not in shards:
+            shards[exp, t] = max((sh.version for sh in files.shards(exp, t)), default=0)
+        c = records.get(rel)
+        again = None if c is None else newest.get(_part_of_set(exp, t, c))
+        if shards[exp, t] >= v:
+            obsolete.append(f"{path}: round {t} has shard v{shards[exp, t]} now (drawn whole, "
+                            "or joined from other parts), so this part is never joined; "
+                            f"delete it: `rm {shlex.quote(str(path))}`")
+        elif again not in (None, rel):
+            obsolete.append(f"{path}: part {i}/{n} of round {t} of '{exp}' was drawn again "
+                            f"into {files.root / again}; delete this one: "
+                            f"`rm {shlex.quote(str(path))}`")
+        elif c is not None and (got := sha256_file(path)) != c["sha256"]:
+            problems.append(f"part {i}/{n} of round {t} of '{exp}' ({rel}) failed its sha256 "
+                            f"check (expected {c['sha256'][:12]}.., got {got[:12]}..): draw "
+                            f"it again with `icl synthesize --round {t} --part {i}/{n} -e {exp}`"
+                            " (with the sampler options it was drawn with, if any)")
+        else:
+            waiting.append(path)
+    return waiting, obsolete
+
+
+def _part_of_set(experiment: str, round: int | None, c: dict) -> tuple:
+    """Which part of which set a step record is of: experiment, round, the set's plan
+    (version, seed, sampler, source, count) and [i, N]."""
+    plan = json.dumps(c.get("plan"), sort_keys=True, default=str)
+    return experiment, round, plan, tuple(c["part"])
 
 
 def _links_out(root: Path, fixes: dict[str, str]) -> list[tuple[Path, str]]:

@@ -135,11 +135,14 @@ def verify(
 
 def _verify_lines(report, repair: bool) -> list[str]:
     """``icl verify``'s findings, one line each, before its verdict."""
+    from store.verify import join_command
+
     return [*(f"problem: {line}" for line in report.problems),
             *(f"temporary{' (removed)' if repair else ''}: {p}" for p in report.temporary),
             *(f"orphan: {p}" for p in report.orphans),
             *(f"part not joined yet: {p} (the round's last part joins it, or "
-              "`icl synthesize --round t --merge`)" for p in report.parts),
+              f"`{join_command(p)}`)" for p in report.parts),
+            *(f"obsolete part: {line}" for line in report.obsolete),
             *(f"repaired: {line}" for line in report.repaired),
             *(f"stale: {line}" for line in report.stale),
             *(f"rebuilt: {line}" for line in report.rebuilt)]
