@@ -32,7 +32,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import CatalogOfAnotherWorkspace, display_url
 from .workspace import ICL_DIR, atomic_write, contained
@@ -40,7 +40,6 @@ from .workspace import ICL_DIR, atomic_write, contained
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .store import Store
 
 ID_FILE = "workspace-id"
 """``.icl/workspace-id``: the workspace's random id (32 hex digits and a newline)."""
@@ -86,8 +85,8 @@ def _same_folder(a: str, b: Path) -> bool:
         return False
 
 
-def bind(store: Store, claim: bool = True, adopt: bool = False) -> list[str]:
-    """Check that ``store``'s catalog serves its workspace (see the module doc): nothing
+def bind(store: Any, claim: bool = True, adopt: bool = False) -> list[str]:
+    """Check that ``store``'s (a Store's) catalog serves its workspace (see the module doc): nothing
     to do for the workspace's own catalog. ``claim``: record this workspace in a catalog
     that serves none yet (False: only refuse, before the schema is brought up to date).
     ``adopt``: record this folder as a place of the catalog's workspace (a moved one).
@@ -138,14 +137,14 @@ def bind(store: Store, claim: bool = True, adopt: bool = False) -> list[str]:
     return _adopt(store, owner, identity, last)
 
 
-def _place(store: Store, wid: str, identity: str | None):
+def _place(store: Any, wid: str, identity: str | None):
     from .orm import WorkspacePlace
 
     return WorkspacePlace(workspace_id=wid, path=str(store.root), host=socket.gethostname(),
                           catalog=identity)
 
 
-def _claim(store: Store, wid: str, replace: bool = False) -> list[str]:
+def _claim(store: Any, wid: str, replace: bool = False) -> list[str]:
     """Record this workspace as the one the catalog serves (``replace``: instead of the
     workspace its rows name, in a catalog copied from that one's)."""
     from sqlalchemy import delete, select
@@ -166,7 +165,7 @@ def _claim(store: Store, wid: str, replace: bool = False) -> list[str]:
     return bind(store, claim=False) if done is None else done
 
 
-def _adopt(store: Store, wid: str, identity: str | None, last: str) -> list[str]:
+def _adopt(store: Any, wid: str, identity: str | None, last: str) -> list[str]:
     """Record this folder as a place of the workspace; forget the places this machine
     recorded that hold it no more (where it was moved from)."""
     from sqlalchemy import select

@@ -27,7 +27,6 @@ from .workspace import ICL_DIR, atomic_write, contained, sha256_file
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .store import Store
 
 REFERENCES_DIR = "references"
 
@@ -42,10 +41,10 @@ def _path(root: Path, key: str) -> Path:
     return contained(root, Path(root) / ICL_DIR / REFERENCES_DIR / f"{key}.pt")
 
 
-def load_reference(store: Store, key: str) -> tuple[dict[str, Any], str] | None:
-    """``(state, sha256)`` of the cached net, or None when there is none the catalog vouches
-    for (no row, or its file is gone). IntegrityError when the file does not match the
-    sha256 the catalog recorded."""
+def load_reference(store: Any, key: str) -> tuple[dict[str, Any], str] | None:
+    """``(state, sha256)`` of the cached net of ``store`` (a Store), or None when there is
+    none the catalog vouches for (no row, or its file is gone). IntegrityError when the
+    file does not match the sha256 the catalog recorded."""
     import torch
 
     path = _path(store.root, key)
@@ -60,7 +59,7 @@ def load_reference(store: Store, key: str) -> tuple[dict[str, Any], str] | None:
     return torch.load(path, map_location="cpu", weights_only=True), want
 
 
-def save_reference(store: Store, key: str, state: dict[str, Any]) -> str:
+def save_reference(store: Any, key: str, state: dict[str, Any]) -> str:
     """Write the net (atomically), then record its sha256 in the catalog; returns it."""
     import torch
     from sqlalchemy import select
