@@ -114,13 +114,14 @@ class ArtifactFiles:
         """``path`` relative to the workspace root, POSIX style (as stored in the catalog):
         by its name under the root (a link keeps its own name), else as it resolves.
         OutsideWorkspace for a path that is not in the workspace at all."""
-        named = Path(os.path.normpath(os.path.abspath(path)))
-        for candidate in (named, Path(path).resolve()):
-            try:
-                return candidate.relative_to(self.root).as_posix()
-            except ValueError:
-                continue
-        raise OutsideWorkspace(f"{path} is not inside the workspace {self.root}")
+        named = os.path.normpath(os.path.abspath(path))
+        top = str(self.root)
+        if named.startswith(top + os.sep):
+            return Path(named[len(top) + 1:]).as_posix()
+        try:
+            return Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            raise OutsideWorkspace(f"{path} is not inside the workspace {self.root}") from None
 
     def _name(self, experiment: str | None) -> str:
         return self.catalog.experiment(experiment).name

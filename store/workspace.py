@@ -70,24 +70,30 @@ def leaving_link(root: Path, path: Path) -> tuple[Path, Path] | None:
         >>> leaving_link(ws, ws / "experiments/icl/shards/round-0001.v1.h5")  # doctest: +SKIP
         (PosixPath('/ws/experiments/icl/shards'), PosixPath('/scratch/shards'))
     """
-    top = Path(os.path.realpath(root))
-    where = Path(os.path.abspath(path))
-    try:
-        parts = where.relative_to(top).parts
-    except ValueError:
-        try:
-            parts = where.relative_to(os.path.abspath(root)).parts
-        except ValueError:
-            real = Path(os.path.realpath(where))
-            return None if real == top or top in real.parents else (where, real)
+    top = os.path.realpath(root)
+    where = os.path.normpath(os.path.abspath(path))
+    for base in (top, os.path.normpath(os.path.abspath(root))):
+        if where == base or where.startswith(base + os.sep):
+            rest = where[len(base):].split(os.sep)
+            break
+    else:
+        real = os.path.realpath(where)
+        return None if _within(real, top) else (Path(where), Path(real))
     step = top
-    for part in parts:
-        step = step / part
+    for part in rest:
+        if not part:
+            continue
+        step = os.path.join(step, part)
         if os.path.islink(step):
-            real = Path(os.path.realpath(step))
-            if real != top and top not in real.parents:
-                return step, real
+            real = os.path.realpath(step)
+            if not _within(real, top):
+                return Path(step), Path(real)
     return None
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
 
 
 def outside(root: Path, link: Path, real: Path, what: str | None = None,

@@ -222,3 +222,19 @@ def test_synthesize_refuses_a_shards_folder_that_leads_out_in_one_line(tmp_path)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "experiments/icl/shards is a link that leaves" in lines[0]
     assert list(out.iterdir()) == []  # no shard written out there
+
+
+def test_links_that_stay_inside_and_a_workspace_reached_through_a_link_are_fine(
+        tmp_path, make_arrays, attrs):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    ws = _workspace(tmp_path / "via" / "ws", make_arrays, attrs)  # resolved: real/ws
+    figures = ws / "experiments" / "icl" / "figures"
+    figures.rmdir()
+    (ws / "kept-figures").mkdir()
+    figures.symlink_to(ws / "kept-figures")  # a link, but into the workspace
+    with Store.open(tmp_path / "via" / "ws") as st:
+        path = st.figure_path("icl", "grid.png")
+        st.write_figure(path, lambda tmp: tmp.write_bytes(b"png"))
+        assert st.verify().ok
+    assert (ws / "kept-figures" / "grid.png").read_bytes() == b"png"
