@@ -5,6 +5,8 @@ A workspace is a folder::
     <ws>/.icl/catalog.db                      SQLite catalog (or $ICL_CATALOG_URL)
     <ws>/.icl/locks/<experiment>.lock         per-experiment advisory locks
     <ws>/.icl/mlflow.db, .icl/mlartifacts/    MLflow tracking (or $MLFLOW_TRACKING_URI)
+    <ws>/.icl/references/<key>.pt             reference nets (``icl quality``)
+    <ws>/.icl/workspace-id                    the workspace's id, with a catalog elsewhere
     <ws>/experiments/<name>/shards/round-0007.v1.h5
     <ws>/experiments/<name>/checkpoints/round-0007.pt
     <ws>/experiments/<name>/figures/...
@@ -25,11 +27,13 @@ from .errors import (
     BusyError,
     CatalogDamaged,
     CatalogMissing,
+    CatalogOfAnotherWorkspace,
     CatalogUnusable,
     ConflictError,
     ExperimentNotFound,
     IntegrityError,
     NotAWorkspace,
+    OutsideWorkspace,
     StoreError,
     Terminated,
 )
@@ -64,6 +68,7 @@ __all__ = [
     "BusyError",
     "CatalogDamaged",
     "CatalogMissing",
+    "CatalogOfAnotherWorkspace",
     "CatalogUnusable",
     "CheckpointInfo",
     "ConflictError",
@@ -73,6 +78,7 @@ __all__ = [
     "IntegrityError",
     "NotAWorkspace",
     "NullTracker",
+    "OutsideWorkspace",
     "ShardInfo",
     "StepInfo",
     "Store",

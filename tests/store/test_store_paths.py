@@ -173,7 +173,11 @@ def test_a_workspace_path_with_printable_characters_keeps_every_file_inside(tmp_
         assert st.tracking_uri.startswith("sqlite:///") and "?" not in st.tracking_uri
 
 
-def test_mlflow_tracks_inside_a_workspace_whose_path_holds_a_question_mark(tmp_path):
+def test_mlflow_tracks_inside_a_workspace_whose_path_holds_a_question_mark(tmp_path,
+                                                                         monkeypatch):
+    from store import tracking
+
+    monkeypatch.setattr(tracking, "_failure", None)  # tracking on, whatever ran before
     parent = tmp_path / "run?1#2"
     with Store.init(parent / "ws") as st:
         st.create_experiment("icl", {"method": "icl"})
@@ -238,3 +242,22 @@ def test_links_that_stay_inside_and_a_workspace_reached_through_a_link_are_fine(
         st.write_figure(path, lambda tmp: tmp.write_bytes(b"png"))
         assert st.verify().ok
     assert (ws / "kept-figures" / "grid.png").read_bytes() == b"png"
+
+
+def test_mlflow_never_tracks_through_a_link_out_of_the_workspace(tmp_path, capfd,
+                                                                 monkeypatch):
+    from store import tracking
+
+    monkeypatch.setattr(tracking, "_failure", None)  # on now; off again after this test
+    with Store.init(tmp_path / "ws") as st:
+        st.create_experiment("icl", {"method": "icl"})
+        (tmp_path / "out").mkdir()
+        (st.root / ".icl" / "mlartifacts").symlink_to(tmp_path / "out")
+        tracker = st.tracker("icl")
+        tracker.log_metrics({"test_error": 1.0}, step=0)  # best effort: a warning, no write
+        assert tracker.run_id is None
+    err = capfd.readouterr().err
+    assert err.count("warning: MLflow tracking at") == 1
+    assert ".icl/mlartifacts is a link that leaves the workspace" in err
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "ws" / ".icl" / "mlflow.db").exists()
