@@ -117,7 +117,7 @@ def join(device: torch.device) -> tuple[World, torch.device]:
                             "start the command with torchrun")
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend(device), **kwargs)
-        atexit.register(_leave)
+        atexit.register(leave)
         if not world.main:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     elif current().size != world.size:
@@ -125,9 +125,33 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     return current(), device
 
 
-def _leave() -> None:
-    if _initialized():
-        torch.distributed.destroy_process_group()
+LEAVE_TIMEOUT_S = 60
+"""How long a rank waits at exit for the others to get there too (``leave``)."""
+
+
+def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+    """Every rank leaves the process group together, then it is destroyed (at exit; ``join``
+    registers it). Without the barrier, a rank that finished first (rank 1, while rank 0
+    still writes and prints) tore the group down while the other still held it, and the
+    group's threads, which outlive ``destroy_process_group`` once DDP has used the group,
+    were still running as its interpreter exited: under load such a rank was seen to
+    abort (SIGABRT, "terminate called without an active exception") after its work was
+    done. A rank that is gone (its step failed, it was killed) is not waited for: the
+    barrier fails, at once or after ``timeout_s`` (gloo), and the group is destroyed."""
+    if not _initialized():
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    except Exception:  # a rank is gone: nothing left to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -44,6 +44,15 @@ def test_helpers_refuse_to_run_under_torchrun_before_join(monkeypatch):
         distributed.from_main(lambda: 1)
 
 
+def test_leave_destroys_the_group_and_is_a_no_op_without_one():
+    import torch.distributed as dist
+
+    distributed.leave()  # no group: nothing to do
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    distributed.leave(timeout_s=5)
+    assert not dist.is_initialized()
+
+
 def test_without_a_rendezvous_address_join_says_to_use_torchrun(monkeypatch):
     import torch
 
@@ -101,6 +110,14 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
 
     seen["main_only"] = attempt(enter)
     seen["from_main_error"] = attempt(lambda: distributed.from_main(lambda: 1 / 0))
+    import time
+
+    if rank == 0:
+        time.sleep(1.0)  # still writing its results while rank 1 is done
+    t0 = time.monotonic()
+    distributed.leave()
+    seen["leave_seconds"] = time.monotonic() - t0
+    seen["left"] = not torch.distributed.is_initialized()
     with open(f"{out}/{rank}.json", "w") as f:
         json.dump(seen, f)
 
@@ -126,3 +143,4 @@ def test_two_ranks_agree_on_every_outcome(tmp_path):
     assert r1["main_only"] == "StepError: rank 0 of 2 failed: lock busy"
     assert r0["from_main_error"] == "ZeroDivisionError: division by zero"
     assert r1["from_main_error"] == "StepError: rank 0 of 2 failed: division by zero"
+    assert r1["leave_seconds"] >= 0.5 and r0["left"] and r1["left"]  # they left together

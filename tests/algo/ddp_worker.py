@@ -60,13 +60,15 @@ def train(case: str, distributed: bool):
 def main(out: str) -> None:
     import torch.distributed as dist
 
+    from icl_cli.distributed import leave
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     for case in CASES:
         state, hist = train(case, distributed=True)
         if dist.get_rank() == 0:
             torch.save({"state": state, "history": hist}, f"{out}/{case}.pt")
-    dist.destroy_process_group()
+    leave()  # as icl's steps leave: together (rank 0 has written its last file), then destroyed
 
 
 if __name__ == "__main__":
