@@ -1,13 +1,25 @@
-"""The stability table: one line per ICL run of a workspace, how it ended (the round a
-training step diverged in, from the step log, or "finished"), its largest gradient norm
-and |logit| over the rounds (the per-round diagnostics) and its val-selected test error.
+"""The stability tables of a workspace.
+
+One line per ICL run: how it ended (the round a training step diverged in, from the step
+log, or "finished"), its largest gradient norm and |logit| over the rounds (the per-round
+diagnostics) and its val-selected test error:
 
     python recipes/stability_table.py WS EXPERIMENT [EXPERIMENT ...]
+
+The recovery table (``recipes/stability.sh`` with ``RECOVER=N``): per case and seed, the
+run without and with ``icl run --recover N`` (``stab-sS-CASE`` and ``stab-sS-CASE-rN``),
+how it ended (diverged in round t, recovered rounds, finished), its validation and test
+error at the round chosen on validation, and the paired difference to the baseline of the
+same C_0 (``stab-sS-baseline``); then per case how many diverged and recovered, the mean
+differences, and the divergence rate ``icl report --json`` gives its configuration:
+
+    python recipes/stability_table.py --recovery WS
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -15,9 +27,12 @@ from icl_cli.steps.report import experiment_rows
 from store import Store
 
 SHOWN = ("lr", "pn_weight", "pn_weighting", "clip_grad", "weight_decay", "epochs")
+NAME = re.compile(r"stab-s(\d+)-(.+?)(?:-r(\d+))?")
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--recovery"]:
+        return recovery_table(Path(sys.argv[2]))
     ws, names = Path(sys.argv[1]), sys.argv[2:]
     with Store.open(ws) as store:
         rows = {r.experiment: r for r in experiment_rows(store)}
@@ -29,9 +44,8 @@ def main() -> None:
             if r is None:
                 print(f"| {name} | - | not run | - | - | - | - | - |")
                 continue
-            failed = [s for s in store.steps(name, "reclassify") if s.state == "failed"
-                      and re.search(r"diverged", s.message or "")]
-            outcome = f"diverged in round {failed[-1].round}" if failed else "finished"
+            outcome = f"diverged in round {r.diverged}" if r.diverged is not None \
+                else "finished"
             peak = {k: max((v.get(k) or 0.0 for v in r.diagnostics.values()), default=0.0)
                     for k in ("grad_norm_max", "real_logit_max", "pool_logit_max")}
             sel = r.test_error_best_val if r.test_error_best_val is not None \
@@ -42,6 +56,95 @@ def main() -> None:
                   f"{peak['grad_norm_max']:.1f} | {peak['real_logit_max']:.1f} | "
                   f"{peak['pool_logit_max']:.1f} | "
                   f"{'-' if sel is None else f'{100 * sel:.2f}'} |")
+
+
+def outcome(r) -> str:
+    """How a run ended: diverged (unrecovered), recovered rounds, or finished."""
+    if r.diverged is not None:
+        return f"diverged in round {r.diverged}"
+    kept = {t: v for t, v in sorted(r.recovery.items()) if v["recovered"]}
+    if kept:
+        return "recovered round " + ", ".join(f"{t} ({v['attempts']} attempts)"
+                                              for t, v in kept.items())
+    return "finished" if r.rounds > 0 else f"round {r.rounds}"
+
+
+def chosen(r) -> tuple[float | None, float | None]:
+    """(val %, test %) at the round with the lowest validation error."""
+    if r.best_val_round is None:
+        return None, None
+    e = r.errors[r.best_val_round]
+    return 100 * e["val"], 100 * e["test"]
+
+
+def _cell(x: float | None, base: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if base is None else f"{x:.2f} ({x - base:+.2f})"
+
+
+def _mean(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:+.2f}"
+    return f"{statistics.mean(xs):+.2f} +- {statistics.stdev(xs):.2f}"
+
+
+def recovery_table(ws: Path) -> None:
+    with Store.open(ws) as store:
+        rows = experiment_rows(store)
+    runs: dict[tuple[str, int], dict[str, object]] = {}
+    bases = {}
+    for r in rows:
+        m = NAME.fullmatch(r.experiment)
+        if m is None:
+            continue
+        seed, case, n = int(m[1]), m[2], m[3]
+        if case == "baseline":
+            bases[seed] = r
+        else:
+            runs.setdefault((case, seed), {})["with" if n else "without"] = r
+    n = max((r.recover or 0 for r in rows), default=0)
+    print(f"| case | seed | baseline val % / test % | without --recover: outcome | val % "
+          f"(vs baseline) | test % (vs baseline) | with --recover {n}: outcome | val % "
+          f"(vs baseline) | test % (vs baseline) |")
+    print("|" + " --- |" * 9)
+    summary: dict[str, dict[str, list]] = {}
+    order = list(dict.fromkeys(case for case, _ in runs))  # cases as the report lists them
+    for (case, seed), pair in sorted(runs.items(), key=lambda kv: (order.index(kv[0][0]),
+                                                                     kv[0][1])):
+        base = bases.get(seed)
+        bv, bt = chosen(base) if base is not None else (None, None)
+        cells = [case, str(seed), f"{_cell(bv, None)} / {_cell(bt, None)}"]
+        s = summary.setdefault(case, {})
+        for kind in ("without", "with"):
+            r = pair.get(kind)
+            if r is None:
+                cells += ["not run", "-", "-"]
+                continue
+            v, t = chosen(r)
+            cells += [outcome(r), _cell(v, bv), _cell(t, bt)]
+            s.setdefault(f"{kind} runs", []).append(r)
+            if v is not None and bv is not None:
+                s.setdefault(f"{kind} dval", []).append(v - bv)
+                s.setdefault(f"{kind} dtest", []).append(t - bt)
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(f"| case | seeds | diverged without --recover | divergence rate (report) | "
+          f"with --recover {n}: diverged | recovered | divergence rate (report) | val % vs "
+          f"baseline: without | with | test % vs baseline: without | with |")
+    print("|" + " --- |" * 11)
+    for case, s in summary.items():
+        wo, wi = s.get("without runs", []), s.get("with runs", [])
+        rate = [f"{r[0].divergence_rate:.2f}" if r else "-" for r in (wo, wi)]
+        print(f"| {case} | {max(len(wo), len(wi))} | "
+              f"{sum(r.diverged is not None for r in wo)} / {len(wo)} | {rate[0]} | "
+              f"{sum(r.diverged is not None for r in wi)} / {len(wi)} | "
+              f"{sum(any(v['recovered'] for v in r.recovery.values()) for r in wi)} / "
+              f"{len(wi)} | {rate[1]} | {_mean(s.get('without dval', []))} | "
+              f"{_mean(s.get('with dval', []))} | {_mean(s.get('without dtest', []))} | "
+              f"{_mean(s.get('with dtest', []))} |")
 
 
 if __name__ == "__main__":

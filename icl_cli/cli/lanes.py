@@ -190,6 +190,10 @@ class Board:
             else:
                 lane.step = event.get("step", "")
                 lane.description, lane.total, lane.completed = "", None, 0
+                if "retry" in event:  # --recover: a diverged round trained again
+                    self._say(lane, f"round {lane.round} diverged ({event.get('after')}); "
+                                    f"retry {event['retry']} of {event.get('of')} with "
+                                    f"{event.get('changes')}")
 
     def _finish(self, lane: Lane, code: int) -> None:
         for t in lane.readers:

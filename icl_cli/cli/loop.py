@@ -301,6 +301,12 @@ def run(
     executor_param: Annotated[list[str] | None, typer.Option(
         help="KEY=VALUE for submitit's AutoExecutor (repeatable), e.g. slurm_partition=gpu, "
         "timeout_min=240, gpus_per_node=1.")] = None,
+    recover: Annotated[int, typer.Option(
+        "--recover", metavar="N", help="When a round's training diverges (its loss stops "
+        "being finite), train the round again from checkpoint t-1, at most N times (0 to "
+        "10): first at half the learning rate, then halved again with the gradient "
+        "clipped at 10 (--clip-grad 10). Each attempt is recorded (step log, MLflow, `icl "
+        "report`: recovered rounds); 0: a divergence stops the run.")] = 0,
     experiment: Experiments = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
     progress_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
@@ -317,13 +323,15 @@ def run(
                              pn_weight=pn_weight, pn_weighting=pn_weighting,
                              pn_recency=pn_recency, clip_grad=clip_grad,
                              weight_decay=weight_decay, max_batch=max_batch)
+        if not 0 <= recover <= RECOVER_LIMIT:
+            raise fail(f"--recover must be in 0..{RECOVER_LIMIT}, got {recover}", 3)
         names = list(dict.fromkeys(experiment or []))  # in order, each once
         if len(names) > 1:
             if parallel < 1:
                 raise fail(f"--parallel must be >= 1, got {parallel}", 3)
             return _run_many(names, rounds, parallel, workspace, json, sampler, train,
                              (executor, executor_param), device=device, threads=threads,
-                             amp=amp, no_mlflow=no_mlflow)
+                             amp=amp, no_mlflow=no_mlflow, recover=recover or None)
         if executor is not None:
             raise fail("--executor runs several experiments: give two or more -e", 3)
         from icl_cli.steps.run import run_rounds
@@ -331,17 +339,30 @@ def run(
         store = open_store(workspace)
         name = store.experiment(names[0] if names else None).name
         settings = runtime(device, threads, amp, no_mlflow)
-        watch = None
+        watch = _retry_notes
         if progress_fd is not None:  # a child of `icl run -e A -e B`: report to the parent
             from icl_cli.cli.lanes import EventWriter, die_with_parent
 
             die_with_parent()
             events = EventWriter.to_fd(progress_fd)
             settings, watch = replace(settings, progress=events), events.watch
-        rows = run_rounds(store, name, rounds, settings, sampler, train, watch)
+        rows = run_rounds(store, name, rounds, settings, sampler, train, watch, recover)
     if json:
         return ui.emit_json(rows)
     _run_table(name, ui.to_plain(rows))
+
+
+RECOVER_LIMIT = 10  # steps.run.RECOVER_LIMIT, without importing torch to check a flag
+
+
+def _retry_notes(event: dict[str, Any]) -> None:
+    """``icl run --recover``'s retries, one line each on stderr."""
+    if "retry" in event:
+        changed = ", ".join(f"{k}={v:g}" for k, v in event["changes"].items()
+                            if k in ("lr", "clip_grad"))
+        ui.note(f"round {event['round']} diverged ({event['after']}): training it again "
+                f"from checkpoint {event['round'] - 1} with {changed} (retry "
+                f"{event['retry']} of {event['of']})")
 
 
 def _run_table(name: str, rows: list[dict]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,10 @@ from icl_cli.steps.common import (
     new_model,
     real_tensors,
 )
+from icl_cli.steps.report import DIVERGED
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,16 @@ class TrainResult:
     replay_max_diff: float | None = None
     replay_note: str | None = None  # the verdict in words when not bit for bit
     world_size: int = 1  # ranks that trained it (torchrun), 1: one process
+
+
+class TrainingDiverged(StepError):
+    """A round's training loss stopped being finite (``algo.reclassify.Diverged``); nothing
+    was saved. ``round``: the round; ``detail``: the loss and the epoch where it happened.
+    ``icl run --recover N`` catches it and retries the round (``steps.run``)."""
+
+    def __init__(self, message: str, round_: int, detail: str) -> None:
+        super().__init__(message)
+        self.round, self.detail = round_, detail
 
 
 REPLAY_TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
@@ -74,15 +88,19 @@ def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = 
     return out
 
 
-def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
-                replay: bool = False, changes: TrainChanges | None = None) -> TrainResult:
+def train_round(store: Store, name: str, round_: int, runtime: Runtime, *,
+                force: bool = False, replay: bool = False,
+                changes: TrainChanges | None = None,
+                recovery: dict[str, Any] | None = None) -> TrainResult:
     """Reclassify round ``round_`` (>= 1): warm start from checkpoint t-1, train on S plus
     the active shards 1..t, save checkpoint t. Round 0 trains C_0 from scratch on S (or,
     for an experiment started ``--from``, copies the parent's checkpoint again).
 
     ``changes`` (``icl reclassify --epochs 1`` ...) override the experiment's reclassify settings
     for this round only; they are recorded with the checkpoint's inputs and the step, and
-    ``--replay`` uses them again.
+    ``--replay`` uses them again. ``recovery`` (``icl run --recover N``: ``{"recover": N,
+    "attempt": k, ...}``) is recorded with the step, so the step log says which attempt
+    this was; a diverged training raises ``TrainingDiverged``.
 
     Runs under the experiment's lock from the first check to the last write, so two
     processes never both decide that the round is still to do (the second gets BusyError).
@@ -105,10 +123,11 @@ def train_round(store, name: str, round_: int, runtime: Runtime, *, force: bool 
     with distributed.main_only(store.lock, exp.name):
         if round_ == 0 and exp.parent is not None and not replay:
             return distributed.from_main(lambda: _copy_round_zero(store, exp, force))
-        return _train_round(store, exp, round_, runtime, force, replay, tc, world, device)
+        return _train_round(store, exp, round_, runtime, force, replay, tc, world, device,
+                            recovery)
 
 
-def _copy_round_zero(store, exp, force: bool) -> TrainResult:
+def _copy_round_zero(store: Store, exp, force: bool) -> TrainResult:
     """C_0 of a paired experiment: the parent's checkpoint (``--from EXP:ROUND``)."""
     from_ = f"{exp.parent}:{exp.parent_round or 0}"
     inputs = {"parent": None, "shards": [], "from": from_}
@@ -129,9 +148,9 @@ def _copy_round_zero(store, exp, force: bool) -> TrainResult:
     return TrainResult(exp.name, 0, info.sha256, False, [], 0.0, 0)
 
 
-def _train_round(store, exp, t: int, runtime: Runtime, force: bool, replay: bool,
-                 tc: TrainConfig, world: distributed.World, device: torch.device | None
-                 ) -> TrainResult:
+def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, replay: bool,
+                 tc: TrainConfig, world: distributed.World, device: torch.device | None,
+                 recovery: dict[str, Any] | None = None) -> TrainResult:
     cfg = ExperimentConfig.from_dict(exp.config)
     parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
     if t > 0 and parent is None:
@@ -160,6 +179,8 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool, replay: bool
     data = experiment_data(exp)
     step_cfg = {"round": t, "train": tc.to_dict(), "inputs": inputs,
                 "device": str(device), "replay": replay, "world_size": world.size}
+    if recovery:
+        step_cfg["recovery"] = recovery
     if world.active and device.type != "cuda" and has_batch_norm(new_model(cfg, data)):
         raise StepError(f"'{exp.name}' has a batch-norm network ({cfg.model.arch}): on "
                         f"several ranks it needs CUDA (SyncBatchNorm); on CPU run it without "
@@ -204,9 +225,10 @@ def _train_round(store, exp, t: int, runtime: Runtime, force: bool, replay: bool
                 raise distributed.lost_peer(e) from None
             raise
         except Diverged as e:
-            raise StepError(f"training round {t} of '{exp.name}' diverged ({e}); nothing was "
-                            "saved (a lower --lr or --pn-weight, or --clip-grad, avoids it)"
-                            ) from None
+            raise TrainingDiverged(
+                f"training round {t} of '{exp.name}' {DIVERGED}{e}); nothing was saved (a "
+                "lower --lr or --pn-weight, or --clip-grad, avoids it; `icl run --recover N` "
+                "retries a diverged round by itself)", t, str(e)) from None
         progress.done()
         epochs_log = [asdict(h) for h in history]
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

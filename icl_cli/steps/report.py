@@ -4,8 +4,25 @@ read-only commands stay fast)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+
+DIVERGED = "diverged ("
+"""What the step log's message of a diverged training step holds (``is_divergence``;
+``steps.reclassify.TrainingDiverged`` writes it)."""
+
+
+def is_divergence(message: str | None) -> bool:
+    """Whether a failed step's logged message is a diverged training.
+
+    Example:
+        >>> is_divergence("training round 2 of 'icl' diverged (the training loss was nan "
+        ...               "in epoch 3); nothing was saved")
+        True
+    """
+    return bool(message) and f" {DIVERGED}" in message
 
 
 def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
@@ -154,6 +171,73 @@ class ExperimentRow:
     # test_nll, test_ece, val_... from evaluate; ood_<set>_<score>_<auroc|aupr|fpr95>).
     diagnostics: dict[int, dict[str, float | None]]
     stale: dict[int, str]  # rounds that no longer follow from the round before, and why
+    # ``icl run --recover N``: N as its rounds were trained with (None: never asked for).
+    recover: int | None = None
+    # Per round whose training diverged: {"recovered": True, "attempts": k, "lr": ...,
+    # "clip_grad": ...} (trained again by --recover: k attempts, the last kept, with those
+    # settings) or {"recovered": False, "attempts": k} (k diverged attempts, no checkpoint).
+    recovery: dict[int, dict] = field(default_factory=dict)
+    diverged: int | None = None  # the round whose training diverged, unrecovered (None: none)
+    # The runs of this row's configuration (its settings but the seeds and data folder,
+    # and its --recover) in the workspace: {"id": ..., "runs": n, "diverged": d,
+    # "recovered": r}; ``divergence_rate`` is d / n.
+    configuration: dict = field(default_factory=dict)
+    divergence_rate: float | None = None
+
+
+def training_outcome(steps: list, trained: set[int]
+                     ) -> tuple[int | None, dict[int, dict], int | None]:
+    """(recover, recovery, diverged) of an experiment from its ``reclassify`` steps (oldest
+    first) and the rounds that have a checkpoint (see ``ExperimentRow``)."""
+    recover, recovery, diverged = None, {}, None
+    by_round: dict[int, list] = {}
+    for s in steps:
+        by_round.setdefault(s.round, []).append(s)
+        asked = (s.config or {}).get("recovery", {}).get("recover")
+        if asked is not None:
+            recover = max(recover or 0, int(asked))
+    for t, ss in sorted(by_round.items()):
+        ok = [s for s in ss if s.state == "ok"]
+        if t in trained and ok:
+            record = (ok[-1].config or {}).get("recovery") or {}
+            if record.get("attempt"):
+                train = (ok[-1].config or {}).get("train") or {}
+                recovery[t] = {"recovered": True, "attempts": int(record["attempt"]) + 1,
+                               "lr": train.get("lr"), "clip_grad": train.get("clip_grad")}
+        elif t not in trained and ss[-1].state == "failed" and is_divergence(ss[-1].message):
+            tried = 0
+            for s in reversed(ss):
+                if s.state != "failed" or not is_divergence(s.message):
+                    break
+                tried += 1
+            recovery[t] = {"recovered": False, "attempts": tried}
+            diverged = t if diverged is None else min(diverged, t)
+    return recover, recovery, diverged
+
+
+NOT_A_SETTING = ("seed", "data.seed", "data.root", "data.download")
+"""What differs between the seeds of one configuration, not between configurations (as
+recipes/summarize.py reads them)."""
+
+
+def configuration_id(config: dict, recover: int | None) -> str:
+    """The id of a run's configuration: its settings but ``NOT_A_SETTING``, and its
+    ``--recover`` (12 hex digits).
+
+    Example:
+        >>> a = configuration_id({"seed": 1, "train": {"lr": 0.05}}, None)
+        >>> a == configuration_id({"seed": 2, "train": {"lr": 0.05}}, None)
+        True
+    """
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    kept = {k: v for k, v in flat(config).items() if k not in NOT_A_SETTING}
+    blob = json.dumps({"settings": kept, "recover": recover}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def experiment_rows(store) -> list[ExperimentRow]:
@@ -161,6 +245,9 @@ def experiment_rows(store) -> list[ExperimentRow]:
     running = {}
     for s in store.steps(state="running"):  # only those rows, not the whole step log
         running.setdefault(s.experiment, []).append(f"{s.name} --round {s.round}")
+    trainings: dict[str, list] = {}
+    for s in store.steps(name="reclassify"):  # every experiment's, in one read
+        trainings.setdefault(s.experiment, []).append(s)
     from icl_cli.config import ExperimentConfig
 
     for exp in store.experiments():
@@ -173,6 +260,8 @@ def experiment_rows(store) -> list[ExperimentRow]:
         last = max(ckpts, default=-1)
         with_val = [r for r in errs if "val" in errs[r] and "test" in errs[r]]
         best = min(with_val, key=lambda r: (errs[r]["val"], r)) if with_val else None
+        recover, recovery, diverged = training_outcome(trainings.get(exp.name, []),
+                                                       set(ckpts))
         rows.append(ExperimentRow(
             exp.name, c.method, c.model.mode, c.data.dataset, c.data.train_size, c.seed,
             exp.parent, last,
@@ -184,8 +273,25 @@ def experiment_rows(store) -> list[ExperimentRow]:
                         made_here=a.counts["a_made"], made_there=a.counts["b_made"],
                         method=a.method, params=a.params, n=a.counts.get("n"))
                    for a in store.attacks(exp.name)], cfg, exp.data_fingerprint,
-            store.metrics(exp.name), store.stale_rounds(exp.name)))
-    return sorted(rows, key=_paired_order(rows))
+            store.metrics(exp.name), store.stale_rounds(exp.name), recover, recovery,
+            diverged))
+    return sorted(_with_divergence_rates(rows), key=_paired_order(rows))
+
+
+def _with_divergence_rates(rows: list[ExperimentRow]) -> list[ExperimentRow]:
+    """Each row with its configuration's runs, and how many diverged or recovered."""
+    from dataclasses import replace
+
+    ids = [configuration_id(r.config, r.recover) for r in rows]
+    out = []
+    for r, cid in zip(rows, ids, strict=True):
+        same = [x for x, c in zip(rows, ids, strict=True) if c == cid]
+        diverged = sum(x.diverged is not None for x in same)
+        recovered = sum(any(v["recovered"] for v in x.recovery.values()) for x in same)
+        out.append(replace(r, configuration={"id": cid, "runs": len(same),
+                                             "diverged": diverged, "recovered": recovered},
+                           divergence_rate=diverged / len(same)))
+    return out
 
 
 METHOD_ORDER = {"baseline": 0, "icl-noise": 1, "icl": 2}
@@ -222,7 +328,29 @@ def markdown(rows: list[ExperimentRow]) -> str:
                      f"{r.rounds} | {_pct(r.test_error_0)} | {_pct(r.test_error_last)} | "
                      f"{'-' if r.best_val_round is None else r.best_val_round} | "
                      f"{_pct(r.test_error_best_val)} |")
-    return "\n".join(lines + _calibration_table(rows) + _ood_table(rows) + _attack_table(rows))
+    return "\n".join(lines + _stability_table(rows) + _calibration_table(rows)
+                     + _ood_table(rows) + _attack_table(rows))
+
+
+def _stability_table(rows: list[ExperimentRow]) -> list[str]:
+    """The runs whose training diverged, recovered (``icl run --recover``) or not: a
+    recovered round trained with other settings than its experiment's, which a paired
+    comparison must know."""
+    out = []
+    for r in rows:
+        if not r.recovery and r.recover is None:
+            continue
+        kept = "; ".join(
+            f"{t} ({v['attempts']} attempts: lr={v['lr']:g}"
+            + (f", clip_grad={v['clip_grad']:g}" if v.get("clip_grad") else "") + ")"
+            for t, v in sorted(r.recovery.items()) if v["recovered"]) or "-"
+        c = r.configuration
+        out.append(f"| {r.experiment} | {'-' if r.recover is None else r.recover} | {kept} | "
+                   f"{'-' if r.diverged is None else r.diverged} | "
+                   f"{c.get('diverged', 0)} / {c.get('runs', 1)} |")
+    head = ["", "| experiment | --recover | recovered rounds | diverged in round | "
+            "its configuration: diverged / runs |", "|" + " --- |" * 5]
+    return head + out if out else []
 
 
 def _latest(r: ExperimentRow, key: str) -> int | None:

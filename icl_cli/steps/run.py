@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icl_cli import distributed
-from icl_cli.config import ExperimentConfig, SamplerChanges, TrainChanges, check_sampler_fits
+from icl_cli.config import (
+    ExperimentConfig,
+    SamplerChanges,
+    TrainChanges,
+    TrainConfig,
+    check_sampler_fits,
+)
 from icl_cli.steps.common import (
     Runtime,
     StepError,
@@ -19,11 +25,14 @@ from icl_cli.steps.common import (
 from icl_cli.steps.draw import BLOCK
 from icl_cli.steps.evaluate import evaluate_round
 from icl_cli.steps.inspect import inspect_round
-from icl_cli.steps.reclassify import train_round
+from icl_cli.steps.reclassify import TrainingDiverged, train_round
 from icl_cli.steps.report import errors_by_round, plot_errors
 from icl_cli.steps.synthesize import synthesize_round
 from store.tracking import sync_from_catalog
 from store.workspace import disk_full_as_one_line
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 @dataclass(frozen=True)
@@ -39,16 +48,49 @@ class RoundRow:
 Watch = Callable[[dict[str, Any]], None]
 """Told what the loop does: ``{"step": "synthesize", "round": 2}`` as a step starts, and
 ``{"round": 2, "done": true, "test_error": ..., "val_error": ...}`` as a round ends (what
-``icl run --parallel`` shows for each experiment)."""
+``icl run --parallel`` shows for each experiment), and ``{"step": "reclassify", "round": 2,
+"retry": 1, "of": 3, "changes": {"lr": 0.005}, "after": "..."}`` as ``--recover`` retries
+a diverged round."""
+
+RECOVER_LIMIT = 10
+"""``--recover N`` at most: the 10th retry trains at 1/1024 of the learning rate."""
+RECOVERY_CLIP_GRAD = 10.0
+"""The gradient clip a recovery adds from its second retry on (the lever that saved the
+5x-learning-rate stress case, RESULTS.md "Stability")."""
 
 
-def run_rounds(store, name: str, rounds: int, runtime: Runtime,
+def recovery_changes(train: TrainChanges, base: TrainConfig, attempt: int) -> TrainChanges:
+    """The settings of retry ``attempt`` (1, 2, ...) of a round whose training diverged
+    with ``train`` applied to ``base``: the learning rate halved ``attempt`` times, and from
+    the second retry on the gradient clipped at ``RECOVERY_CLIP_GRAD`` (or at the round's
+    own clip, when tighter). The other changes stay as given.
+
+    Example:
+        >>> recovery_changes(TrainChanges(epochs=2), TrainConfig(lr=0.05), 2).given()
+        {'epochs': 2, 'lr': 0.0125, 'clip_grad': 10.0}
+    """
+    tc = train.apply(base)
+    given = {**train.given(), "lr": tc.lr / 2 ** attempt}
+    if attempt >= 2:
+        given["clip_grad"] = min(tc.clip_grad or RECOVERY_CLIP_GRAD, RECOVERY_CLIP_GRAD)
+    return TrainChanges(**given)
+
+
+def run_rounds(store: Store, name: str, rounds: int, runtime: Runtime,
                sampler: SamplerChanges | None = None, train: TrainChanges | None = None,
-               watch: Watch | None = None) -> list[RoundRow]:
+               watch: Watch | None = None, recover: int = 0) -> list[RoundRow]:
     """Rounds 1..``rounds``: synthesize, reclassify, evaluate, each only if not done yet;
-    the ``sampler`` and ``train`` changes apply to the rounds this call runs."""
+    the ``sampler`` and ``train`` changes apply to the rounds this call runs.
+
+    ``recover`` (``--recover N``): a round whose training diverges is trained again from
+    checkpoint t-1 (a diverged step saves nothing), at most N times, each retry with the
+    changes of ``recovery_changes``; each attempt is a step of its own in the step log
+    (its ``recovery`` record says which), and the round's ``recovery_attempts`` go to the
+    catalog's metrics and MLflow. 0: a divergence fails the loop, as without it."""
     if rounds < 0:
         raise StepError(f"--rounds must be >= 0, got {rounds}")
+    if not 0 <= recover <= RECOVER_LIMIT:
+        raise StepError(f"--recover must be in 0..{RECOVER_LIMIT}, got {recover}")
     exp = store.experiment(name)
     device = runtime.apply()
     if distributed.from_env().active:  # under torchrun: every step splits over the ranks
@@ -71,14 +113,14 @@ def run_rounds(store, name: str, rounds: int, runtime: Runtime,
     with (disk_full_as_one_line(store.root), distributed.main_only(store.lock, exp.name),
           store.tracker(exp.name, enabled=runtime.mlflow and main)):
         rows = _run_rounds(store, exp, rounds, runtime, sampler or SamplerChanges(),
-                           train or TrainChanges(), watch or (lambda event: None))
+                           train or TrainChanges(), watch or (lambda event: None), recover)
         if runtime.mlflow and main:
             sync_from_catalog(store, [exp.name])
         return rows
 
 
-def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChanges,
-                train: TrainChanges, watch: Watch) -> list[RoundRow]:
+def _run_rounds(store: Store, exp, rounds: int, runtime: Runtime, sampler: SamplerChanges,
+                train: TrainChanges, watch: Watch, recover: int = 0) -> list[RoundRow]:
     cfg = ExperimentConfig.from_dict(exp.config)
     # A combination that cannot run (--epochs 0 without real-data epochs) is refused
     # before any round runs; each value was checked as the changes were made.
@@ -106,8 +148,7 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
         if t > 0 and (store.checkpoint(exp.name, t) is None
                       or t in store.stale_rounds(exp.name)):
             watch({"step": "reclassify", "round": t})
-            train_round(store, exp.name, t, runtime, changes=train,
-                        force=store.checkpoint(exp.name, t) is not None)
+            _reclassify(store, exp, t, runtime, train, recover, watch)
             ran.append("reclassify")
         if t not in errors_by_round(store, exp.name):
             watch({"step": "evaluate", "round": t})
@@ -131,3 +172,43 @@ def _run_rounds(store, exp, rounds: int, runtime: Runtime, sampler: SamplerChang
         plot = plot_errors(store, [exp.name])
         store.tracker(exp.name, enabled=runtime.mlflow).log_artifact(plot)
     return rows
+
+
+def _reclassify(store: Store, exp, t: int, runtime: Runtime, train: TrainChanges,
+                recover: int, watch: Watch) -> None:
+    """Round ``t``'s reclassification, retried after a divergence up to ``recover`` times
+    (``run_rounds``); the attempts of a recovered round are recorded as its metric
+    ``recovery_attempts`` (the catalog's and MLflow's)."""
+    force = store.checkpoint(exp.name, t) is not None
+    if not recover:
+        train_round(store, exp.name, t, runtime, changes=train, force=force)
+        return
+    base = ExperimentConfig.from_dict(exp.config).train
+    changes, attempt, record = train, 0, {"recover": recover, "attempt": 0}
+    while True:
+        try:
+            train_round(store, exp.name, t, runtime, changes=changes, force=force,
+                        recovery=record)
+            break
+        except TrainingDiverged as exc:
+            if attempt >= recover:
+                raise TrainingDiverged(
+                    f"training round {t} of '{exp.name}' diverged in each of its "
+                    f"{attempt + 1} attempts (the last with {_settings(changes, base)}: "
+                    f"{exc.detail}); nothing was saved for round {t} (a lower --lr or "
+                    f"--pn-weight, or --clip-grad, avoids it)", t, exc.detail) from None
+            attempt += 1
+            changes = recovery_changes(train, base, attempt)
+            record = {"recover": recover, "attempt": attempt, "after": exc.detail}
+            watch({"step": "reclassify", "round": t, "retry": attempt, "of": recover,
+                   "changes": changes.given(), "after": exc.detail})
+    if attempt and distributed.current().main:
+        metric = {"recovery_attempts": float(attempt + 1)}
+        store.record_metrics(exp.name, t, metric)
+        store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(metric, step=t)
+
+
+def _settings(changes: TrainChanges, base: TrainConfig) -> str:
+    """A retry's learning rate and clip in words, e.g. ``lr=0.0125, clip_grad=10.0``."""
+    tc = changes.apply(base)
+    return f"lr={tc.lr:g}, clip_grad={'off' if not tc.clip_grad else f'{tc.clip_grad:g}'}"
