@@ -2,12 +2,16 @@
 
 A Store is made of explicit parts, each with its own constructor: ``catalog``
 (:class:`~store.catalog.Catalog`: the database and experiment rows), ``files``
-(:class:`~store.artifacts.ArtifactFiles`: shards and checkpoints), ``results``
+(:class:`~store.artifacts.ArtifactFiles`: shards, parts and checkpoints), ``results``
 (:class:`~store.results.Results`: evaluations, attacks, metrics), ``locks``
 (:class:`~store.locking.Locks`), ``log`` (:class:`~store.steplog.StepLog`) and the MLflow
 runs (:class:`~store.tracking.Runs`). Its methods are those parts' methods (listed below,
 one line each) plus what ties them together: :meth:`Store.step` (lock + log + run status),
 experiments with their folders, figures, verification and :meth:`Store.rebuild`.
+
+There is one way in: steps, the command line, recipes and benchmarks call the Store's own
+methods (``store.write_part(...)``), never a part (``store.files.write_part(...)``); only
+the store's code and its tests (``tests/store``) use the parts.
 
 Example:
     >>> st = Store.init(tmp_path)                                   # doctest: +SKIP
@@ -137,6 +141,11 @@ class Store:
     active_shard = _via("files", ArtifactFiles.active_shard)
     active_shards = _via("files", ArtifactFiles.active_shards)
     read_shard = _via("files", ArtifactFiles.read_shard)
+    part_claim = _via("files", ArtifactFiles.part_claim)
+    write_part = _via("files", ArtifactFiles.write_part)
+    read_part = _via("files", ArtifactFiles.read_part)
+    part_on_disk = _via("files", ArtifactFiles.part_on_disk)
+    remove_parts = _via("files", ArtifactFiles.remove_parts)
     save_checkpoint = _via("files", ArtifactFiles.save_checkpoint)
     checkpoint = _via("files", ArtifactFiles.checkpoint)
     checkpoints = _via("files", ArtifactFiles.checkpoints)
@@ -151,7 +160,6 @@ class Store:
     record_metrics = _via("results", Results.record_metrics)
     metrics = _via("results", Results.metrics)
     steps = _via("log", StepLog.steps)
-    mark_interrupted = _via("log", StepLog.mark_interrupted)
     lock_path = _via("locks", Locks.path)
     lock = _via("locks", Locks.lock)
 

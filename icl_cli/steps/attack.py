@@ -5,6 +5,7 @@ many of those also fool the other model; then the same the other way round."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from icl_cli.algo.ascent import fgsm, pgd
 from icl_cli.data import PIXEL_SCALE
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs
 from icl_cli.steps.evaluate import load_model
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def _one_way(src, dst, x, y, settings: AttackSettings,
     return correct, fooled, both
 
 
-def attack_round(store, name: str, round_: int, against: str, against_round: int | None,
+def attack_round(store: Store, name: str, round_: int, against: str, against_round: int | None,
            settings: AttackSettings, runtime: Runtime) -> list[AttackResult]:
     """FGSM or PGD both ways between (name, round) and (against, against_round) on the
     test set; ``settings.eps`` in [0, 1] pixel units, converted to the [-1, 1] input

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from icl_cli.config import DataConfig, ExperimentConfig
 from icl_cli.data import Dataset, load, to_input
 from icl_cli.errors import StepError
 from icl_cli.models import build_model
+
+if TYPE_CHECKING:
+    from store import Store
 
 Advance = Callable[[int], None]
 
@@ -137,7 +140,8 @@ def new_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
     return build_model(cfg.model.arch, data.shape, data.num_classes, cfg.model.mode)
 
 
-def load_weights(model: nn.Module, store, info, device: torch.device | str = "cpu") -> dict:
+def load_weights(model: nn.Module, store: Store, info, device: torch.device | str = "cpu"
+                 ) -> dict:
     """Load checkpoint ``info`` (hash-checked by the store) into ``model``; a state that
     does not fit the experiment's architecture is refused with one line naming the file.
     Returns the checkpoint's state dict."""

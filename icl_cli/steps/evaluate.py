@@ -4,6 +4,7 @@ checkpoint; ``load_model`` gives the other measuring steps (attack, ood) that ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from icl_cli.steps.common import (
     load_weights,
     new_model,
 )
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Evaluation:
     ece_bins: int | None = None
 
 
-def load_model(store, name: str, round_: int, device: torch.device):
+def load_model(store: Store, name: str, round_: int, device: torch.device):
     """(config, model in eval mode) of an experiment's checkpoint at ``round_``."""
     exp = store.experiment(name)
     if round_ < 0:
@@ -51,7 +55,7 @@ def load_model(store, name: str, round_: int, device: torch.device):
     return cfg, model.eval()
 
 
-def evaluate_round(store, name: str, round_: int, runtime: Runtime, bins: int = 15,
+def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins: int = 15,
                    plot: bool = False) -> list[Evaluation]:
     """Test error (and validation error when a validation split exists) at round t, with
     NLL and ECE over ``bins`` bins (catalog: ``{split}_nll``, ``{split}_ece``); ``plot``
@@ -94,13 +98,14 @@ def calibration_metrics(results: list[Evaluation]) -> dict[str, float]:
     return out
 
 
-def _track(store, name: str, round_: int, results: list[Evaluation], runtime: Runtime) -> None:
+def _track(store: Store, name: str, round_: int, results: list[Evaluation],
+           runtime: Runtime) -> None:
     metrics = {f"{e.split}_error": 100 * e.error for e in results}
     metrics |= {k: v for k, v in calibration_metrics(results).items() if k != "ece_bins"}
     store.tracker(name, enabled=runtime.mlflow).log_metrics(metrics, step=round_)
 
 
-def copy_parent_evaluations(store, name: str, parent: str, parent_round: int,
+def copy_parent_evaluations(store: Store, name: str, parent: str, parent_round: int,
                             runtime: Runtime) -> list[Evaluation] | None:
     """Round 0 of ``name`` is the bytes of ``parent``'s checkpoint at ``parent_round`` on the
     same data (``--from`` shares both), so the parent's current evaluations of it are exact:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icl_cli import distributed
 from icl_cli.config import ExperimentConfig, check_sampler_fits
@@ -19,6 +19,9 @@ from icl_cli.steps.common import (
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
 from icl_cli.steps.reclassify import train_round
 from icl_cli.steps.report import errors_by_round
+
+if TYPE_CHECKING:
+    from store import Store
 
 # What a paired experiment must share with the one it starts from (SPEC, "Fair comparisons").
 SHARED = ("data", "model", "seed", "init_epochs")
@@ -131,7 +134,7 @@ def _check_count(cfg: ExperimentConfig, data, runtime: Runtime) -> None:
                            data.shape, runtime.torch_device(), cfg.model.arch, BLOCK)
 
 
-def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,
+def _create(store: Store, name: str, cfg: ExperimentConfig, data, parent, parent_round,
             runtime: Runtime, from_: str | None) -> InitResult:
     # Under torchrun rank 0 records and evaluates (``from_main``); every rank trains C_0.
     same = [e for e in store.experiments() if e.name == name]
@@ -161,7 +164,7 @@ def _create(store, name: str, cfg: ExperimentConfig, data, parent, parent_round,
     return InitResult(exp.name, from_, False, evaluations, exp.config)
 
 
-def _evaluate(store, name: str, parent, parent_round, runtime: Runtime) -> list[Evaluation]:
+def _evaluate(store: Store, name: str, parent, parent_round, runtime: Runtime) -> list[Evaluation]:
     """C_0's evaluations (copied from the parent's C_0 when it is the same checkpoint; a
     C_0 saved by an init cut short before its evaluation is evaluated now), then MLflow."""
     evaluations = None
@@ -173,7 +176,7 @@ def _evaluate(store, name: str, parent, parent_round, runtime: Runtime) -> list[
     return evaluations
 
 
-def _track(store, name: str, runtime: Runtime) -> None:
+def _track(store: Store, name: str, runtime: Runtime) -> None:
     """The config as MLflow params, and whatever else of the catalog MLflow missed (an
     init cut short by a full disk, a lost ``mlflow.db``): best effort, never a failure."""
     if runtime.mlflow:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from icl_cli.data import to_input
 from icl_cli.steps.common import StepError, experiment_data
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ def save_grid(image: torch.Tensor, path: Path) -> None:
     save_image(image, path, format="png")
 
 
-def inspect_round(store, name: str, round_: int, version: int | None = None) -> InspectResult:
+def inspect_round(store: Store, name: str, round_: int, version: int | None = None
+                  ) -> InspectResult:
     exp = store.experiment(name)
     shards = store.shards(exp.name, round_)
     if version is None:

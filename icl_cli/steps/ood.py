@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from icl_cli.config import ExperimentConfig
 from icl_cli.data import load_idx_folder
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs
 from icl_cli.steps.evaluate import load_model
+
+if TYPE_CHECKING:
+    from store import Store
 
 GENERATED = ("uniform", "gaussian", "constant", "rotate90", "flip", "invert", "blend")
 
@@ -77,7 +81,7 @@ class OodResult:
     n: int
 
 
-def ood(store, name: str, round_: int, runtime: Runtime, roots: list[Path] | None = None,
+def ood(store: Store, name: str, round_: int, runtime: Runtime, roots: list[Path] | None = None,
         seed: int = 0, plot: bool = True, limit: int | None = None) -> list[OodResult]:
     """AUROC, AUPR, FPR95 of each score for each set at round t, recorded as round metrics
     ``ood_<set>_<score>_<auroc|aupr|fpr95>`` (catalog, MLflow); a histogram PNG.

@@ -9,6 +9,7 @@ draw the parts (``steps.synthesize``).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from icl_cli.steps.draw import (
     shard_summary,
     summary_of,
 )
+
+if TYPE_CHECKING:
+    from store import Store
 
 PART_STEP = "synthesize-part"
 
@@ -68,7 +72,7 @@ def _part_fix(exp: str, t: int, index: int, parts: int) -> str:
     return f"`icl synthesize --round {t} --part {index}/{parts} -e {exp}`"
 
 
-def _recorded_parts(store, exp: str, plan: Plan, parts: int) -> dict[int, dict]:
+def _recorded_parts(store: Store, exp: str, plan: Plan, parts: int) -> dict[int, dict]:
     """{i: the step record of part i} for the parts of ``plan`` split in ``parts``, the
     latest record of each (from the step log: the catalog has no table for parts)."""
     found: dict[int, dict] = {}
@@ -80,7 +84,7 @@ def _recorded_parts(store, exp: str, plan: Plan, parts: int) -> dict[int, dict]:
     return found
 
 
-def _part_info(store, exp: str, plan: Plan, c: dict):
+def _part_info(store: Store, exp: str, plan: Plan, c: dict):
     from store.artifacts import PartInfo
 
     i, n = c["part"]
@@ -88,7 +92,7 @@ def _part_info(store, exp: str, plan: Plan, c: dict):
                     c["count"])
 
 
-def _intact(store, exp: str, plan: Plan, c: dict) -> bool:
+def _intact(store: Store, exp: str, plan: Plan, c: dict) -> bool:
     """A recorded part whose file is there with its recorded sha256."""
     from store import IntegrityError
 
@@ -100,7 +104,7 @@ def _intact(store, exp: str, plan: Plan, c: dict) -> bool:
     return True
 
 
-def synthesize_part(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
+def synthesize_part(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
                     force: bool, changes: SamplerChanges, index: int, parts: int
                     ) -> SynthesisResult:
     """Draw part ``index`` of ``parts`` of round t, write and record it, and join the
@@ -113,12 +117,12 @@ def synthesize_part(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
         return shard_summary(store, plan, reused=True)
     rows = part_rows(plan.count, index, parts)
     what = f"{index}/{parts}"
-    with store.files.part_claim(exp.name, t, index, parts):
+    with store.part_claim(exp.name, t, index, parts):
         done = _recorded_parts(store, exp.name, plan, parts).get(index)
         if done is not None and _intact(store, exp.name, plan, done):
             seconds, reused = float(done.get("seconds", 0.0)), True
             info = _part_info(store, exp.name, plan, done)
-            arrays = store.files.read_part(info, _part_expect(plan, index, parts, rows),
+            arrays = store.read_part(info, _part_expect(plan, index, parts, rows),
                                            _part_fix(exp.name, t, index, parts))
         else:
             arrays, seconds = draw_rows(store, exp, cfg, data, plan, runtime, device, rows,
@@ -151,15 +155,15 @@ def _part_expect(plan: Plan, index: int, parts: int, rows: list[range]) -> dict:
             "rows": rows_record(rows), "round_count": plan.count}
 
 
-def _write_part(store, exp: str, plan: Plan, index: int, parts: int, rows: list[range],
+def _write_part(store: Store, exp: str, plan: Plan, index: int, parts: int, rows: list[range],
                 arrays, seconds: float, device):
     """The part file, written atomically (not recorded yet)."""
     attrs = {**shard_attrs(plan), "rows": rows_record(rows),
              "round_count": plan.count, "draw_seconds": seconds, "device": str(device)}
-    return store.files.write_part(exp, plan.round, plan.version, index, parts, arrays, attrs)
+    return store.write_part(exp, plan.round, plan.version, index, parts, arrays, attrs)
 
 
-def _log_part(store, exp: str, plan: Plan, info, rows: list[range], seconds: float,
+def _log_part(store: Store, exp: str, plan: Plan, info, rows: list[range], seconds: float,
               device: str) -> None:
     """Record a written part in the step log (the caller holds the lock); a part that
     could not be recorded is removed, so none is left behind unrecorded."""
@@ -175,7 +179,7 @@ def _log_part(store, exp: str, plan: Plan, info, rows: list[range], seconds: flo
         raise
 
 
-def _record_part(store, exp: str, plan: Plan, index: int, parts: int, rows: list[range],
+def _record_part(store: Store, exp: str, plan: Plan, index: int, parts: int, rows: list[range],
                  arrays, seconds: float, device):
     """Write the part file, then record it in the step log (the caller holds the lock)."""
     info = _write_part(store, exp, plan, index, parts, rows, arrays, seconds, device)
@@ -183,7 +187,7 @@ def _record_part(store, exp: str, plan: Plan, index: int, parts: int, rows: list
     return info
 
 
-def join_parts(store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:
+def join_parts(store: Store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:
     """Join the N recorded parts of ``plan`` into round t's shard and record it (the
     caller holds the lock). A part missing: StepError; one that fails its checks:
     IntegrityError; both name the part and the command that draws it again. Nothing is
@@ -204,7 +208,7 @@ def join_parts(store, exp, plan: Plan, parts: int, runtime: Runtime) -> Synthesi
         rows = part_rows(plan.count, i, parts)  # a part of other rows fails its checks
         fix = f"draw it again with {_part_fix(exp.name, t, i, parts)}"
         info = _part_info(store, exp.name, plan, c)
-        pieces.append((rows, store.files.read_part(info, _part_expect(plan, i, parts, rows),
+        pieces.append((rows, store.read_part(info, _part_expect(plan, i, parts, rows),
                                                    fix)))
         devices.append(c.get("device", ""))
         seconds += float(c.get("seconds", 0.0))
@@ -222,12 +226,12 @@ def join_parts(store, exp, plan: Plan, parts: int, runtime: Runtime) -> Synthesi
     tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     with store.step(exp.name, "synthesize", t, step_cfg):
         info = store.write_shard(exp.name, t, arrays, shard_attrs(plan))
-    store.files.remove_parts(exp.name, t, plan.version)
+    store.remove_parts(exp.name, t, plan.version)
     return recorded_shard(store, exp, info, arrays, seconds, plan.sampler.config.max_steps,
                           tracker)
 
 
-def merge_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
+def merge_round(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
                 changes: SamplerChanges) -> SynthesisResult:
     """``--merge``: join the parts recorded last for round t's next version (with these
     sampler settings, when any are given); the shard itself if they were joined already."""
@@ -252,11 +256,11 @@ def merge_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
         return join_parts(store, exp, plan, int(last["part"][1]), runtime)
 
 
-def part_file(store, exp, cfg, data, plan: Plan, index: int, parts: int, runtime: Runtime,
+def part_file(store: Store, exp, cfg, data, plan: Plan, index: int, parts: int, runtime: Runtime,
               device):
     """A rank's part: drawn and written (its PartInfo), unless its recorded file is intact
     already (None)."""
-    with store.files.part_claim(exp.name, plan.round, index, parts):
+    with store.part_claim(exp.name, plan.round, index, parts):
         done = _recorded_parts(store, exp.name, plan, parts).get(index)
         if done is not None and _intact(store, exp.name, plan, done):
             return None
@@ -266,14 +270,17 @@ def part_file(store, exp, cfg, data, plan: Plan, index: int, parts: int, runtime
         return _write_part(store, exp.name, plan, index, parts, rows, arrays, seconds, device)
 
 
-def log_and_join(store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:
+def log_and_join(store: Store, exp, plan: Plan, parts: int, runtime: Runtime) -> SynthesisResult:
     """Rank 0: record the parts the ranks wrote (from their files' own attributes; the
     join checks them against the plan), then join them."""
     recorded = _recorded_parts(store, exp.name, plan, parts)
     for i in range(1, parts + 1):
         if i in recorded and _intact(store, exp.name, plan, recorded[i]):
             continue
-        found = store.files.part_on_disk(exp.name, plan.round, plan.version, i, parts)
+        # The part of this plan's set: never one drawn with other settings (a newer file
+        # of that number, from `--part i/N` with another seed or sampler, say).
+        found = store.part_on_disk(exp.name, plan.round, plan.version, i, parts,
+                                   attrs={**shard_attrs(plan), "round_count": plan.count})
         if found is None:
             raise StepError(f"part {i}/{parts} of round {plan.round} of '{exp.name}' was not "
                             "written by its rank: run the command again")

@@ -14,12 +14,16 @@ Inception weights and ImageNet-sized images).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 class ReferenceMLP(nn.Module):
@@ -55,7 +59,7 @@ def train_reference(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: 
     return net.eval()
 
 
-def cached_reference(store, exp, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+def cached_reference(store: Store, exp, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                      epochs: int, seed: int) -> tuple[ReferenceMLP, str, bool]:
     """The experiment's reference net from the workspace's cache, trained and cached first
     when it is not there; returns (net, the file's sha256, whether it was trained now)."""
@@ -100,7 +104,7 @@ class Quality:
     rounds: list[RoundQuality]
 
 
-def quality(store, name: str, runtime: Runtime, epochs: int = 10, seed: int = 0,
+def quality(store: Store, name: str, runtime: Runtime, epochs: int = 10, seed: int = 0,
             plot: bool = True) -> Quality:
     """Per-round sample quality of ``name``'s active shards (catalog: round metrics
     ``quality_target_share``, ``quality_confidence``, ``quality_frechet``; MLflow; a PNG

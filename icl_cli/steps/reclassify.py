@@ -262,7 +262,7 @@ def training_peaks(history) -> dict[str, float]:
             "pool_logit_max": max(h.pn_logit_max for h in history)}
 
 
-def _recorded_inputs(store, name: str, t: int, existing, parent):
+def _recorded_inputs(store: Store, name: str, t: int, existing, parent):
     """The shards and parent a recorded checkpoint was trained from (for ``--replay``)."""
     if existing is None:
         raise StepError(f"round {t} of '{name}' has no checkpoint to replay")
@@ -280,7 +280,7 @@ def _recorded_inputs(store, name: str, t: int, existing, parent):
     return [by_sha[sha] for sha in inputs["shards"]], inputs
 
 
-def _pool(store, shards: list, shape, num_classes: int, device: torch.device):
+def _pool(store: Store, shards: list, shape, num_classes: int, device: torch.device):
     """Every active pseudo-negative of rounds 1..t: samples (P, C, H, W) and class (P,) on
     ``device``, and the round each was drawn in (P,) on the CPU."""
     from store import IntegrityError
@@ -305,7 +305,7 @@ def _pool(store, shards: list, shape, num_classes: int, device: torch.device):
     return torch.cat(xs).to(device), torch.cat(ks).to(device), torch.cat(ts)
 
 
-def _compare_replay(store, existing, state, name: str, t: int, epochs_log,
+def _compare_replay(store: Store, existing, state, name: str, t: int, epochs_log,
                     world_size: int = 1) -> TrainResult:
     """Re-trained weights against the recorded checkpoint: bit for bit when trained at the
     recorded world size, within ``REPLAY_TOLERANCE`` at another (then ``replay_tolerance``

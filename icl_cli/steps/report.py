@@ -8,6 +8,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from store import Store
 
 DIVERGED = "diverged ("
 """What the step log's message of a diverged training step holds (``is_divergence``;
@@ -25,7 +29,7 @@ def is_divergence(message: str | None) -> bool:
     return bool(message) and f" {DIVERGED}" in message
 
 
-def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
+def errors_by_round(store: Store, name: str) -> dict[int, dict[str, float]]:
     """{round: {"test": error, "val": error}} from the catalog, counting only evaluations
     made after the round's current checkpoint (a ``--force`` retrain makes older ones
     stale, and ``icl run`` then evaluates the round again)."""
@@ -37,7 +41,7 @@ def errors_by_round(store, name: str) -> dict[int, dict[str, float]]:
     return out
 
 
-def plot_errors(store, names: list[str], filename: str = "error-vs-round.png") -> Path:
+def plot_errors(store: Store, names: list[str], filename: str = "error-vs-round.png") -> Path:
     """Test error (%) against round for each experiment (the paper's Figure 4)."""
     import matplotlib
 
@@ -72,13 +76,13 @@ def _pyplot():
     return plt
 
 
-def _save(store, fig, name: str, filename: str) -> Path:
+def _save(store: Store, fig, name: str, filename: str) -> Path:
     path = store.figure_path(name, filename)
     store.write_figure(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
     return path
 
 
-def plot_reliability(store, name: str, round_: int, curves: dict) -> Path:
+def plot_reliability(store: Store, name: str, round_: int, curves: dict) -> Path:
     """Reliability diagram: accuracy against mean confidence per bin, one line per split
     (``curves``: {split: metrics.Calibration}), the diagonal being perfect calibration."""
     plt = _pyplot()
@@ -97,7 +101,7 @@ def plot_reliability(store, name: str, round_: int, curves: dict) -> Path:
     return path
 
 
-def plot_histograms(store, name: str, round_: int, scores_in: dict, scores_out: dict,
+def plot_histograms(store: Store, name: str, round_: int, scores_in: dict, scores_out: dict,
                     filename: str) -> Path:
     """Histograms of in- vs out-of-distribution scores: one panel per score, the test
     set against each out-of-distribution set (``scores_out``: {set: {score: values}})."""
@@ -117,7 +121,7 @@ def plot_histograms(store, name: str, round_: int, scores_in: dict, scores_out: 
     return path
 
 
-def plot_quality(store, name: str, rounds: list, real_frechet: float) -> Path:
+def plot_quality(store: Store, name: str, rounds: list, real_frechet: float) -> Path:
     """Sample quality against the round: the reference's target share and confidence
     (left), the classifier-feature Frechet distance with real data's own (right)."""
     plt = _pyplot()
@@ -240,7 +244,7 @@ def configuration_id(config: dict, recover: int | None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def experiment_rows(store) -> list[ExperimentRow]:
+def experiment_rows(store: Store) -> list[ExperimentRow]:
     rows = []
     running = {}
     for s in store.steps(state="running"):  # only those rows, not the whole step log

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,8 +36,11 @@ from icl_cli.steps.draw import (
 )
 from icl_cli.steps.parts import log_and_join, merge_round, part_file, synthesize_part
 
+if TYPE_CHECKING:
+    from store import Store
 
-def synthesize_round(store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
+
+def synthesize_round(store: Store, name: str, round_: int, runtime: Runtime, *, force: bool = False,
                      replay: bool = False, changes: SamplerChanges | None = None,
                      part: tuple[int, int] | None = None, merge: bool = False
                      ) -> SynthesisResult:
@@ -86,7 +90,7 @@ def _num_classes(exp) -> Callable[[], int]:
     return lambda: experiment_data(exp).num_classes
 
 
-def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
+def _synthesize(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
                 replay: bool, changes: SamplerChanges) -> SynthesisResult:
     if not replay:
         planned = plan_round(store, exp, cfg, t, runtime, force, changes, _num_classes(exp))
@@ -105,7 +109,7 @@ def _synthesize(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, for
     return _draw_round(store, exp, cfg, plan, runtime, replay=active)
 
 
-def _draw_round(store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
+def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
                 replay=None) -> SynthesisResult:
     """Draw the whole round of ``plan`` in this process and record its shard (or, with
     ``replay``, the recorded shard, compare with it)."""
@@ -131,7 +135,7 @@ def _draw_round(store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
     return recorded_shard(store, exp, info, arrays, seconds, sc.max_steps, tracker)
 
 
-def _synthesize_ranks(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
+def _synthesize_ranks(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
                       force: bool, replay: bool, changes: SamplerChanges) -> SynthesisResult:
     """Under torchrun: rank r draws part r+1 of N (N: the world size, or fewer where the
     round has fewer blocks) and writes its part file; rank 0, which holds the lock for the

@@ -103,17 +103,52 @@ def test_a_part_file_of_other_settings_is_refused(tmp_path):
               "passed": np.ones(4, bool)}
     attrs = {"seed": 7, "sampler_config": {"count": 2}, "source_checkpoint": "ab" * 32,
              "rows": [[0, 4]], "round_count": 8}
-    info = st.files.write_part("icl", 1, 1, 1, 2, arrays, attrs)
+    info = st.write_part("icl", 1, 1, 1, 2, arrays, attrs)
     assert info.path.name == "round-0001.v1.part-1-of-2.h5"
     expect = {"seed": 7, "sampler_config": {"count": 2}, "source_checkpoint": "ab" * 32,
               "part_index": 1, "part_count": 2, "rows": [[0, 4]],
               "round_count": 8}
-    got = st.files.read_part(info, expect, "fix it")
+    got = st.read_part(info, expect, "fix it")
     assert np.array_equal(got["target"], np.arange(4))
     with pytest.raises(IntegrityError, match=r"drawn for other settings \(seed differ\)"):
-        st.files.read_part(info, {**expect, "seed": 8}, "fix it")
+        st.read_part(info, {**expect, "seed": 8}, "fix it")
     with pytest.raises(IntegrityError, match="part_count, part_index differ"):
-        st.files.read_part(info, {**expect, "part_index": 2, "part_count": 3}, "fix it")
+        st.read_part(info, {**expect, "part_index": 2, "part_count": 3}, "fix it")
     assert st.verify().ok  # a part file is neither a shard nor a temporary
-    st.files.remove_parts("icl", 1, 1)
+    st.remove_parts("icl", 1, 1)
     assert not info.path.exists()
+
+
+def test_the_ranks_join_takes_each_part_of_its_own_set(tmp_path):
+    """Rank 0 records the parts the ranks wrote (``log_and_join``): a part file of that
+    number drawn with other settings (a later ``--part 2/2`` with another seed, say) is
+    never taken for the rank's own, however new it is."""
+    import os
+
+    from icl_cli.config import ExperimentConfig, SamplerChanges
+    from icl_cli.steps.common import Runtime, experiment_data
+    from icl_cli.steps.draw import Plan, plan_round, shard_attrs
+    from icl_cli.steps.parts import log_and_join, part_file
+    from tests.kit import COMMON, icl, tiny
+
+    icl("init", "-w", tmp_path, "-e", "icl", "--method", "icl", *tiny(count=26), *COMMON)
+    runtime = Runtime(device="cpu", threads=1, mlflow=False)
+    with Store.open(tmp_path) as st:
+        exp = st.experiment("icl")
+        cfg = ExperimentConfig.from_dict(exp.config)
+        data = experiment_data(exp)
+        plan = plan_round(st, exp, cfg, 1, runtime, False, SamplerChanges(),
+                          lambda: data.num_classes)
+        assert isinstance(plan, Plan) and plan.count == 260  # two blocks: two parts
+        own = [part_file(st, exp, cfg, data, plan, i, 2, runtime, "cpu") for i in (1, 2)]
+        other = {**shard_attrs(plan), "seed": plan.seed + 1, "rows": [[256, 260]],
+                 "round_count": plan.count}
+        foreign = st.write_part("icl", 1, plan.version, 2, 2,
+                                st.read_part(own[1], {}, "-"), other)
+        assert foreign.path != own[1].path
+        later = own[1].path.stat().st_mtime + 60
+        os.utime(foreign.path, (later, later))  # the newest part 2 on disk
+        joined = log_and_join(st, exp, plan, 2, runtime)
+        assert joined.count == 260
+        logged = [s.config["sha256"] for s in st.steps("icl", name="synthesize-part")]
+        assert sorted(logged) == sorted(p.sha256 for p in own)
