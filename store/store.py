@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Store", "config_hash"]
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+WORKSPACE_FIGURES = "figures"  # <ws>/figures/: figures of several experiments
 
 
 @contextmanager
@@ -424,6 +425,17 @@ class Store:
         if not parts or any(not _PART_RE.fullmatch(p) for p in parts):
             raise StoreError(f"invalid figure name {name!r}: use relative names like 'grid.png'")
         path = contained(self.root, self.root / EXPERIMENTS_DIR / exp / "figures" / Path(*parts))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def workspace_figure_path(self, name: str) -> Path:
+        """Where to write a figure of several experiments: ``figures/<name>`` at the
+        workspace's top (``icl report``'s error-vs-round plot), never inside one
+        experiment's folder; the folder is created."""
+        parts = PurePosixPath(name).parts
+        if not parts or any(not _PART_RE.fullmatch(p) for p in parts):
+            raise StoreError(f"invalid figure name {name!r}: use relative names like 'grid.png'")
+        path = contained(self.root, self.root / WORKSPACE_FIGURES / Path(*parts))
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -89,7 +89,8 @@ def attack(
     settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed,
                               limit)
     with user_errors():
-        other, other_round = parse_from(against) if ":" in against else (against, None)
+        other, other_round = parse_from(against, "--against") if ":" in against \
+            else (against, None)
         rows = attack_round(open_store(workspace), experiment, round_, other, other_round,
                             settings, runtime(device, threads, no_mlflow=no_mlflow))
     if json:

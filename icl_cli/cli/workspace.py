@@ -154,7 +154,9 @@ REPORT_PLOT = "report-error-vs-round.png"
 @app.command()
 def report(
     workspace: Workspace = None, json: Json = False,
-    plot: Annotated[bool, typer.Option(help="Also write an error-vs-round PNG.")] = True,
+    plot: Annotated[bool, typer.Option(
+        help="Also write an error-vs-round PNG of every experiment (figures/ at the "
+        "workspace's top).")] = True,
 ) -> None:
     """A markdown table across experiments (errors in %; best round chosen on validation)."""
     from icl_cli.steps.report import experiment_rows, markdown, plot_errors
@@ -165,9 +167,11 @@ def report(
         path = None
         if plot and rows:
             names = [r.experiment for r in rows]
-            path = store.figure_path(names[0], REPORT_PLOT)
+            # Every experiment's curve: in the workspace's own figures/, not in one
+            # experiment's folder.
+            path = store.workspace_figure_path(REPORT_PLOT)
             if not _newer_than_catalog(store, path):  # matplotlib costs ~0.5 s to import
-                path = plot_errors(store, names, REPORT_PLOT)
+                path = plot_errors(store, names, path=path)
     if json:
         return ui.emit_json(rows)
     print(markdown(rows))

@@ -36,13 +36,15 @@ class InitResult:
     config: dict[str, Any]
 
 
-def parse_from(spec: str) -> tuple[str, int]:
-    """'baseline:0' -> ('baseline', 0); a bare name means round 0."""
+def parse_from(spec: str, flag: str = "--from") -> tuple[str, int]:
+    """'baseline:0' -> ('baseline', 0); a bare name means round 0. ``flag``: the option
+    the spec came from, named in the error (``--from``, ``--against``)."""
     name, _, round_ = spec.partition(":")
     try:
         return name, int(round_ or 0)
     except ValueError:
-        raise StepError(f"--from takes EXPERIMENT:ROUND (e.g. baseline:0), got {spec!r}") from None
+        raise StepError(f"{flag} takes EXPERIMENT:ROUND (e.g. baseline:0), got {spec!r}"
+                        ) from None
 
 
 def compose(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> ExperimentConfig:

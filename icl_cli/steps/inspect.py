@@ -87,6 +87,34 @@ def save_grid(image: torch.Tensor, path: Path) -> None:
     save_image(image, path, format="png")
 
 
+def _no_shard(store: Store, exp, t: int, version: int | None, shards: list) -> str:
+    """Why round ``t`` (version ``version``) has nothing to inspect, with a command that
+    runs as written: another round or version that has a shard, or the step that draws
+    the missing one."""
+    e = f"-e {exp.name}"
+    if exp.config.get("method") == "baseline":
+        return (f"'{exp.name}' is a baseline: it draws no pseudo-negatives, so it has no "
+                "shard to inspect")
+    rounds = sorted({s.round for s in store.shards(exp.name, active_only=True)})
+    latest = f"`icl inspect --round {rounds[-1]} {e}`" if rounds else None
+    if t < 1:
+        where = f"; its latest shard is round {rounds[-1]}: {latest}" if rounds else \
+            f"; draw round 1 with `icl synthesize --round 1 {e}`"
+        return f"--round must be >= 1 to inspect (round {t} has no pseudo-negatives){where}"
+    if shards and version is not None:
+        have = sorted(s.version for s in shards)
+        active = next((s.version for s in shards if s.active), have[-1])
+        return (f"round {t} of '{exp.name}' has no shard version {version} (it has "
+                f"{', '.join(f'v{v}' for v in have)}): "
+                f"`icl inspect --round {t} --version {active} {e}`")
+    if store.checkpoint(exp.name, t - 1) is not None:
+        return (f"'{exp.name}' has no shard for round {t}: draw it with "
+                f"`icl synthesize --round {t} {e}`")
+    elsewhere = f", or inspect a round that has one: {latest}" if latest else ""
+    return (f"'{exp.name}' has no shard for round {t} (nor a checkpoint of round {t - 1} to "
+            f"draw it from): `icl run --rounds {t} {e}` makes it{elsewhere}")
+
+
 def inspect_round(store: Store, name: str, round_: int, version: int | None = None
                   ) -> InspectResult:
     exp = store.experiment(name)
@@ -96,10 +124,7 @@ def inspect_round(store: Store, name: str, round_: int, version: int | None = No
     else:
         info = next((s for s in shards if s.version == version), None)
     if info is None:
-        which = f"version {version} of round {round_}" if version is not None \
-            else f"round {round_}"
-        raise StepError(f"'{exp.name}' has no shard for {which}: run "
-                        f"`icl synthesize --round {round_}`")
+        raise StepError(_no_shard(store, exp, round_, version, shards))
     a = store.read_shard(info)
     data = experiment_data(exp)
     samples, target = torch.from_numpy(a["samples"]), torch.from_numpy(a["target"])

@@ -41,8 +41,10 @@ def errors_by_round(store: Store, name: str) -> dict[int, dict[str, float]]:
     return out
 
 
-def plot_errors(store: Store, names: list[str], filename: str = "error-vs-round.png") -> Path:
-    """Test error (%) against round for each experiment (the paper's Figure 4)."""
+def plot_errors(store: Store, names: list[str], filename: str = "error-vs-round.png",
+                path: Path | None = None) -> Path:
+    """Test error (%) against round for each experiment (the paper's Figure 4), written
+    to ``path`` (default: ``filename`` among the first experiment's figures)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +63,7 @@ def plot_errors(store: Store, names: list[str], filename: str = "error-vs-round.
     # Beside the axes, in columns of 12: a workspace may hold dozens of experiments.
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
               ncol=1 + (len(names) - 1) // 12)
-    path = store.figure_path(names[0], filename)
+    path = store.figure_path(names[0], filename) if path is None else path
     store.write_figure(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path

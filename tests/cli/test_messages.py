@@ -1,0 +1,74 @@
+"""One-line errors that name the option at fault and suggest commands that run as written,
+and figures that live where their content belongs."""
+
+import shlex
+
+import pytest
+
+from tests.kit import COMMON, TINY, icl
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A baseline and a paired ICL experiment; ICL at round 1 (shard and checkpoint)."""
+    ws = tmp_path_factory.mktemp("ws")
+    icl("init", "-w", ws, "-e", "base", "--method", "baseline", *TINY, *COMMON)
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
+    icl("run", "-w", ws, "-e", "icl", "--rounds", "1", *COMMON)
+    return ws
+
+
+def one_line(res) -> str:
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("error:") and "Traceback" not in res.output
+    return line
+
+
+def suggested(line: str) -> list[str]:
+    """The command quoted in a message (`icl ...`), as arguments after ``icl``."""
+    quoted = line.split("`")[1]
+    argv = shlex.split(quoted)
+    assert argv[0] == "icl", line
+    return argv[1:]
+
+
+def test_attack_names_against_when_its_round_is_not_a_number(ws):
+    line = one_line(icl("attack", "-w", ws, "-e", "icl", "--round", "1", "--against",
+                        "base:1:2", *COMMON, code=3))
+    assert "--against takes EXPERIMENT:ROUND" in line and "'base:1:2'" in line
+    assert "--from" not in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--round", "-1"], "--round must be >= 1 to inspect"),
+    (["--round", "0"], "--round must be >= 1 to inspect"),
+    (["--round", "1", "--version", "0"], "has no shard version 0 (it has v1)"),
+    (["--round", "1", "--version", "7"], "has no shard version 7 (it has v1)"),
+])
+def test_inspect_suggests_a_command_that_runs(ws, args, expected):
+    line = one_line(icl("inspect", "-w", ws, "-e", "icl", *args, code=3))
+    assert expected in line
+    argv = suggested(line)
+    assert argv[:1] == ["inspect"] and "-1" not in argv and "0" not in argv
+    icl(*argv, "-w", ws)  # as written
+
+
+def test_inspect_of_a_round_still_to_draw_names_the_step_that_draws_it(ws, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(ws, tmp_path / "copy")
+    line = one_line(icl("inspect", "-w", copy, "-e", "icl", "--round", "2", code=3))
+    assert suggested(line) == ["synthesize", "--round", "2", "-e", "icl"]
+    icl(*suggested(line), "-w", copy, *COMMON)
+    line = one_line(icl("inspect", "-w", copy, "-e", "icl", "--round", "4", code=3))
+    assert suggested(line) == ["run", "--rounds", "4", "-e", "icl"]
+    line = one_line(icl("inspect", "-w", copy, "-e", "base", "--round", "1", code=3))
+    assert "is a baseline" in line
+
+
+def test_report_draws_its_plot_of_every_experiment_at_the_workspace_top(ws):
+    out = icl("report", "-w", ws)
+    plot = ws / "figures" / "report-error-vs-round.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(plot) in out.stderr
+    assert not list((ws / "experiments").rglob("report-error-vs-round.png"))
+    assert "workspace consistent" in icl("verify", "-w", ws).stdout
