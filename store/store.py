@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -101,6 +102,18 @@ def _ctrl_c_held() -> Iterator[list]:
 def _interrupt(pressed: list) -> KeyboardInterrupt:
     """The interrupt to raise for the signals ``_ctrl_c_held`` held."""
     return Terminated() if signal.SIGTERM in pressed else KeyboardInterrupt()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet: what
+    ``mkdir(parents=True)`` would make first (None: ``path`` exists)."""
+    missing = None
+    while not os.path.lexists(path):
+        missing, parent = path, path.parent
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def _one_line(exc: BaseException) -> str:
@@ -196,10 +209,21 @@ class Store:
         store._refuse_links()
         store._bind(claim=False)  # another workspace's catalog: refused before any write
         store._refuse_unrecorded()
-        (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
-        (root / EXPERIMENTS_DIR).mkdir(exist_ok=True)
-        store.catalog.create()
-        store._bind()
+        # What this call makes: removed again if it fails (a catalog that cannot be
+        # opened or created), so a failed `icl init` leaves no folder behind.
+        top = _first_missing(root)
+        made = [top] if top is not None else [
+            p for p in (root / ICL_DIR, root / EXPERIMENTS_DIR) if not os.path.lexists(p)]
+        try:
+            (root / ICL_DIR / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+            (root / EXPERIMENTS_DIR).mkdir(exist_ok=True)
+            store.catalog.create()
+            store._bind()
+        except BaseException:
+            store.close()
+            for path in made:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         return store
 
     @classmethod

@@ -17,6 +17,10 @@ import typer
 
 from icl_cli.cli import ui
 from icl_cli.cli.main import (
+    MAX_EPOCHS,
+    MAX_ROUNDS,
+    MAX_SAMPLER_STEPS,
+    THREADS_PER_CORE,
     Amp,
     Device,
     Experiment,
@@ -28,7 +32,9 @@ from icl_cli.cli.main import (
     Threads,
     Workspace,
     app,
+    at_most,
     bounded,
+    cores,
     errors_table,
     fail,
     open_store,
@@ -40,9 +46,10 @@ from icl_cli.cli.main import (
 # --- settings of the reclassify step (TrainConfig) ----------------------------------
 Epochs = Annotated[int | None, typer.Option(
     "--epochs", help="Reclassify epochs per round (mixed: the real images and the "
-    "pseudo-negatives).")]
+    "pseudo-negatives; at most 10,000).", callback=at_most("--epochs", MAX_EPOCHS))]
 RealEpochs = Annotated[int | None, typer.Option(
-    "--real-epochs", help="Extra real-data-only epochs at the end of each round.")]
+    "--real-epochs", help="Extra real-data-only epochs at the end of each round (at most "
+    "10,000).", callback=at_most("--real-epochs", MAX_EPOCHS))]
 Lr = Annotated[float | None, typer.Option("--lr", help="Reclassify learning rate.")]
 PnWeight = Annotated[float | None, typer.Option(
     "--pn-weight", help="Weight w of the pseudo-negative loss term.")]
@@ -69,7 +76,9 @@ MaxBatch = Annotated[int | None, typer.Option(
 # --- settings of the synthesis step (SamplerConfig) ---------------------------------
 Count = Annotated[int | None, typer.Option(
     "--count", help="Pseudo-negatives per class per round (the paper's l).")]
-MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Sampler steps at most.")]
+MaxSteps = Annotated[int | None, typer.Option(
+    "--max-steps", help="Sampler steps at most (itself at most 100,000).",
+    callback=at_most("--max-steps", MAX_SAMPLER_STEPS))]
 SamplerLr = Annotated[float | None, typer.Option(
     "--sampler-lr", help="Sampler Adam step size on the input.")]
 ReferenceStd = Annotated[float | None, typer.Option(
@@ -106,7 +115,9 @@ def init(
     mode: Annotated[str | None, typer.Option(help="softmax or ova (one-vs-all).")] = None,
     arch: Annotated[str | None, typer.Option(
         help="mnist-cnn, resnet32, resnet8 or tiny.")] = None,
-    init_epochs: Annotated[int | None, typer.Option(help="Epochs to train C_0.")] = None,
+    init_epochs: Annotated[int | None, typer.Option(
+        help="Epochs to train C_0 (at most 10,000).",
+        callback=at_most("--init-epochs", MAX_EPOCHS))] = None,
     epochs: Epochs = None, real_epochs: RealEpochs = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Real images per training batch, C_0's and each round's.")] = None,
@@ -283,8 +294,8 @@ Experiments = Annotated[list[str] | None, typer.Option(
 
 @app.command()
 def run(
-    rounds: Annotated[int, typer.Option(help="Run rounds 1..T.",
-                                        callback=bounded("--rounds"))],
+    rounds: Annotated[int, typer.Option(help="Run rounds 1..T (T at most 1,000).",
+                                        callback=at_most("--rounds", MAX_ROUNDS))],
     count: Count = None,
     epochs: Epochs = None, real_epochs: RealEpochs = None, lr: Lr = None,
     pn_weight: PnWeight = None, pn_weighting: PnWeighting = None,
@@ -292,7 +303,8 @@ def run(
     clip_grad: ClipGrad = None, weight_decay: WeightDecay = None,
     max_batch: MaxBatch = None,
     parallel: Annotated[int, typer.Option(
-        help="With several -e: how many experiments run at once (each with --threads).")]
+        help="With several -e: how many experiments run at once (each with --threads; on "
+        "this machine at most 4 per core).", callback=bounded("--parallel"))]
     = 1,
     executor: Annotated[str | None, typer.Option(
         help="With several -e: run them as one submitit job array, on 'slurm' or 'local' "
@@ -329,6 +341,11 @@ def run(
         if len(names) > 1:
             if parallel < 1:
                 raise fail(f"--parallel must be >= 1, got {parallel}", 3)
+            at_once = min(parallel, len(names))
+            if executor != "slurm" and at_once > THREADS_PER_CORE * cores():
+                raise fail(f"--parallel {parallel} would run {at_once} processes at once on "
+                           f"this machine's {cores()} cores (at most {THREADS_PER_CORE} per "
+                           f"core: {THREADS_PER_CORE * cores()})", 3)
             return _run_many(names, rounds, parallel, workspace, json, sampler, train,
                              (executor, executor_param), device=device, threads=threads,
                              amp=amp, no_mlflow=no_mlflow, recover=recover or None)

@@ -243,10 +243,51 @@ def bounded(flag: str):
     return check
 
 
+# Upper bounds no real use reaches (the paper: 30 rounds, 15 bins, PGD with 40 steps and
+# 1 restart), so that a typo cannot run for days or take all memory; each is said in its
+# option's help and refused up front, in one line naming the flag (exit 3).
+MAX_ROUNDS = 1_000
+MAX_EPOCHS = 10_000
+MAX_SAMPLER_STEPS = 100_000
+MAX_BINS = 1_000
+MAX_PGD_STEPS = 10_000
+MAX_RESTARTS = 100
+MAX_PGD_WORK = 100_000  # --steps x --restarts: gradient steps per image at most
+MAX_LIMIT = 10_000_000
+THREADS_PER_CORE = 4  # --threads, and processes of --parallel, per core of this machine
+
+
+def at_most(flag: str, limit: int):
+    """A callback refusing a value above ``limit`` (exit 3, one line naming the flag); a
+    value below its own lower bound is the step's to refuse, as before."""
+    storable = bounded(flag)
+
+    def check(value: int | None) -> int | None:
+        if storable(value) is not None and value > limit:
+            raise fail(f"{flag} must be at most {limit:,}, got {value}", 3)
+        return value
+    return check
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _threads(value: int | None) -> int | None:
+    """--threads: 1 to 4 per core of this machine, checked before anything starts."""
+    if value is not None and value < 1:
+        raise fail(f"--threads must be >= 1, got {value}", 3)
+    if value is not None and value > THREADS_PER_CORE * cores():
+        raise fail(f"--threads {value} is more than {THREADS_PER_CORE} per core of this "
+                   f"machine ({cores()} cores)", 3)
+    return value
+
+
 Round = Annotated[int, typer.Option("--round", "-r", help="Round t.",
                                     callback=bounded("--round"))]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")]
+Threads = Annotated[int | None, typer.Option(
+    help="torch CPU threads (default: torch's; at most 4 per core).", callback=_threads)]
 Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast (GPU).")]
 NoMlflow = Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]

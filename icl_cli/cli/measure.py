@@ -10,6 +10,12 @@ import typer
 
 from icl_cli.cli import ui
 from icl_cli.cli.main import (
+    MAX_BINS,
+    MAX_EPOCHS,
+    MAX_LIMIT,
+    MAX_PGD_STEPS,
+    MAX_PGD_WORK,
+    MAX_RESTARTS,
     Device,
     Experiment,
     Json,
@@ -18,7 +24,9 @@ from icl_cli.cli.main import (
     Threads,
     Workspace,
     app,
+    at_most,
     errors_table,
+    fail,
     open_store,
     runtime,
     user_errors,
@@ -30,7 +38,8 @@ def evaluate(
     round_: Annotated[int | None, typer.Option(
         "--round", "-r", help="Round t (default: the latest checkpoint).")] = None,
     bins: Annotated[int, typer.Option(
-        help="Equal-width confidence bins of the expected calibration error.")] = 15,
+        help="Equal-width confidence bins of the expected calibration error (at most "
+        "1,000).", callback=at_most("--bins", MAX_BINS))] = 15,
     plot: Annotated[bool, typer.Option(
         help="Also write the reliability diagram (a PNG among the figures).")] = True,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
@@ -65,18 +74,20 @@ def attack(
     eps: Annotated[float, typer.Option(
         help="L-inf budget in [0, 1] pixel units (FGSM: its one step).")] = 0.125,
     method: Annotated[str, typer.Option(help="fgsm, or pgd (L-inf, Madry et al.).")] = "fgsm",
-    steps: Annotated[int, typer.Option(help="PGD: gradient steps per restart.")] = 40,
+    steps: Annotated[int, typer.Option(
+        help="PGD: gradient steps per restart (at most 10,000; steps x restarts at most "
+        "100,000).", callback=at_most("--steps", MAX_PGD_STEPS))] = 40,
     step_size: Annotated[float | None, typer.Option(
         help="PGD: step in pixel units (default 2.5 * eps / steps).")] = None,
     restarts: Annotated[int, typer.Option(
-        help="PGD: random restarts; each retries only the images still classified right.")
-    ] = 1,
+        help="PGD: random restarts; each retries only the images still classified right "
+        "(at most 100).", callback=at_most("--restarts", MAX_RESTARTS))] = 1,
     random_start: Annotated[bool, typer.Option(
         help="PGD: start each restart at a uniform draw in the eps ball.")] = True,
     seed: Annotated[int, typer.Option(help="PGD: seed of the random starts.")] = 0,
     limit: Annotated[int | None, typer.Option(
-        help="Attack only the first N test images (default: all); recorded with the "
-             "attack.")] = None,
+        help="Attack only the first N test images (default: all; at most 10,000,000); "
+             "recorded with the attack.", callback=at_most("--limit", MAX_LIMIT))] = None,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -88,6 +99,9 @@ def attack(
 
     settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed,
                               limit)
+    if method == "pgd" and steps * restarts > MAX_PGD_WORK:
+        raise fail(f"--steps {steps} x --restarts {restarts} is {steps * restarts:,} "
+                   f"gradient steps per image, more than {MAX_PGD_WORK:,}: use fewer", 3)
     with user_errors():
         other, other_round = parse_from(against, "--against") if ":" in against \
             else (against, None)
@@ -110,7 +124,8 @@ def ood(
     seed: Annotated[int, typer.Option(help="Seed of the generated sets.")] = 0,
     plot: Annotated[bool, typer.Option(help="Also write the score histograms (PNG).")] = True,
     limit: Annotated[int | None, typer.Option(
-        help="Only the first N test images, and N images of each set (default: all).")]
+        help="Only the first N test images, and N images of each set (default: all; at "
+        "most 10,000,000).", callback=at_most("--limit", MAX_LIMIT))]
     = None,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
@@ -135,7 +150,9 @@ def ood(
 
 @app.command()
 def quality(
-    epochs: Annotated[int, typer.Option(help="Epochs of the reference classifier.")] = 10,
+    epochs: Annotated[int, typer.Option(
+        help="Epochs of the reference classifier (at most 10,000).",
+        callback=at_most("--epochs", MAX_EPOCHS))] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the reference classifier.")] = 0,
     plot: Annotated[bool, typer.Option(help="Also write the quality-vs-round PNG.")] = True,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",

@@ -63,7 +63,11 @@ class AttackSettings:
 
     def perturb(self, model, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
-        """Adversarial examples of ``x`` on ``model``, in its [-1, 1] input scale."""
+        """Adversarial examples of ``x`` on ``model``, in its [-1, 1] input scale. At
+        ``eps`` 0 they are ``x`` itself: no step can move an image out of a ball of radius
+        0, so PGD runs none (its steps and restarts would only cost time)."""
+        if self.eps == 0:
+            return x.clone()
         if self.method == "fgsm":
             return fgsm(model, x, y, self.eps * PIXEL_SCALE)
         p = self.params()

@@ -13,7 +13,8 @@ import torch
 
 from icl_cli.algo.evaluation import predict_logits
 from icl_cli.config import ExperimentConfig
-from icl_cli.data import load_idx_folder
+from icl_cli.data import read_idx
+from icl_cli.errors import DataError
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs
 from icl_cli.steps.evaluate import load_model
 
@@ -51,10 +52,29 @@ def generated_sets(x: torch.Tensor, y: torch.Tensor, reference_std: float,
     return out
 
 
+TEST_IMAGES = "t10k-images-idx3-ubyte"  # what --ood-root reads of an MNIST-layout folder
+
+
 def idx_set(root: Path, shape: tuple[int, ...]) -> torch.Tensor:
-    """The test images (``t10k-images-idx3-ubyte``) of an MNIST-layout folder, uint8, read
-    by the same loader as ``--dataset idx``; they must have the model's input shape."""
-    images = load_idx_folder(root)[2]
+    """The test images (``t10k-images-idx3-ubyte[.gz]``, in ``root`` or ``root/MNIST/raw``)
+    of an MNIST-layout folder, uint8 (N, 1, H, W), read as ``--dataset idx`` reads them;
+    nothing else of the folder is needed (no training files, no labels). They must have
+    the model's input shape, and there must be at least one."""
+    root = Path(root).expanduser()
+    places = (root, root / "MNIST" / "raw")
+    found = next((c for folder in places for c in (folder / f"{TEST_IMAGES}.gz",
+                                                   folder / TEST_IMAGES) if c.is_file()), None)
+    if found is None:
+        raise DataError(f"--ood-root {root} is missing {TEST_IMAGES}[.gz] (looked in "
+                        f"{places[0]} and {places[1]}; only the test images are read)")
+    raw = read_idx(found)
+    if raw.ndim != 3:
+        raise DataError(f"--ood-root {root}: {found.name} holds an array of shape "
+                        f"{raw.shape}, not images (N, H, W)")
+    images = torch.from_numpy(raw).unsqueeze(1)
+    if len(images) == 0:
+        raise StepError(f"--ood-root {root}: {found.name} holds no images; an "
+                        "out-of-distribution set needs at least one")
     if tuple(images.shape[1:]) != tuple(shape):
         raise StepError(f"--ood-root {root}: images are {tuple(images.shape[1:])}, the "
                         f"model takes {tuple(shape)}")
@@ -99,6 +119,12 @@ def ood(store: Store, name: str, round_: int, runtime: Runtime, roots: list[Path
                           torch.Generator().manual_seed(seed))
     for root in roots or []:
         sets[set_name(Path(root))] = inputs(idx_set(Path(root), data.shape)[:limit], device)
+    empty = [k for k, v in sets.items() if len(v) == 0]
+    if empty:  # a score against no images is no result (AUROC would read 0.0)
+        why = " (no two of the test images taken are of different classes)" \
+            if empty == ["blend"] else ""
+        raise StepError(f"the out-of-distribution set {', '.join(empty)} has no images"
+                        f"{why}; use a larger --limit: nothing was recorded")
     with torch.no_grad():
         s_in = ood_scores(predict_logits(model, x))
         s_out = {k: ood_scores(predict_logits(model, v)) for k, v in sets.items()}

@@ -155,6 +155,48 @@ def test_ood_root_of_another_shape_is_refused(ws, tmp_path):
     assert "is missing" in out.stderr and "Traceback" not in out.output
 
 
+def test_ood_root_needs_only_its_test_images(ws, tmp_path):
+    """An IDX folder holding only ``t10k-images-idx3-ubyte`` is an OOD set: the training
+    files and the labels are never read."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "only-test").mkdir()
+    write_idx(tmp_path / "only-test" / "t10k-images-idx3-ubyte.gz",
+              rng.integers(0, 256, (30, 28, 28)))
+    rows = icl_json("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root",
+                    tmp_path / "only-test", "--no-plot", *COMMON)
+    assert {r["n"] for r in rows if r["set"] == "idx_only-test"} == {30}
+
+
+def test_an_ood_set_with_no_images_is_refused_not_scored(ws, tmp_path):
+    """No AUROC of 0.0 recorded for a set with nothing in it: an empty IDX folder, or a
+    --limit that leaves no two test images of different classes to blend."""
+    before = Store.open(ws).metrics("icl")
+    write_images(tmp_path / "empty", np.zeros((0, 28, 28)))
+    out = icl("ood", "-w", ws, "-e", "icl", "--round", "0", "--ood-root", tmp_path / "empty",
+              *COMMON, code=3)
+    assert "holds no images; an out-of-distribution set needs at least one" in out.stderr
+    out = icl("ood", "-w", ws, "-e", "icl", "--round", "0", "--limit", "1", *COMMON, code=3)
+    assert "the out-of-distribution set blend has no images" in out.stderr
+    assert "Traceback" not in out.output and Store.open(ws).metrics("icl") == before
+
+
+def test_pgd_at_eps_0_runs_no_steps_and_measures_the_clean_accuracy(ws):
+    """At eps 0 no step can move an image: the attack is the clean test set, at once,
+    whatever --steps and --restarts say (it ran steps x restarts passes before)."""
+    import time
+
+    t0 = time.monotonic()
+    rows = icl_json("attack", "-w", ws, "-e", "icl", "--round", "0", "--against", "base:0",
+                    "--method", "pgd", "--eps", "0", "--steps", "10000", "--restarts", "10",
+                    *COMMON)
+    assert time.monotonic() - t0 < 60
+    [test] = [e for e in icl_json("evaluate", "-w", ws, "-e", "icl", "--round", "0",
+                                  "--no-plot", *COMMON) if e["split"] == "test"]
+    made = next(r for r in rows if r["source"] == "icl")
+    assert made["fool_source"] == 0
+    assert made["robust_accuracy"] == pytest.approx(1 - test["error"])
+
+
 def test_each_measure_goes_to_the_steps_tracker(ws, monkeypatch):
     logged = []
 

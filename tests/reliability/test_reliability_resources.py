@@ -1,6 +1,8 @@
 """Running out of a resource: a --count whose batch cannot fit in memory is refused up
-front; a full disk is one line, and the retry, once there is space, finishes the job
-(MLflow included)."""
+front, and so is every count, size and repeat above a bound no real use reaches (rounds,
+epochs, sampler steps, calibration bins, PGD steps and restarts, --limit, threads,
+parallel processes); a full disk is one line, and the retry, once there is space,
+finishes the job (MLflow included)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ import pytest
 import icl_cli.config
 from icl_cli.config import sampler_bytes
 from tests.kit import COMMON, TINY, icl
-from tests.reliability.relkit import INIT, one_line, rows, run_child, snapshot
+from tests.reliability.relkit import (
+    INIT,
+    assert_unchanged,
+    copy_ws,
+    one_line,
+    rows,
+    run_child,
+    snapshot,
+)
 
 
 def test_the_sampler_estimate_by_hand():
@@ -109,3 +119,64 @@ def test_a_count_that_cannot_fit_is_refused_by_synthesize_too(templates, tmp_pat
     assert line.startswith("error: --count 4 does not fit in memory: synthesis of 40 ")
     after = snapshot(ws)
     assert after["files"] == before["files"]
+
+
+# Each: the command (on a workspace of 'base' and 'icl' at round 0), its flag, the bound.
+TOO_MUCH = [
+    (["evaluate", "-e", "icl", "--bins", "100000000"], "--bins", "1,000"),
+    (["attack", "-e", "icl", "-r", "0", "--against", "base", "--method", "pgd", "--steps",
+      "1000000000"], "--steps", "10,000"),
+    (["attack", "-e", "icl", "-r", "0", "--against", "base", "--method", "pgd",
+      "--restarts", "1000000"], "--restarts", "100"),
+    (["attack", "-e", "icl", "-r", "0", "--against", "base", "--limit", "100000000"],
+     "--limit", "10,000,000"),
+    (["ood", "-e", "icl", "-r", "0", "--limit", "100000000"], "--limit", "10,000,000"),
+    (["run", "-e", "icl", "--rounds", "100000"], "--rounds", "1,000"),
+    (["run", "-e", "icl", "--rounds", "1", "--epochs", "100000"], "--epochs", "10,000"),
+    (["reclassify", "-e", "base", "-r", "1", "--real-epochs", "100000"], "--real-epochs",
+     "10,000"),
+    (["init", "-e", "new", *TINY, "--init-epochs", "100000"], "--init-epochs", "10,000"),
+    (["init", "-e", "new", *TINY, "--max-steps", "10000000"], "--max-steps", "100,000"),
+    (["synthesize", "-e", "icl", "-r", "1", "--max-steps", "10000000"], "--max-steps",
+     "100,000"),
+    (["quality", "-e", "icl", "--epochs", "100000"], "--epochs", "10,000"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, bound", TOO_MUCH,
+                         ids=[f"{a[0]} {f}" for a, f, _ in TOO_MUCH])
+def test_a_value_above_its_bound_is_refused_up_front(sqlite_pair, tmp_path, argv, flag,
+                                                     bound):
+    """One line naming the flag and its bound, exit 3, before any work (these ran for
+    hours, or took 15 GB for --bins 1e8, before); the bound is in the option's help."""
+    ws = copy_ws(sqlite_pair, tmp_path / "ws")
+    before = snapshot(ws)
+    line = one_line(icl(*argv, "-w", ws, *COMMON, code=3))
+    assert f"{flag} must be at most {bound}, got " in line, line
+    assert_unchanged(before, snapshot(ws), argv)
+    assert f"at most {bound}" in " ".join(icl(argv[0], "--help").stdout.split())
+
+
+def test_pgd_steps_times_restarts_are_bounded_too(sqlite_pair):
+    line = one_line(icl("attack", "-w", sqlite_pair, "-e", "icl", "-r", "0", "--against",
+                        "base", "--method", "pgd", "--steps", "10000", "--restarts", "100",
+                        *COMMON, code=3))
+    assert "--steps 10000 x --restarts 100 is 1,000,000 gradient steps per image" in line
+
+
+def test_threads_and_parallel_are_checked_before_any_process_starts(sqlite_pair,
+                                                                    monkeypatch):
+    import icl_cli.cli.loop
+    from icl_cli.cli import lanes
+
+    started = []
+    monkeypatch.setattr(lanes.Board, "run", lambda self: started.append(self) or [])
+    monkeypatch.setattr(icl_cli.cli.loop, "cores", lambda: 1)
+    names = [x for n in ("base", "icl", "c", "d", "e") for x in ("-e", n)]
+    line = one_line(icl("run", "-w", sqlite_pair, *names, "--rounds", "1", "--parallel",
+                        "5", *COMMON, code=3))
+    assert "--parallel 5 would run 5 processes at once on this machine's 1 cores" in line
+    line = one_line(icl("run", "-w", sqlite_pair, "-e", "base", "-e", "icl", "--rounds",
+                        "1", "--no-mlflow", "--threads", "100000", code=3))
+    assert "--threads 100000 is more than 4 per core" in line
+    assert started == []
