@@ -104,15 +104,15 @@ def _no_shard(store: Store, exp, t: int, version: int | None, shards: list) -> s
     if shards and version is not None:
         have = sorted(s.version for s in shards)
         active = next((s.version for s in shards if s.active), have[-1])
-        return (f"round {t} of '{exp.name}' has no shard version {version} (it has "
+        return (f"'{exp.name}' has no version {version} of round {t} (its shard versions: "
                 f"{', '.join(f'v{v}' for v in have)}): "
                 f"`icl inspect --round {t} --version {active} {e}`")
     if store.checkpoint(exp.name, t - 1) is not None:
         return (f"'{exp.name}' has no shard for round {t}: draw it with "
                 f"`icl synthesize --round {t} {e}`")
-    elsewhere = f", or inspect a round that has one: {latest}" if latest else ""
-    return (f"'{exp.name}' has no shard for round {t} (nor a checkpoint of round {t - 1} to "
-            f"draw it from): `icl run --rounds {t} {e}` makes it{elsewhere}")
+    elsewhere = f"; or inspect a round that has one: {latest}" if latest else ""
+    return (f"'{exp.name}' has no shard for round {t}: `icl run --rounds {t} {e}` makes it "
+            f"(icl synthesize --round {t} needs round {t - 1}'s checkpoint first){elsewhere}")
 
 
 def inspect_round(store: Store, name: str, round_: int, version: int | None = None

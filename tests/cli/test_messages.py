@@ -42,8 +42,8 @@ def test_attack_names_against_when_its_round_is_not_a_number(ws):
 @pytest.mark.parametrize("args, expected", [
     (["--round", "-1"], "--round must be >= 1 to inspect"),
     (["--round", "0"], "--round must be >= 1 to inspect"),
-    (["--round", "1", "--version", "0"], "has no shard version 0 (it has v1)"),
-    (["--round", "1", "--version", "7"], "has no shard version 7 (it has v1)"),
+    (["--round", "1", "--version", "0"], "no version 0 of round 1 (its shard versions: v1)"),
+    (["--round", "1", "--version", "7"], "no version 7 of round 1 (its shard versions: v1)"),
 ])
 def test_inspect_suggests_a_command_that_runs(ws, args, expected):
     line = one_line(icl("inspect", "-w", ws, "-e", "icl", *args, code=3))
