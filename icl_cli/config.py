@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -29,7 +31,13 @@ METHODS = ("icl", "icl-noise", "baseline")
 STOP_RULES = ("logit", "argmax")
 PN_WEIGHTINGS = ("per-sample", "batch-mean", "drawn")
 SAMPLER_KINDS = ("gradient", "noise")
-DATASETS = ("mnist-embedded", "idx", "mnist", "cifar10", "svhn", "fake-cifar10", "fake-svhn")
+DATASETS = ("mnist-embedded", "idx", "mnist", "cifar10", "svhn", "fake-cifar10", "fake-svhn",
+            "imagefolder", "npz")
+USER_DATASETS = ("imagefolder", "npz")  # a user's own files: --image-size applies
+BUILTIN_ARCHS = ("mnist-cnn", "resnet32", "resnet8", "tiny")  # icl_cli.models.REGISTRY
+ARCH_GROUP = "icl.architectures"
+"""The entry-point group in which an installed package publishes networks for ``--arch``:
+``[project.entry-points."icl.architectures"] my-net = "my_nets:build"``."""
 
 
 class ConfigError(StepError, ValueError):
@@ -128,7 +136,11 @@ class DataConfig(_Config):
 
     dataset: ``mnist-embedded`` (ships with the package), ``idx`` (an MNIST-layout folder
     given by ``root``), ``mnist`` (alias of idx), ``cifar10``, ``svhn``, ``fake-cifar10``,
-    ``fake-svhn`` (random data of the right shape, for smoke tests).
+    ``fake-svhn`` (random data of the right shape, for smoke tests), ``imagefolder`` (a
+    folder ``root`` with ``train/<class>/`` and ``test/<class>/`` images) or ``npz`` (a
+    file ``root`` holding ``x_train, y_train, x_test, y_test``); see ``icl_cli.data``.
+    image_size: imagefolder and npz only: resize every image to N x N (None: as stored,
+    all of one size).
     train_size: class-balanced subset of the training set fixed by ``seed`` (None: all).
     val_size: class-balanced validation split held out of the training set (0: none).
     seed: draws the validation split and the training subset (``icl init --seed`` sets it,
@@ -142,21 +154,88 @@ class DataConfig(_Config):
     seed: int = 0
     augment: bool = False
     download: bool = False
+    image_size: int | None = None
 
-    RULES = {"train_size": AT_LEAST_ONE, "val_size": NON_NEGATIVE}
+    RULES = {"train_size": AT_LEAST_ONE, "val_size": NON_NEGATIVE, "image_size": AT_LEAST_ONE}
     CHOICES = {"dataset": DATASETS}
     FLAGS = {"seed": "--data-seed", "root": "--data-root"}
+
+    def __post_init__(self) -> None:
+        self._check()
+        if self.image_size is not None and self.dataset not in USER_DATASETS:
+            raise ConfigError(f"--image-size resizes --dataset {' or '.join(USER_DATASETS)}, "
+                              f"not {self.dataset}")
 
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """Network by registry name; ``mode`` picks softmax (one net, K logits) or one-vs-all
-    (K one-logit nets, trained and sampled together)."""
+    """Network by name; ``mode`` picks softmax (one net, K logits) or one-vs-all (K
+    one-logit nets, trained and sampled together).
 
-    arch: str = "mnist-cnn"  # checked against icl_cli.models.REGISTRY (torch) by icl init
+    arch: a built-in name (``BUILTIN_ARCHS``), ``module.path:factory``, a name an installed
+    package publishes in ``ARCH_GROUP``, or ``timm:NAME`` (``icl_cli.models.resolve_arch``;
+    checked by ``icl init``, which needs torch: reading a config stays torch-free).
+    source: what ``icl init`` recorded of a user's network's code (``models.arch_source``:
+    a file's sha256, a package's version); None for a built-in network.
+    """
+
+    arch: str = "mnist-cnn"
     mode: Mode = "softmax"
+    source: str | None = None
 
     CHOICES = {"mode": MODES}
+
+
+def installed_architectures() -> list[str]:
+    """The ``--arch`` names installed packages publish in the entry-point group
+    ``icl.architectures``, sorted (a built-in name wins over a published one).
+
+    Read from the ``entry_points.txt`` of every distribution on ``sys.path``, the files
+    ``importlib.metadata`` reads, without importing it or torch: ``icl --help`` lists them
+    for a few milliseconds."""
+    names: set[str] = set()
+    for folder in sys.path:
+        try:
+            entries = os.scandir(folder or ".")
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if not entry.name.endswith((".dist-info", ".egg-info")):
+                    continue
+                try:
+                    with open(os.path.join(entry.path, "entry_points.txt"),
+                              encoding="utf-8") as f:
+                        names.update(_group_names(f.read(), ARCH_GROUP))
+                except (OSError, UnicodeDecodeError):
+                    continue
+    return sorted(names - set(BUILTIN_ARCHS))
+
+
+def _group_names(text: str, group: str) -> list[str]:
+    """The entry-point names of ``[group]`` in an ``entry_points.txt`` (INI layout)."""
+    names, inside = [], False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            inside = line[1:-1].strip() == group
+        elif inside and "=" in line and not line.startswith(("#", ";")):
+            names.append(line.split("=", 1)[0].strip())
+    return names
+
+
+def arch_help() -> str:
+    """``icl init --arch``'s help: the built-in networks, the installed ones, the forms
+    a user's network takes."""
+    installed = installed_architectures()
+    listed = ", ".join(BUILTIN_ARCHS) + (f"; installed: {', '.join(installed)}"
+                                         if installed else "")
+    return (f"{listed}; or your own: module.path:factory, called as factory(input_shape=(C, "
+            "H, W), num_outputs=K) and returning an nn.Module that maps (B, C, H, W) to (B, "
+            "K) logits (the module found as python -m finds it: the current folder, then "
+            "PYTHONPATH); timm:NAME (pip install 'icl-toolkit[timm]'; timm:NAME@FILE for "
+            "local weights, nothing downloads). With --mode ova your own network is built K "
+            "times (K one-logit networks: K times the parameters and the cost).")
 
 
 @dataclass(frozen=True)

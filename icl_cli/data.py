@@ -1,4 +1,5 @@
-"""Datasets: the embedded MNIST subset, IDX folders, CIFAR-10 and SVHN through torchvision.
+"""Datasets: the embedded MNIST subset, IDX folders, CIFAR-10 and SVHN through torchvision,
+and a user's own: a folder of images (``imagefolder``) or arrays in an ``.npz`` file.
 
 Everything is held as uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``; ``to_input``
 maps a batch to the network's input space [-1, 1] and ``augment`` applies the paper's CIFAR
@@ -13,11 +14,17 @@ Example:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
+import io
+import json
+import os
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -64,6 +71,7 @@ class Dataset:
     num_classes: int
     shape: tuple[int, int, int]  # (C, H, W)
     fingerprint: str = ""  # see data_fingerprint()
+    classes: tuple[str, ...] = ()  # class k's name, where the data has names
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -215,6 +223,311 @@ def _fake(seed: int, n_train: int = 200, n_test: int = 100, num_classes: int = 1
     return out
 
 
+# --------------------------------------------------------------------------- a user's data
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif",
+                    ".tiff", ".webp")
+DECODER = "icl-decode-v1"  # bump when decoding changes what a folder's arrays hold
+CACHED_DATASETS = ("imagefolder",)  # decoded once, kept in a ``DecodedCache``
+Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class DecodedCache(Protocol):
+    """Where decoded arrays are kept between processes (``store.datacache.DataCache``)."""
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None: ...
+
+    def has(self, key: str) -> bool: ...
+
+    def put(self, key: str, arrays: dict[str, np.ndarray]) -> object: ...
+
+
+_FILE_SHA: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256, this process
+_DECODED: dict[str, dict[str, np.ndarray]] = {}  # key: arrays, the last few of this process
+
+
+def _file_sha256(path: str) -> str:
+    st = os.stat(path)
+    memo = (path, st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        _FILE_SHA[memo] = h.hexdigest()
+    return _FILE_SHA[memo]
+
+
+def _visible_dirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[str]:
+    """Image files under ``folder`` (subfolders too), as sorted paths relative to it."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(here, folder)
+        found += [name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+                  for name in files
+                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """The classes of an image folder (``train/``'s class folders, sorted: class k is the
+    k-th name) and its images as (path relative to ``root``, class), train then test.
+
+    Raises DataError naming the folder: no ``train/`` or ``test/``, fewer than 2 classes,
+    a class folder without images, a test class that ``train/`` does not have.
+    """
+    layout = f"{root}/train/<class>/*.png and {root}/test/<class>/*.png, one folder a class"
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist (expected {layout})")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"image folder {root} has no {split}/ folder (expected {layout})")
+    classes = _visible_dirs(root / "train")
+    if len(classes) < 2:
+        loose = _images_in(root / "train")
+        what = ("images but no class folders" if loose and not classes else
+                f"{len(classes)} class folder{'s' * (len(classes) != 1)}")
+        raise DataError(f"{root / 'train'} holds {what}: a classifier needs 2 or more classes "
+                        f"(expected {layout})")
+    test_classes = _visible_dirs(root / "test")
+    unknown = [c for c in test_classes if c not in classes]
+    if unknown:
+        raise DataError(f"{root / 'test' / unknown[0]} is a class the training set does not "
+                        f"have (no {root / 'train' / unknown[0]}; train classes: "
+                        f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")
+    if not test_classes:
+        raise DataError(f"{root / 'test'} holds no class folders (expected {layout})")
+    files: list[tuple[str, int]] = []
+    for split, names in (("train", classes), ("test", test_classes)):
+        for name in names:
+            images = _images_in(root / split / name)
+            if not images:
+                raise DataError(f"class folder {root / split / name} holds no images "
+                                f"({', '.join(IMAGE_EXTENSIONS)})")
+            files += [(f"{split}/{name}/{rel}", classes.index(name)) for rel in images]
+    return classes, files
+
+
+def load_image_folder(root: Path, image_size: int | None = None,
+                      cache: DecodedCache | None = None) -> tuple[Parts, list[str], str]:
+    """A torchvision ``ImageFolder`` layout: ``root/train/<class>/*`` and
+    ``root/test/<class>/*`` (any of ``IMAGE_EXTENSIONS``, subfolders included; names
+    starting with a dot skipped). Class k is the k-th ``train/`` folder in sorted order.
+
+    Images are decoded as 8-bit grayscale (1 channel) when every image is grayscale, else
+    as RGB (3 channels; alpha dropped, palettes expanded); 16-bit grayscale keeps its high
+    byte. Every image must have the size of the first unless ``image_size`` resizes all to
+    N x N (bilinear, antialiased).
+
+    Returns ``((train_x, train_y, test_x, test_y), classes, digest)``: images uint8
+    (N, C, H, W), labels int64, and the sha256 over every file's name, class and bytes
+    (what the experiment's fingerprint is made of). The files are hashed at every call
+    (a changed file is always seen); the decoding is done once and kept in ``cache`` (and
+    in this process) under a key made of that digest, ``image_size`` and ``DECODER``.
+    Raises DataError naming the file or folder at fault.
+    """
+    root = Path(root).expanduser()
+    classes, files = list_image_folder(root)
+    h = hashlib.sha256(f"{DECODER}:{json.dumps(classes)}".encode())
+    for rel, label in files:
+        h.update(f"{rel}\0{label}\0{_file_sha256(str(root / rel))}\n".encode())
+    digest = h.hexdigest()
+    key = "imagefolder-" + hashlib.sha256(f"{digest}:{image_size}".encode()).hexdigest()[:40]
+    arrays = _DECODED.get(key)
+    if arrays is None and cache is not None:
+        arrays = cache.get(key)  # hash-checked: a damaged file is dropped, not used
+    if arrays is None:
+        arrays = _decode_folder(root, classes, files, image_size)
+    if cache is not None and not cache.has(key):
+        cache.put(key, arrays)
+    _DECODED[key] = arrays
+    while len(_DECODED) > 2:
+        _DECODED.pop(next(iter(_DECODED)))
+    parts = tuple(torch.from_numpy(arrays[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+    return parts, [str(c) for c in arrays["classes"]], digest
+
+
+def _decode_folder(root: Path, classes: list[str], files: list[tuple[str, int]],
+                   image_size: int | None) -> dict[str, np.ndarray]:
+    images, first = [], None
+    for rel, _ in files:
+        a = decode_image(root / rel, image_size)
+        if first is None:
+            first = (rel, a.shape[:2])
+        elif a.shape[:2] != first[1]:
+            (h0, w0), (h, w) = first[1], a.shape[:2]
+            raise DataError(f"{root / rel} is {w}x{h} pixels, {root / first[0]} is {w0}x{h0}: "
+                            "the images differ in size; pass --image-size N to resize every "
+                            "image to N x N")
+        images.append(a)
+    channels = max(a.shape[2] for a in images)
+    x = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a in images])
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, C, H, W)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    n = sum(rel.startswith("train/") for rel, _ in files)
+    return {"train_x": x[:n], "train_y": y[:n], "test_x": x[n:], "test_y": y[n:],
+            "classes": np.array(classes, dtype=str)}
+
+
+_GRAY = ("1", "L", "LA", "La")
+_GRAY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def decode_image(path: Path, image_size: int | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W, 1) (grayscale) or (H, W, 3) (anything else, as RGB),
+    resized to ``image_size`` x ``image_size`` when given. DataError naming the file when
+    it cannot be decoded (corrupt, truncated, not an image, 32-bit pixels)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I", "F"):
+                raise DataError(f"{path} has 32-bit pixels (mode {im.mode}): save it as 8-bit "
+                                "grayscale or RGB")
+            if im.mode in _GRAY16:
+                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
+            else:
+                im = im.convert("L" if im.mode in _GRAY else "RGB")
+            if image_size is not None:
+                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL's UnidentifiedImageError, OSError (truncated), ...
+        text = " ".join(str(exc).split())[:160]
+        raise DataError(f"cannot decode image {path}: {type(exc).__name__}: {text}") from None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: Path, image_size: int | None = None) -> tuple[Parts, list[str], str]:
+    """Arrays ``x_train, y_train, x_test, y_test`` in one ``.npz`` file (``np.savez``), and
+    optionally ``classes`` (K names).
+
+    Images: (N, H, W) (grayscale), (N, C, H, W) or (N, H, W, C) with C = 1 or 3; uint8, or
+    integers in 0..255, or floats in [0, 1] (stored as round(255 x)). Labels: integers
+    (N,) or (N, 1) in 0..K-1 (integral floats are accepted), every training class present;
+    test labels among the training classes. ``image_size`` resizes every image to N x N
+    (bilinear, antialiased). Nothing is unpickled.
+
+    Returns ``((train_x, train_y, test_x, test_y), classes, digest)``: images uint8
+    (N, C, H, W), labels int64, and the sha256 of the file's bytes. Raises DataError
+    naming the file and the array at fault.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist (expected arrays "
+                        f"{', '.join(NPZ_KEYS)}, as np.savez writes them)")
+    blob = path.read_bytes()
+    try:
+        z = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds one array; icl needs an .npz with "
+                        f"{', '.join(NPZ_KEYS)} (np.savez(path, x_train=..., ...))")
+    with z:
+        missing = [k for k in NPZ_KEYS if k not in z.files]
+        if missing:
+            raise DataError(f"{path} lacks {', '.join(missing)} (it holds "
+                            f"{', '.join(z.files) or 'no arrays'}; expected {', '.join(NPZ_KEYS)})")
+        try:
+            raw = {k: z[k] for k in (*NPZ_KEYS, *(["classes"] if "classes" in z.files else []))}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(f"{path}: an array cannot be read ({exc})") from None
+    xs = [_npz_images(raw[k], f"{path}: {k}", image_size) for k in ("x_train", "x_test")]
+    ys = [_npz_labels(raw[k], len(x), f"{path}: {k}") for k, x in zip(
+        ("y_train", "y_test"), xs, strict=True)]
+    if len(ys[0]) and xs[0].shape[1:] != xs[1].shape[1:]:
+        raise DataError(f"{path}: x_train images are {tuple(xs[0].shape[1:])} (C, H, W), x_test "
+                        f"images {tuple(xs[1].shape[1:])}")
+    k = int(ys[0].max()) + 1 if len(ys[0]) else 0
+    absent = sorted(set(range(k)) - set(np.unique(ys[0]).tolist()))
+    if absent:
+        raise DataError(f"{path}: y_train has no image of class {absent[0]} (labels must be the "
+                        f"classes 0..K-1, each present; here K = {k})")
+    if len(ys[1]) and int(ys[1].max()) >= k:
+        raise DataError(f"{path}: y_test holds label {int(ys[1].max())}, a class y_train does "
+                        f"not have (0..{k - 1})")
+    classes = [str(c) for c in raw.get("classes", np.array([])).reshape(-1)]
+    if classes and len(classes) != k:
+        raise DataError(f"{path}: classes names {len(classes)} classes, y_train has {k}")
+    parts = (torch.from_numpy(xs[0]), torch.from_numpy(ys[0]),
+             torch.from_numpy(xs[1]), torch.from_numpy(ys[1]))
+    return parts, classes, hashlib.sha256(blob).hexdigest()
+
+
+def _npz_images(a: np.ndarray, what: str, image_size: int | None) -> np.ndarray:
+    """Images as uint8 (N, C, H, W), from any accepted layout and type (``load_npz``)."""
+    layouts = "(N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3"
+    if a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4:
+        first, last = a.shape[1] in (1, 3), a.shape[3] in (1, 3)
+        if first == last:
+            raise DataError(f"{what} has shape {a.shape}: expected {layouts}"
+                            + (" (both could be channels: which?)" if first else ""))
+        if last:
+            a = a.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{what} has shape {a.shape}: expected {layouts}")
+    if a.dtype == np.uint8:
+        out = a
+    elif a.dtype.kind in "iu":
+        low, high = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if low < 0 or high > 255:
+            raise DataError(f"{what}: integer pixels must lie in 0..255, got {low}..{high}")
+        out = a.astype(np.uint8)
+    elif a.dtype.kind == "f":
+        if a.size and not np.isfinite(a).all():
+            raise DataError(f"{what} holds NaN or infinite pixels")
+        low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if low < 0 or high > 1:
+            raise DataError(f"{what}: float pixels must lie in [0, 1], got {low:g}..{high:g} "
+                            "(divide by 255, or store uint8)")
+        out = np.rint(a * 255.0).astype(np.uint8)
+    else:
+        raise DataError(f"{what} holds {a.dtype} values: pixels must be uint8, integers in "
+                        "0..255 or floats in [0, 1]")
+    out = np.ascontiguousarray(out)
+    if image_size is not None and out.shape[2:] != (image_size, image_size):
+        out = _resize(out, image_size)
+    return out
+
+
+def _resize(x: np.ndarray, size: int, batch: int = 1024) -> np.ndarray:
+    """uint8 (N, C, H, W) -> (N, C, size, size): bilinear, antialiased, rounded."""
+    out = [F.interpolate(torch.from_numpy(x[i:i + batch]).float(), size=(size, size),
+                         mode="bilinear", antialias=True, align_corners=False)
+           .round().clamp(0, 255).to(torch.uint8).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros((0, x.shape[1], size, size), np.uint8)
+
+
+def _npz_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Labels as int64 (N,) (``load_npz``)."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what} has shape {y.shape}: expected one class index per image, "
+                        "(N,) or (N, 1) (one-hot labels: store y.argmax(1))")
+    if y.dtype.kind == "f" and y.size and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise DataError(f"{what} holds non-integer labels: expected class indices 0..K-1")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{what} holds {y.dtype} values: expected integer class indices")
+    if len(y) != n:
+        raise DataError(f"{what} holds {len(y)} labels for {n} images")
+    if y.size and y.min() < 0:
+        raise DataError(f"{what} holds label {int(y.min())}: labels must be 0..K-1")
+    return np.ascontiguousarray(y.astype(np.int64))
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -238,14 +551,16 @@ def _check(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: s
         )
 
 
-def load(cfg: DataConfig) -> Dataset:
+def load(cfg: DataConfig, cache: DecodedCache | None = None) -> Dataset:
     """Load ``cfg.dataset`` and cut the seeded, class-balanced train / val subsets.
 
     ``val`` (``cfg.val_size`` images, None when 0) and ``train`` (``cfg.train_size`` images;
     None, or everything left after val, keeps all the rest in source order) are disjoint,
-    each class-balanced and fixed by ``cfg.seed``. Raises DataError on any problem.
+    each class-balanced and fixed by ``cfg.seed``. ``cache``: where a decoded image folder
+    is kept between processes (the workspace's, ``store.datacache.DataCache``); None:
+    decoded once per process. Raises DataError on any problem.
     """
-    name = cfg.dataset
+    name, digest, classes = cfg.dataset, None, ()
     if name == "mnist-embedded":
         parts = load_idx_folder(EMBEDDED_DIR)
     elif name in ("idx", "mnist"):
@@ -254,6 +569,10 @@ def load(cfg: DataConfig) -> Dataset:
         parts = _cifar10(_root(cfg), cfg.download)
     elif name == "svhn":
         parts = _svhn(_root(cfg), cfg.download)
+    elif name == "imagefolder":
+        parts, classes, digest = load_image_folder(_root(cfg), cfg.image_size, cache)
+    elif name == "npz":
+        parts, classes, digest = load_npz(_root(cfg), cfg.image_size)
     else:  # fake-cifar10, fake-svhn (DataConfig admits only the names in DATASETS)
         parts = _fake(cfg.seed + (name == "fake-svhn"))
     train_x, train_y, test_x, test_y = parts
@@ -287,6 +606,8 @@ def load(cfg: DataConfig) -> Dataset:
     train = Split(train_x[rest_idx], train_y[rest_idx])
     val = Split(train_x[val_idx], train_y[val_idx]) if cfg.val_size else None
     test = Split(test_x, test_y)
+    fingerprint = (data_fingerprint(name, rest_idx, val_idx, train, val, test) if digest is None
+                   else source_fingerprint(name, digest, cfg.image_size, rest_idx, val_idx))
     return Dataset(
         name=name,
         train=train,
@@ -294,7 +615,8 @@ def load(cfg: DataConfig) -> Dataset:
         test=test,
         num_classes=num_classes,
         shape=tuple(train_x.shape[1:]),
-        fingerprint=data_fingerprint(name, rest_idx, val_idx, train, val, test),
+        fingerprint=fingerprint,
+        classes=tuple(classes),
     )
 
 
@@ -311,6 +633,20 @@ def data_fingerprint(name: str, train_idx: torch.Tensor, val_idx: torch.Tensor,
     if val is not None:
         parts += [val.images, val.labels]
     for t in parts:
+        a = t.contiguous().numpy()
+        h.update(f"|{a.dtype}{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def source_fingerprint(name: str, digest: str, image_size: int | None,
+                       train_idx: torch.Tensor, val_idx: torch.Tensor) -> str:
+    """sha256 (hex) of a user's dataset as an experiment uses it: the sha256 of its files'
+    bytes and names (``digest``: not of the decoded pixels, so another Pillow or numpy
+    does not change it), the size images are resized to, and the indices of the chosen
+    training and validation images. Like ``data_fingerprint``, a changed file changes it."""
+    h = hashlib.sha256(f"icl-data-v1:{name}:{digest}:{image_size}".encode())
+    for t in (train_idx, val_idx):
         a = t.contiguous().numpy()
         h.update(f"|{a.dtype}{a.shape}|".encode())
         h.update(a.tobytes())
