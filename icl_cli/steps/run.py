@@ -21,6 +21,7 @@ from icl_cli.steps.common import (
     join_ranks,
     new_model,
     release_freed_memory,
+    workspace_identity,
 )
 from icl_cli.steps.draw import BLOCK
 from icl_cli.steps.evaluate import evaluate_round
@@ -85,8 +86,10 @@ def run_rounds(store: Store, name: str, rounds: int, runtime: Runtime,
     ``recover`` (``--recover N``): a round whose training diverges is trained again from
     checkpoint t-1 (a diverged step saves nothing), at most N times, each retry with the
     changes of ``recovery_changes``; each attempt is a step of its own in the step log
-    (its ``recovery`` record says which), and the round's ``recovery_attempts`` go to the
-    catalog's metrics and MLflow. 0: a divergence fails the loop, as without it."""
+    (its ``recovery`` record says which), and the round's ``recovery_attempts`` (with the
+    kept ``recovery_lr`` and ``recovery_clip_grad``, or ``diverged`` 1 when every attempt
+    diverged) go to the catalog's metrics and MLflow. 0: a divergence fails the loop, as
+    without it."""
     if rounds < 0:
         raise StepError(f"--rounds must be >= 0, got {rounds}")
     if not 0 <= recover <= RECOVER_LIMIT:
@@ -94,7 +97,17 @@ def run_rounds(store: Store, name: str, rounds: int, runtime: Runtime,
     exp = store.experiment(name)
     device = runtime.apply()
     if distributed.from_env().active:  # under torchrun: every step splits over the ranks
-        _, device = join_ranks(runtime)
+        _, device = join_ranks(runtime, lambda: {
+            "step": "run", "workspace": workspace_identity(store), "experiment": exp.name,
+            "round": rounds,
+            "settings": {"sampler": (sampler or SamplerChanges()).given(),
+                         "train": (train or TrainChanges()).given(), "recover": recover,
+                         "amp": runtime.amp},
+            "inputs": {"config": exp.config_hash, "data": exp.data_fingerprint,
+                       "checkpoints": [[c.round, c.sha256]
+                                       for c in store.checkpoints(exp.name)],
+                       "shards": [[s.round, s.sha256] for s in store.shards(
+                           exp.name, active_only=True)]}})
     cfg = ExperimentConfig.from_dict(exp.config)
     if cfg.method != "baseline" and rounds > 0:  # a --count that cannot fit: refused now
         data = dataset(cfg)  # (its fingerprint is checked by each step, under the lock)
@@ -192,6 +205,8 @@ def _reclassify(store: Store, exp, t: int, runtime: Runtime, train: TrainChanges
             break
         except TrainingDiverged as exc:
             if attempt >= recover:
+                _record_attempts(store, exp.name, t, runtime, {
+                    "recovery_attempts": float(attempt + 1), "diverged": 1.0})
                 raise TrainingDiverged(
                     f"training round {t} of '{exp.name}' diverged in each of its "
                     f"{attempt + 1} attempts (the last with {_settings(changes, base)}: "
@@ -202,10 +217,19 @@ def _reclassify(store: Store, exp, t: int, runtime: Runtime, train: TrainChanges
             record = {"recover": recover, "attempt": attempt, "after": exc.detail}
             watch({"step": "reclassify", "round": t, "retry": attempt, "of": recover,
                    "changes": changes.given(), "after": exc.detail})
-    if attempt and distributed.current().main:
-        metric = {"recovery_attempts": float(attempt + 1)}
-        store.record_metrics(exp.name, t, metric)
-        store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(metric, step=t)
+    if attempt:
+        kept = changes.apply(base)
+        _record_attempts(store, exp.name, t, runtime, {
+            "recovery_attempts": float(attempt + 1), "recovery_lr": kept.lr,
+            "recovery_clip_grad": float(kept.clip_grad or 0.0)})
+
+
+def _record_attempts(store: Store, name: str, t: int, runtime: Runtime,
+                     metrics: dict[str, float]) -> None:
+    """A round's training attempts as its metrics, in the catalog and MLflow (rank 0)."""
+    if distributed.current().main:
+        store.record_metrics(name, t, metrics)
+        store.tracker(name, enabled=runtime.mlflow).log_metrics(metrics, step=t)
 
 
 def _settings(changes: TrainChanges, base: TrainConfig) -> str:

@@ -50,6 +50,8 @@ def test_recover_retries_a_diverged_round_and_records_every_attempt(tmp_path, di
         kept = st.load_checkpoint(st.checkpoint("icl", 1))
         assert kept["inputs"]["train"]["lr"] == 0.01  # this round's own settings
         assert st.metrics("icl")[1]["recovery_attempts"] == 3.0
+        assert st.metrics("icl")[1]["recovery_lr"] == 0.01
+        assert st.metrics("icl")[1]["recovery_clip_grad"] == 10.0
     [row] = icl_json("report", "-w", tmp_path, "--no-plot")
     assert row["recovery"] == {"1": {"recovered": True, "attempts": 3, "lr": 0.01,
                                      "clip_grad": 10.0}}
@@ -95,6 +97,7 @@ def test_a_round_that_diverges_in_every_attempt_fails_in_one_line(tmp_path):
     assert row["divergence_rate"] == 1.0 and row["recover"] == 2
     with Store.open(tmp_path) as st:
         assert st.checkpoint("hot", 1) is None
+        assert st.metrics("hot")[1] == {"recovery_attempts": 3.0, "diverged": 1.0}
 
 
 def test_recover_is_bounded_and_passed_to_each_experiment(tmp_path):
