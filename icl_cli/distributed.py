@@ -6,16 +6,25 @@ environment; ``join`` reads them and opens the process group (gloo on CPU, nccl 
 one GPU per rank by ``LOCAL_RANK``). Without torchrun the world is one process and every
 helper here is a no-op, so the same step code runs both ways.
 
+Before any collective the ranks agree on what they run (``handshake``): each rank states
+its command line and what its step resolved it to (workspace, experiment, round,
+settings, the hashes of its inputs), and one exchange through torchrun's own key-value
+store, with a timeout of its own (``HANDSHAKE_TIMEOUT_S``), compares their digests; a
+disagreement is one line on every rank (StepError, exit 3) before anything is recorded.
+
 Writes belong to rank 0: it holds the experiment's lock for the whole step (``main_only``),
 records the step, saves the checkpoint and talks to MLflow (``from_main``); the other ranks
 train and read. Every rank reaches the same collective calls in the same order, and a
 failure on one rank reaches the others as one line (``StepError``) instead of a hang: at
 ``main_only``'s entry and ``from_main``'s answer by design, inside training through
-torch.distributed's own error when a peer's connection drops (``lost_peer``).
+torch.distributed's own error when a peer's connection drops (``lost_peer``). The long
+waits (the other ranks while rank 0 evaluates and writes) run in Python, polling the
+collective, so Ctrl-C and SIGTERM stop a waiting rank at once; a rank that ends on an
+error or a signal leaves without waiting for the others (``abandon``).
 
 Example (in a step)::
 
-    world = distributed.join(runtime.torch_device())
+    world = distributed.join(runtime.torch_device(), {"experiment": ..., "round": ...})
     with distributed.main_only(store.lock, exp.name):
         ...  # every rank trains
         info = distributed.from_main(lambda: store.save_checkpoint(...))
@@ -24,8 +33,11 @@ Example (in a step)::
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -90,16 +102,28 @@ def _initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def current_is_open() -> bool:
+    """Whether this process has joined torchrun's process group (``join``)."""
+    return _initialized()
+
+
 def backend(device: torch.device) -> str:
     """nccl for CUDA tensors, gloo for CPU ones."""
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def join(device: torch.device) -> tuple[World, torch.device]:
+def join(device: torch.device,
+         identity: dict[str, Any] | Callable[[], dict[str, Any]] | None = None
+         ) -> tuple[World, torch.device]:
     """Open torchrun's process group once per process (nothing to do outside torchrun)
     and return the world with this rank's device: ``cuda:LOCAL_RANK`` when ``device`` is a
-    CUDA device, ``device`` otherwise. The standard output of ranks other than 0 is
-    discarded from then on (one table, one JSON document); errors still reach stderr."""
+    CUDA device, ``device`` otherwise. First every rank states ``identity`` (what it is
+    about to run: plain JSON values, or a function that gives them, called only when
+    there is a handshake to make) and the ranks compare them (``handshake``): a rank
+    that disagrees fails every rank in one line before any collective. The standard
+    output of ranks other than 0 is discarded from then on (one table, one JSON
+    document); errors still reach stderr. A second call (a step inside ``icl run``) finds
+    the group open and agreed on."""
     world = from_env()
     if not world.active:
         return world, device
@@ -115,8 +139,13 @@ def join(device: torch.device) -> tuple[World, torch.device]:
         if "MASTER_ADDR" not in os.environ:
             raise StepError(f"WORLD_SIZE is {world.size} but no rendezvous address is set: "
                             "start the command with torchrun")
+        # torchrun's key-value store (its agent's, or rank 0's): the handshake goes
+        # through it before the group exists, then the group is made on it.
+        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size))
+        handshake(store, world, (identity() if callable(identity) else identity) or {})
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend(device), **kwargs)
+        dist.init_process_group(backend(device), store=store, rank=world.rank,
+                                world_size=world.size, **kwargs)
         atexit.register(leave)
         if not world.main:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
@@ -125,8 +154,110 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     return current(), device
 
 
+HANDSHAKE_TIMEOUT_S = float(os.environ.get("ICL_HANDSHAKE_TIMEOUT_S", "60"))
+"""How long a rank waits for the others to state what they run (``handshake``): they
+start together, so only a rank that runs something else (or nothing) keeps it waiting."""
+POLL_S = 0.02
+"""How often a waiting rank looks whether the others got there (a signal is handled
+between two looks)."""
+AGREED = ("step", "workspace", "experiment", "round", "settings", "inputs", "command")
+"""What ranks must agree on, in the order a disagreement is named."""
+
+
+def digest(identity: dict[str, Any]) -> str:
+    """sha256 of ``identity`` as canonical JSON (keys sorted).
+
+    Example:
+        >>> digest({"round": 1, "experiment": "icl"}) == digest({"experiment": "icl",
+        ...                                                      "round": 1})
+        True
+    """
+    blob = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def handshake(store: Any, world: World, identity: dict[str, Any],
+              timeout_s: float | None = None) -> None:
+    """Every rank writes its ``identity`` (and its digest) under its own key of ``store``
+    (torchrun's key-value store), waits until every rank has (polling, so a signal is
+    handled at once; at most ``timeout_s``, default ``HANDSHAKE_TIMEOUT_S``) and compares
+    the digests. StepError, on every rank, naming what differs (``AGREED``) and each
+    rank's command, or the ranks that never came."""
+    import torch.distributed as dist
+
+    timeout_s = HANDSHAKE_TIMEOUT_S if timeout_s is None else timeout_s
+    # One namespace per torchrun attempt: a restarted job never reads an earlier one's.
+    attempt = (f"icl-handshake/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
+               f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+    keys = dist.PrefixStore(attempt, store)
+    mine = {"digest": digest(identity), "identity": identity}
+    keys.set(f"rank-{world.rank}", json.dumps(mine, sort_keys=True, default=str))
+    names = [f"rank-{r}" for r in range(world.size)]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [r for r, k in enumerate(names) if not keys.check([k])]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            who = ", ".join(map(str, missing))
+            raise StepError(
+                f"rank{'s' * (len(missing) > 1)} {who} of {world.size} did not state what "
+                f"{'they run' if len(missing) > 1 else 'it runs'} within {timeout_s:g} s: "
+                "every rank must run the same icl command (nothing was run)")
+        time.sleep(POLL_S)
+    stated = [json.loads(keys.get(k)) for k in names]
+    if len({s["digest"] for s in stated}) > 1:
+        raise StepError(disagreement([s["identity"] for s in stated], world.rank))
+
+
+def disagreement(identities: list[dict[str, Any]], rank: int) -> str:
+    """The line for ranks that stated different ``identities`` (one per rank): what
+    differs first (``AGREED``), this rank's command and the first other one.
+
+    Example:
+        >>> disagreement([{"experiment": "icl", "command": ["reclassify", "-e", "icl"]},
+        ...               {"experiment": "base", "command": ["reclassify", "-e", "base"]}],
+        ...              0)  # doctest: +NORMALIZE_WHITESPACE
+        "torchrun ranks disagree on the experiment ('icl' on rank 0, 'base' on rank 1):
+        rank 0 runs `icl reclassify -e icl`, rank 1 `icl reclassify -e base`; every rank
+        must run the same icl command on the same workspace and inputs (nothing was run)"
+    """
+    stated = [*AGREED, *sorted({k for i in identities for k in i} - set(AGREED))]
+    keys = [k for k in stated if any(i.get(k) != identities[0].get(k) for i in identities)]
+    what = keys[0] if keys else "what to run"
+    other = next((r for r, i in enumerate(identities) if i.get(what) != identities[rank]
+                  .get(what)), 1 if rank == 0 else 0)
+
+    def shown(value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True,
+                                                               default=str)
+        text = repr(text) if isinstance(value, str) else text
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def command(r: int) -> str:
+        argv = identities[r].get("command") or []
+        return "`icl " + " ".join(map(str, argv)) + "`" if argv else "another command"
+
+    values = f" ({shown(identities[rank].get(what))} on rank {rank}, " \
+             f"{shown(identities[other].get(what))} on rank {other})" \
+        if what not in ("command", "what to run") else ""
+    return (f"torchrun ranks disagree on the {what}{values}: rank {rank} runs "
+            f"{command(rank)}, rank {other} {command(other)}; every rank must run the same "
+            "icl command on the same workspace and inputs (nothing was run)")
+
+
 LEAVE_TIMEOUT_S = 60
 """How long a rank waits at exit for the others to get there too (``leave``)."""
+
+
+_abandoned: list[bool] = [False]
+
+
+def abandon() -> None:
+    """This rank ends on an error or a signal: at exit it leaves at once, without waiting
+    for the others at ``leave``'s barrier (they may be waiting in a collective of their
+    own, or gone; they learn it when their next collective fails)."""
+    _abandoned[0] = True
 
 
 def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
@@ -137,8 +268,9 @@ def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
     were still running as its interpreter exited: under load such a rank was seen to
     abort (SIGABRT, "terminate called without an active exception") after its work was
     done. A rank that is gone (its step failed, it was killed) is not waited for: the
-    barrier fails, at once or after ``timeout_s`` (gloo), and the group is destroyed."""
-    if not _initialized():
+    barrier fails, at once or after ``timeout_s`` (gloo), and the group is destroyed. A
+    rank that ends on an error or a signal (``abandon``) waits for nobody."""
+    if not _initialized() or _abandoned[0]:
         return
     import datetime
 
@@ -152,6 +284,25 @@ def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
     except Exception:  # a rank is gone: nothing left to wait for
         pass
     dist.destroy_process_group()
+
+
+def _wait(work: Any) -> None:
+    """Wait for an asynchronous collective in Python, looking every ``POLL_S``: a rank
+    waiting minutes (while rank 0 evaluates) still handles Ctrl-C and SIGTERM at once,
+    where a blocking call would hold the signal until the collective ends."""
+    while not work.is_completed():
+        time.sleep(POLL_S)
+    work.wait()  # the collective's own error, if it failed
+
+
+def _barrier() -> None:
+    """A barrier of every rank, waited for in Python (``_wait``)."""
+    import torch.distributed as dist
+
+    try:
+        _wait(dist.barrier(async_op=True))
+    except RuntimeError as exc:
+        raise lost_peer(exc) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -171,6 +322,7 @@ def agree(error: BaseException | None) -> None:
     import torch.distributed as dist
 
     notes: list[str | None] = [None] * world.size
+    _barrier()  # the long wait (rank 0 taking the lock, starting its step), in Python
     try:
         dist.all_gather_object(notes, None if error is None else _first_line(error))
     except RuntimeError as exc:
@@ -211,10 +363,7 @@ def from_main(fn: Callable[[], T], send: Callable[[T], Any] | None = None) -> T:
         return fn()
     import torch.distributed as dist
 
-    try:
-        dist.barrier()
-    except RuntimeError as exc:
-        raise lost_peer(exc) from None
+    _barrier()
     box: list[Any] = [None]
     error, result = None, None
     if world.main:
@@ -223,6 +372,7 @@ def from_main(fn: Callable[[], T], send: Callable[[T], Any] | None = None) -> T:
             box[0] = ("ok", result if send is None else send(result))
         except Exception as exc:
             error, box[0] = exc, ("error", _first_line(exc))
+    _barrier()  # the others wait here while rank 0 works: in Python, signals handled
     try:
         dist.broadcast_object_list(box, src=0)
     except RuntimeError as exc:

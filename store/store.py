@@ -178,6 +178,14 @@ class Store:
     lock = _via("locks", Locks.lock)
 
     @property
+    def workspace_id(self) -> str | None:
+        """The workspace's id (``.icl/workspace-id``, see ``store.owner``; None where an
+        older workspace has none yet)."""
+        from .owner import workspace_id
+
+        return workspace_id(self.root)
+
+    @property
     def engine(self):
         """The catalog's SQLAlchemy engine (for tests and tools; steps never need it)."""
         return self.catalog.engine

@@ -9,6 +9,7 @@ out: the experiment's).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -338,6 +339,11 @@ def run(
         if not 0 <= recover <= RECOVER_LIMIT:
             raise fail(f"--recover must be in 0..{RECOVER_LIMIT}, got {recover}", 3)
         names = list(dict.fromkeys(experiment or []))  # in order, each once
+        if len(names) > 1 and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+            # Each rank would start its own processes, one per experiment: refused.
+            raise fail("under torchrun `icl run` runs one experiment on every rank: give -e "
+                       "once (start one torchrun per experiment, or run several without "
+                       "torchrun: `icl run -e A -e B --parallel N`)", 3)
         if len(names) > 1:
             if parallel < 1:
                 raise fail(f"--parallel must be >= 1, got {parallel}", 3)

@@ -21,6 +21,7 @@ only inside commands, so ``icl --help`` is instant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,6 +51,7 @@ TERMINATED_BY: list[int] = []  # the SIGTERM handler (main) appends the signal
 
 
 _json_mode: list[bool] = [False]  # this command was given --json
+_command_line: list[str] = []  # this command's arguments after `icl`, as given
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -128,8 +130,11 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         _reported.clear()
-        _json_mode[0] = "--json" in (sys.argv[1:] if args is None else list(args))
+        given = [str(a) for a in (sys.argv[1:] if args is None else list(args))]
+        _json_mode[0] = "--json" in given
+        _command_line[:] = given
         try:
+            _ranks_agree(given)
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as exc:  # click's usage errors (Typer vendors click)
             code = getattr(exc, "exit_code", 2)
@@ -144,6 +149,9 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:  # EOF on a prompt
             fail(INTERRUPTED, 130)
             sys.exit(130)
+        except _RanksDisagree as exc:
+            fail(str(exc), exc.code)
+            sys.exit(exc.code)
         code = code if isinstance(code, int) else 0
         # An interrupt outside `user_errors` (e.g. while torch imports): Typer turns it
         # into exit 130; SIGTERM's handler left its mark in TERMINATED_BY.
@@ -152,6 +160,48 @@ class OneLineErrors(TyperGroup):
         if code in (130, 143) and code not in _reported:
             fail(TERMINATED if code == 143 else INTERRUPTED, code)
         sys.exit(code)
+
+
+RANK_STEPS = ("init", "synthesize", "reclassify", "run")
+"""The commands whose steps split over torchrun's ranks (each states what it runs through
+``icl_cli.steps.common.join_ranks``)."""
+
+
+class _RanksDisagree(Exception):
+    """Under torchrun, this rank could not agree with the others on the command (the
+    one line to print, and its exit code)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _ranks_agree(args: list[str]) -> None:
+    """Under torchrun (WORLD_SIZE > 1), a command that does not split over the ranks still
+    states its command line to the others before it runs (``distributed.handshake``): a
+    rank running another command than the rest fails every rank in one line, instead of
+    leaving them waiting in a collective. The commands of ``RANK_STEPS`` state it
+    themselves, with what their step resolved it to. Outside torchrun: nothing (and no
+    torch import)."""
+    name = args[0] if args else ""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1") or name in RANK_STEPS \
+            or name not in {command_name(c) for c in app.registered_commands} \
+            or "--help" in args:
+        return
+    try:
+        import torch
+
+        from icl_cli import distributed
+        from icl_cli.errors import StepError
+
+        try:
+            distributed.join(torch.device("cpu"), {"command": args, "step": name})
+        except StepError as exc:
+            raise _RanksDisagree(str(exc), 3) from None
+    except KeyboardInterrupt as exc:
+        term = type(exc).__name__ == "Terminated"
+        raise _RanksDisagree(TERMINATED if term else INTERRUPTED, 143 if term else 130
+                             ) from None
 
 
 @contextmanager
@@ -320,7 +370,7 @@ def runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: bool
     from icl_cli.steps.common import Runtime
 
     return Runtime(device=device, threads=threads, amp=amp, mlflow=not no_mlflow,
-                   progress=ui.RichProgress(progress))
+                   progress=ui.RichProgress(progress), command=tuple(_command_line))
 
 
 def replay_verdict(what: str, match: bool | None, note: str | None = None) -> None:
@@ -368,6 +418,21 @@ def _only_the_command(args: list[str]) -> typer.Typer:
     return only
 
 
+def _leave_ranks(code: Any) -> None:
+    """A torchrun rank that ends on an error or a signal leaves at once: its line is
+    printed and its step recorded by now, and waiting for the other ranks at exit (or
+    tearing down a process group whose peers are gone) could keep it alive past the
+    signal, or end it with another code. Nothing outside torchrun."""
+    distributed = sys.modules.get("icl_cli.distributed")
+    if code in (0, None) or distributed is None or not distributed.current_is_open():
+        return
+    distributed.abandon()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 def main() -> None:
     """Run the command on ``sys.argv`` among those registered on ``app`` (the console
     script ``icl_cli.cli:icl`` registers the one named there, or all of them, first)."""
@@ -379,7 +444,11 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # while Typer builds the command, before any step
         term = type(exc).__name__ == "Terminated"
         fail(TERMINATED if term else INTERRUPTED, 143 if term else 130)
+        _leave_ranks(143 if term else 130)
         raise SystemExit(143 if term else 130) from None
+    except SystemExit as exc:
+        _leave_ranks(exc.code)
+        raise
     finally:
         # The command's work is recorded (or cleanly refused) by now: a Ctrl-C that lands
         # while the interpreter tears torch down would only print a traceback.

@@ -51,6 +51,9 @@ class Runtime:
     amp: bool = False
     mlflow: bool = True
     progress: Progress = field(default_factory=Progress, compare=False)
+    # The command line as given (after ``icl``): what torchrun's ranks state first, with
+    # what their step resolved it to (``join_ranks``).
+    command: tuple[str, ...] = field(default=(), compare=False)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -79,14 +82,26 @@ class Runtime:
         return torch.bfloat16 if self.amp else None
 
 
-def join_ranks(runtime: Runtime):
+def join_ranks(runtime: Runtime, identity: Callable[[], dict[str, Any]] | None = None):
     """``runtime.apply()``, then, under torchrun, its process group joined (gloo on CPU,
     nccl on CUDA): (``distributed.World``, this rank's device). Every step that may run
-    on several ranks calls it before its first look at the store, so that rank 0's lock
-    and writes and the others' waits line up (``icl_cli.distributed``)."""
+    on several ranks calls it before its first collective, so that rank 0's lock and
+    writes and the others' waits line up (``icl_cli.distributed``). First the ranks agree
+    on what they run: the command line and ``identity()`` (the step, workspace,
+    experiment, round, settings and inputs' hashes it resolved), or they all fail in one
+    line (``distributed.handshake``)."""
     from icl_cli import distributed
 
-    return distributed.join(runtime.apply())
+    def stated() -> dict[str, Any]:
+        return {"command": list(runtime.command), **(identity() if identity else {})}
+
+    return distributed.join(runtime.apply(), stated)
+
+
+def workspace_identity(store: Store) -> str:
+    """What names a workspace for ranks that must agree on it: its id (``.icl/
+    workspace-id``), else its folder."""
+    return store.workspace_id or str(store.root)
 
 
 def release_freed_memory() -> None:

@@ -15,6 +15,7 @@ from icl_cli.steps.common import (
     experiment_data,
     join_ranks,
     new_model,
+    workspace_identity,
 )
 from icl_cli.steps.evaluate import Evaluation, copy_parent_evaluations, evaluate_round
 from icl_cli.steps.reclassify import train_round
@@ -88,8 +89,9 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
 
     validate_name(name)
     runtime.apply()  # --device cuda without a GPU, --threads 0: refused before any write
-    if distributed.from_env().active:  # under torchrun: C_0 trains on every rank (DDP)
-        join_ranks(runtime)
+    # Under torchrun C_0 trains on every rank (DDP); first the ranks agree on what they
+    # run (join_ranks), before any collective.
+    ranks = distributed.from_env().active
     if from_:
         parent_name, parent_round = parse_from(from_)
         clash = [k for k in SHARED if k in overrides]
@@ -97,11 +99,17 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
             raise StepError(f"--from {from_} shares {', '.join(clash)} with '{parent_name}'; "
                             "drop those options to keep the comparison paired")
         with disk_full_as_one_line(None):
-            store = _opened(open_store)
+            store = open_store()  # an existing workspace: every rank opens it
         parent = store.experiment(parent_name)
         source = store.checkpoint(parent.name, parent_round)
         if source is None:
             raise StepError(f"'{parent.name}' has no checkpoint for round {parent_round}")
+        if ranks:
+            join_ranks(runtime, lambda: {
+                "step": "init", "workspace": workspace_identity(store), "experiment": name,
+                "settings": {"overrides": overrides, "from": from_},
+                "inputs": {"parent": parent.config_hash, "source": source.sha256,
+                           "data": parent.data_fingerprint}})
         store.load_checkpoint(source)  # hash-checked and parsed before anything is recorded
         cfg = compose(overrides, base=parent.config)
         cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
@@ -113,6 +121,10 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         cfg = compose(overrides)
         data = dataset(cfg)  # a missing or broken data folder fails here, before any write
         _check_count(cfg, data, runtime)
+        if ranks:  # the workspace may not exist yet: rank 0 makes it once they agree
+            join_ranks(runtime, lambda: {
+                "step": "init", "experiment": name, "settings": {"config": cfg.to_dict()},
+                "inputs": {"data": data.fingerprint}})
         with disk_full_as_one_line(None):
             store = _opened(open_store)
     # A full disk on the way is one line (DiskFull); the next `icl init` finishes the job.

@@ -29,6 +29,7 @@ from icl_cli.steps.common import (
     load_weights,
     new_model,
     real_tensors,
+    workspace_identity,
 )
 from icl_cli.steps.report import DIVERGED
 
@@ -119,12 +120,27 @@ def train_round(store: Store, name: str, round_: int, runtime: Runtime, *,
                         "with a new `icl init`, or for rounds >= 1 only")
     world, device = distributed.from_env(), None
     if world.active:  # the process group opens before the lock: the ranks wait for it
-        world, device = join_ranks(runtime)
+        world, device = join_ranks(runtime, lambda: {
+            "step": "reclassify", "workspace": workspace_identity(store),
+            "experiment": exp.name, "round": round_,
+            "settings": {"train": tc.to_dict(), "force": force, "replay": replay,
+                         "amp": runtime.amp, "recovery": recovery},
+            "inputs": _stated_inputs(store, exp, cfg, round_)})
     with distributed.main_only(store.lock, exp.name):
         if round_ == 0 and exp.parent is not None and not replay:
             return distributed.from_main(lambda: _copy_round_zero(store, exp, force))
         return _train_round(store, exp, round_, runtime, force, replay, tc, world, device,
                             recovery)
+
+
+def _stated_inputs(store: Store, exp, cfg: ExperimentConfig, t: int) -> dict[str, Any]:
+    """What round ``t`` of ``exp`` would train from, by hash: the experiment's config and
+    data, checkpoint t-1 and the active shards 1..t (what torchrun's ranks must agree on)."""
+    parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
+    shards = store.active_shards(exp.name, t) if t > 0 and cfg.method != "baseline" else []
+    return {"config": exp.config_hash, "data": exp.data_fingerprint,
+            "parent": parent.sha256 if parent else None,
+            "shards": [s.sha256 for s in shards]}
 
 
 def _copy_round_zero(store: Store, exp, force: bool) -> TrainResult:

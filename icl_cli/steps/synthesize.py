@@ -21,6 +21,7 @@ from icl_cli.steps.common import (
     experiment_data,
     join_ranks,
     new_model,
+    workspace_identity,
 )
 from icl_cli.steps.draw import (
     BLOCK,
@@ -143,7 +144,18 @@ def _synthesize_ranks(store: Store, exp, cfg: ExperimentConfig, t: int, runtime:
     on rank 0 alone. Every rank returns rank 0's result; a failure on one fails all."""
     from icl_cli import distributed
 
-    world, device = join_ranks(runtime)
+    def stated() -> dict:
+        source = store.checkpoint(exp.name, t - 1)
+        active = store.active_shard(exp.name, t)
+        return {"step": "synthesize", "workspace": workspace_identity(store),
+                "experiment": exp.name, "round": t,
+                "settings": {"sampler": changes.apply(cfg.sampler).to_dict(), "force": force,
+                             "replay": replay, "amp": runtime.amp},
+                "inputs": {"config": exp.config_hash, "data": exp.data_fingerprint,
+                           "source": source.sha256 if source else None,
+                           "shard": active.sha256 if active else None}}
+
+    world, device = join_ranks(runtime, stated)
     data = experiment_data(exp)
     with distributed.main_only(store.lock, exp.name):
         planned = None if replay else distributed.from_main(lambda: plan_round(

@@ -1,19 +1,26 @@
-"""Issue 12: ``torchrun --nproc-per-node 2 -m icl_cli reclassify --round t`` (gloo, CPU).
+"""``torchrun --nproc-per-node 2 -m icl_cli reclassify --round t`` (gloo, CPU).
 
 From the same checkpoint and shard, 2 ranks train the one-process weights (up to
 floating-point order) and rank 0 alone records them, with the world size; a replay in one
 process compares within the stated tolerance; a rank killed mid-training fails the step
-on every rank in one line and leaves nothing recorded.
+on every rank in one line and leaves nothing recorded. Before any collective the ranks
+agree on what they run: ranks on another experiment, round, command or settings fail
+every rank in one line, at once, with nothing recorded; several experiments are refused
+under torchrun; SIGTERM ends every rank within seconds, the step logged interrupted.
 """
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from store import Store
-from tests.kit import COMMON, icl, icl_json, tiny, torchrun
+from tests.kit import COMMON, child_env, icl, icl_json, tiny, torchrun
 
 ENTRY = Path(__file__).with_name("ddp_entry.py")
 SETTINGS = tiny(init_epochs=2, epochs=2, lr=0.05)
@@ -141,3 +148,116 @@ def test_init_and_run_under_torchrun_record_the_one_process_experiment(tmp_path)
         done = [(s.name, s.round) for s in b.steps() if s.state == "ok"]
         assert len(done) == len(set(done))  # each step recorded once, by rank 0
     assert "workspace consistent" in icl("verify", "-w", two).stdout
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    """A baseline 'base' and an ICL experiment 'icl' started from it, icl's round-1 shard
+    drawn: `reclassify --round 1` is next for both."""
+    ws = tmp_path_factory.mktemp("paired")
+    icl("init", "-w", ws, "-e", "base", "--method", "baseline", *SETTINGS, *COMMON)
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
+    icl("synthesize", "-w", ws, "-e", "icl", "--round", "1", *COMMON)
+    return ws
+
+
+def _errors(ran) -> list[str]:
+    return [line for line in ran.stderr.splitlines() if line.startswith("error:")]
+
+
+def _nothing_recorded(ws) -> None:
+    with Store.open(ws) as st:
+        for name in ("base", "icl"):
+            assert st.checkpoint(name, 1) is None
+            assert not [s for s in st.steps(name) if s.round == 1 and
+                        s.name == "reclassify"], name
+
+
+def test_ranks_of_other_experiments_are_refused_before_training(paired, tmp_path):
+    """Rank 0 on `-e icl`, rank 1 on `-e base`: before, both trained through the same
+    all-reduces and rank 0 recorded an icl checkpoint that was not the one-process
+    round; now one line on each rank, exit 3, nothing recorded."""
+    ws = _copy(paired, tmp_path, "two")
+    t0 = time.monotonic()
+    ran = torchrun_icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON,
+                       env={"ICL_TEST_RANK1_ARGV": json.dumps(
+                           ["reclassify", "-w", str(ws), "-e", "base", "--round", "1",
+                            *COMMON])})
+    assert ran.returncode != 0 and time.monotonic() - t0 < 120
+    errors = _errors(ran)
+    assert len(errors) == 2, ran.stderr[-3000:]
+    assert all("torchrun ranks disagree on the experiment ('icl' on rank " in e or
+               "torchrun ranks disagree on the experiment ('base' on rank " in e
+               for e in errors), errors
+    assert all("icl reclassify -w" in e and "nothing was run" in e for e in errors)
+    _nothing_recorded(ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("other", [
+    ["evaluate", "-e", "icl", "--round", "0"],  # another command: rank 0 waited minutes
+    ["reclassify", "-e", "icl", "--round", "1", "--epochs", "1"],  # other settings
+], ids=["another command", "other settings"])
+def test_a_rank_running_something_else_fails_every_rank_at_once(paired, tmp_path, other):
+    ws = _copy(paired, tmp_path, "other")
+    t0 = time.monotonic()
+    ran = torchrun_icl("reclassify", "-w", ws, "-e", "icl", "--round", "1", *COMMON,
+                       env={"ICL_TEST_RANK1_ARGV": json.dumps([*other, "-w", str(ws),
+                                                               *COMMON])})
+    assert ran.returncode != 0 and time.monotonic() - t0 < 120
+    errors = _errors(ran)
+    assert len(errors) == 2 and all("torchrun ranks disagree on the " in e for e in errors), \
+        ran.stderr[-3000:]
+    _nothing_recorded(ws)
+    with Store.open(ws) as st:
+        assert not [s for s in st.steps("icl") if s.name == "evaluate"]
+
+
+@pytest.mark.slow
+def test_several_experiments_under_torchrun_are_refused(paired, tmp_path):
+    """Each rank would start a process per experiment: refused on every rank instead."""
+    ws = _copy(paired, tmp_path, "several")
+    ran = torchrun(2, "-m", "icl_cli", "run", "-w", ws, "-e", "base", "-e", "icl",
+                   "--rounds", "1", *COMMON)
+    errors = _errors(ran)
+    assert ran.returncode != 0 and len(errors) == 2, ran.stderr[-3000:]
+    assert all("under torchrun `icl run` runs one experiment on every rank" in e
+               for e in errors)
+    _nothing_recorded(ws)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_every_rank_within_10_seconds(paired, tmp_path):
+    """SIGTERM to torchrun while rank 0 saves and rank 1 waits for it (what `timeout`
+    and Slurm send): every rank stops within 10 s, each with its one line, and the step is
+    logged interrupted (SIGTERM). Before, the waiting rank held the signal until the
+    collective ended, and rank 0 waited for it at exit."""
+    ws = _copy(paired, tmp_path, "term")
+    mark = tmp_path / "saving"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", str(ENTRY), "reclassify", "-w", str(ws), "-e", "icl", "--round", "1",
+         *COMMON], env=child_env(ICL_TEST_SLOW_SAVE=str(mark)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not mark.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        time.sleep(1)  # rank 1 is waiting in the collective by now
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < 10, (took, stderr[-3000:])
+    errors = _errors(subprocess.CompletedProcess([], proc.returncode, "", stderr))
+    assert len(errors) == 2 and all("terminated (SIGTERM)" in e for e in errors), \
+        stderr[-3000:]
+    with Store.open(ws) as st:
+        assert st.checkpoint("icl", 1) is None
+        [step] = [s for s in st.steps("icl", name="reclassify") if s.round == 1]
+        assert (step.state, step.message) == ("interrupted", "interrupted (SIGTERM)")
