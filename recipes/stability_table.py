@@ -131,9 +131,10 @@ def recovery_table(ws: Path) -> None:
                 s.setdefault(f"{kind} dtest", []).append(t - bt)
         print("| " + " | ".join(cells) + " |")
     print()
-    print(f"| case | seeds | diverged without --recover | divergence rate (report) | "
-          f"with --recover {n}: diverged | recovered | divergence rate (report) | val % vs "
-          f"baseline: without | with | test % vs baseline: without | with |")
+    print(f"| case | seeds | without --recover: diverged | its divergence_rate | with "
+          f"--recover {n}: diverged | recovered | its divergence_rate | val % vs baseline, "
+          f"without | val % vs baseline, with | test % vs baseline, without | test % vs "
+          f"baseline, with |")
     print("|" + " --- |" * 11)
     for case, s in summary.items():
         wo, wi = s.get("without runs", []), s.get("with runs", [])

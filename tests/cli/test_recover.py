@@ -113,3 +113,30 @@ def test_the_attempts_reach_mlflow(tmp_path, diverging):
         logged = db.execute("SELECT step, value FROM metrics WHERE key = "
                             "'recovery_attempts'").fetchall()
     assert logged == [(1, 3.0)]
+
+
+def test_the_stability_recipe_table_pairs_each_run_with_its_baseline(tmp_path, diverging):
+    """recipes/stability_table.py --recovery: per case and seed, the run without and with
+    --recover against the baseline of the same C_0, and per case the counts and rates."""
+    import subprocess
+    import sys
+
+    from tests.kit import ROOT, child_env
+
+    icl("init", "-w", tmp_path, "-e", "stab-s0-baseline", "--method", "baseline", *TINY,
+        "--real-epochs", "1", *COMMON)
+    icl("run", "-w", tmp_path, "-e", "stab-s0-baseline", "--rounds", "1", "--clip-grad",
+        "5", *COMMON)
+    for name, again in (("stab-s0-lr5x", []), ("stab-s0-lr5x-r2", ["--recover", "2"])):
+        icl("init", "-w", tmp_path, "-e", name, "--method", "icl", "--from",
+            "stab-s0-baseline:0", "--lr", "0.05", *COMMON)
+        icl("run", "-w", tmp_path, "-e", name, "--rounds", "1", *again, *COMMON,
+            code=None)
+    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "stability_table.py"),
+                          "--recovery", str(tmp_path)], env=child_env(), cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    [row] = [x for x in lines if x.startswith("| lr5x | 0 |")]
+    assert "| diverged in round 1 |" in row and "| recovered round 1 (3 attempts) |" in row
+    [total] = [x for x in lines if x.startswith("| lr5x | 1 |")]
+    assert "| 1 / 1 | 1.00 | 0 / 1 | 1 / 1 | 0.00 |" in total
