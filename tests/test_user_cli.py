@@ -2,14 +2,10 @@
 an installed entry point, ``timm:NAME``; ``--dataset imagefolder`` (decoded once, kept in
 ``.icl/data``) and ``npz``; every mistake one line, exit 3, the folder left as it was;
 ``--replay`` saying when the network's code changed since ``icl init``.
-
-These need the command line's ``--image-size`` and the steps' changes of
-``patches/user-models-data.patch``: they are skipped until it is applied.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -24,15 +20,6 @@ from store import Store
 from tests.kit import COMMON, ROOT, child_env, icl
 from tests.test_user_data import image_folder, npz_file, write_image
 from tests.test_user_models import NETS, distribution, forget_modules_in, module
-
-
-def _patched() -> bool:
-    from icl_cli.cli import loop
-
-    return "image_size" in inspect.signature(loop.init).parameters
-
-
-pytestmark = pytest.mark.skipif(not _patched(), reason="needs patches/user-models-data.patch")
 
 SMALL = ["--train-size", "30", "--val-size", "6", "--init-epochs", "1", "--epochs", "1",
          "--count", "2", "--max-steps", "4", "--batch-size", "16", *COMMON]

@@ -43,6 +43,7 @@ from icl_cli.cli.main import (
     runtime,
     user_errors,
 )
+from icl_cli.config import arch_help
 
 # --- settings of the reclassify step (TrainConfig) ----------------------------------
 Epochs = Annotated[int | None, typer.Option(
@@ -104,8 +105,14 @@ def init(
         "this experiment shares (paired comparison).")] = None,
     dataset: Annotated[str | None, typer.Option(
         help="mnist-embedded (ships with icl), idx or mnist (an IDX folder, see --data-root), "
-        "cifar10, svhn, fake-cifar10, fake-svhn.")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Folder of the data files.")] = None,
+        "cifar10, svhn, fake-cifar10, fake-svhn; your own: imagefolder (--data-root DIR "
+        "with DIR/train/<class>/ and DIR/test/<class>/ images) or npz (--data-root FILE.npz "
+        "with x_train, y_train, x_test, y_test).")] = None,
+    data_root: Annotated[Path | None, typer.Option(
+        help="Folder of the data files (the .npz file for --dataset npz).")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help="imagefolder, npz: resize every image to N x N (default: as stored, all of one "
+        "size).")] = None,
     download: Annotated[bool | None, typer.Option(
         "--download", help="Let torchvision download CIFAR-10/SVHN.")] = None,
     train_size: Annotated[int | None, typer.Option(
@@ -114,8 +121,7 @@ def init(
         help="Validation images held out of the training set.")] = None,
     augment: Annotated[bool | None, typer.Option(help="Pad 4, crop, flip.")] = None,
     mode: Annotated[str | None, typer.Option(help="softmax or ova (one-vs-all).")] = None,
-    arch: Annotated[str | None, typer.Option(
-        help="mnist-cnn, resnet32, resnet8 or tiny.")] = None,
+    arch: Annotated[str | None, typer.Option(help=arch_help())] = None,
     init_epochs: Annotated[int | None, typer.Option(
         help="Epochs to train C_0 (at most 10,000).",
         callback=at_most("--init-epochs", MAX_EPOCHS))] = None,
@@ -148,7 +154,8 @@ def init(
         # current folder.
         data=dict(dataset=dataset, root=str(data_root.resolve()) if data_root else None,
                   download=download, train_size=train_size, val_size=val_size,
-                  augment=augment, seed=data_seed if data_seed is not None else seed),
+                  augment=augment, seed=data_seed if data_seed is not None else seed,
+                  image_size=image_size),
         model=dict(mode=mode, arch=arch),
         train=dict(epochs=epochs, real_epochs=real_epochs, batch_size=batch_size, lr=lr,
                    decay_round=decay_round, pn_weight=pn_weight, pn_weighting=pn_weighting,
@@ -225,7 +232,7 @@ def synthesize(
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
     if replay:
-        replay_verdict(f"round {r.round} v{r.version}", r.replay_match)
+        replay_verdict(f"round {r.round} v{r.version}", r.replay_match, drift=r.replay_drift)
     _synthesis_tables(r)
 
 
@@ -277,7 +284,7 @@ def reclassify(
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
     if replay:
-        replay_verdict(f"round {r.round}", r.replay_match, r.replay_note)
+        replay_verdict(f"round {r.round}", r.replay_match, r.replay_note, r.replay_drift)
     if r.reused:
         ui.note(f"round {r.round} already reclassified from the same inputs")
     ui.table(f"'{r.experiment}' round {r.round} reclassify",

@@ -373,11 +373,15 @@ def runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: bool
                    progress=ui.RichProgress(progress), command=tuple(_command_line))
 
 
-def replay_verdict(what: str, match: bool | None, note: str | None = None) -> None:
+def replay_verdict(what: str, match: bool | None, note: str | None = None,
+                   drift: str | None = None) -> None:
     """Print whether a replayed step reproduced its record; exit 4 when it did not (the
     same code as with --json, where ``replay_match`` carries the verdict). ``note``: the
-    verdict in words when it is not a bit-for-bit comparison (another world size)."""
+    verdict in words when it is not a bit-for-bit comparison (another world size);
+    ``drift``: what changed in the network's code since the experiment was made."""
     verdict = note or ('matches bit for bit' if match else 'DIFFERS from the record')
+    if drift:
+        verdict += f"; note: {drift}"
     ui.out.print(f"replay of {what}: {verdict}")
     raise typer.Exit(0 if match else 4)
 

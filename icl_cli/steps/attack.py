@@ -134,7 +134,7 @@ def attack_round(store: Store, name: str, round_: int, against: str, against_rou
     if not same_data(store.experiment(a), store.experiment(b)):
         raise StepError(f"'{a}' and '{b}' use different data (their data fingerprints "
                         "differ); attack compares models on one test set")
-    data = experiment_data(store.experiment(a))
+    data = experiment_data(store.experiment(a), store)
     x, y = inputs(data.test.images, device), data.test.labels.to(device)
     if settings.limit is not None:
         x, y = x[:settings.limit], y[:settings.limit]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from icl_cli.config import DataConfig, ExperimentConfig
-from icl_cli.data import Dataset, load, to_input
+from icl_cli.data import CACHED_DATASETS, Dataset, load, to_input
 from icl_cli.errors import StepError
 from icl_cli.models import build_model
 
@@ -124,23 +124,28 @@ def generator(*parts: Any, device: torch.device | str = "cpu") -> torch.Generato
 
 
 @lru_cache(maxsize=2)
-def _load_cached(cfg: DataConfig) -> Dataset:
-    return load(cfg)
+def _load_cached(cfg: DataConfig, root: str | None = None) -> Dataset:
+    from store.datacache import DataCache
+
+    return load(cfg, DataCache(root) if root is not None else None)
 
 
-def dataset(cfg: ExperimentConfig) -> Dataset:
-    """The experiment's data (cached per process: ``icl run`` loads it once)."""
-    return _load_cached(cfg.data)
+def dataset(cfg: ExperimentConfig, store=None) -> Dataset:
+    """The experiment's data (cached per process: ``icl run`` loads it once); with
+    ``store``, a folder of images is decoded once and kept in its workspace (.icl/data)."""
+    cached = store is not None and cfg.data.dataset in CACHED_DATASETS
+    return _load_cached(cfg.data, str(store.root) if cached else None)
 
 
-def experiment_data(exp) -> Dataset:
+def experiment_data(exp, store=None) -> Dataset:
     """The data of experiment ``exp`` (a store ExperimentInfo), checked against the
     fingerprint recorded at ``icl init``: if the images under it changed (a data folder
-    edited or replaced), the step refuses instead of training or scoring on other data."""
+    edited or replaced), the step refuses instead of training or scoring on other data.
+    ``store``: the workspace that keeps a decoded image folder (``dataset``)."""
     from store import IntegrityError
 
     cfg = ExperimentConfig.from_dict(exp.config)
-    data = dataset(cfg)
+    data = dataset(cfg, store)
     if exp.data_fingerprint and data.fingerprint != exp.data_fingerprint:
         where = f" in {cfg.data.root}" if cfg.data.root else ""
         raise IntegrityError(

@@ -56,6 +56,7 @@ class SynthesisResult:
     part: str | None = None  # "i/N" for a part; count etc. are then the part's
     missing: tuple[int, ...] = ()  # parts of N not recorded yet (after this one)
     shard: SynthesisResult | None = None  # the round's shard, when this part completed it
+    replay_drift: str | None = None  # --replay: the network's code changed since init
 
 
 @dataclass(frozen=True)

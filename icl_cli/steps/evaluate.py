@@ -50,7 +50,7 @@ def load_model(store: Store, name: str, round_: int, device: torch.device):
                         f"`icl reclassify --round {round_} -e {exp.name}`" if round_ > 0 else
                         f"experiment '{exp.name}' has no round-0 checkpoint: run `icl init`")
     cfg = ExperimentConfig.from_dict(exp.config)
-    model = new_model(cfg, experiment_data(exp)).to(device)
+    model = new_model(cfg, experiment_data(exp, store)).to(device)
     load_weights(model, store, info, device)
     return cfg, model.eval()
 
@@ -67,7 +67,7 @@ def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins:
     device = runtime.apply()
     exp = store.experiment(name)
     _, model = load_model(store, exp.name, round_, device)
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     splits = [("test", data.test)] + ([("val", data.val)] if data.val is not None else [])
     results, curves = [], {}
     for split_name, split in splits:

@@ -67,13 +67,21 @@ def compose(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> Ex
 
 
 def check_arch(arch: str) -> None:
-    """The network's name against the models' registry (which needs torch, so not in
-    ``ModelConfig`` itself: reading a config must stay torch-free)."""
-    from icl_cli.models import REGISTRY
+    """The network's name: built-in, ``module:factory``, installed or ``timm:NAME``, found
+    and imported (which needs torch, so not in ``ModelConfig`` itself: reading a config
+    must stay torch-free)."""
+    from icl_cli.models import check_spec
 
-    if arch not in REGISTRY:
-        raise StepError(f"unknown architecture {arch!r} "
-                        f"(choose from {', '.join(sorted(REGISTRY))})")
+    check_spec(arch)
+
+
+def with_checked_model(cfg: ExperimentConfig, data) -> ExperimentConfig:
+    """``cfg`` with its network built once for ``data`` and checked (a factory that fails
+    or gives the wrong shape: one line, before anything is written) and a user's
+    network's code recorded (``icl_cli.models.checked_model``)."""
+    from icl_cli.models import checked_model
+
+    return cfg.replace(model=checked_model(cfg.model, data.shape, data.num_classes))
 
 
 def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[str, Any],
@@ -114,12 +122,14 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
         cfg = compose(overrides, base=parent.config)
         cfg = cfg.replace(**{k: getattr(ExperimentConfig.from_dict(parent.config), k)
                              for k in SHARED})
-        data = experiment_data(parent)  # the parent's images, checked against its record
+        data = experiment_data(parent, store)  # the parent's images, checked against its record
+        cfg = with_checked_model(cfg, data)
         _check_count(cfg, data, runtime)
     else:
         parent = parent_round = None
         cfg = compose(overrides)
         data = dataset(cfg)  # a missing or broken data folder fails here, before any write
+        cfg = with_checked_model(cfg, data)
         _check_count(cfg, data, runtime)
         if ranks:  # the workspace may not exist yet: rank 0 makes it once they agree
             join_ranks(runtime, lambda: {
@@ -129,6 +139,7 @@ def init_experiment(open_store: Callable[[], Any], name: str, overrides: dict[st
             store = _opened(open_store)
     # A full disk on the way is one line (DiskFull); the next `icl init` finishes the job.
     with disk_full_as_one_line(store.root):
+        dataset(cfg, store)  # a decoded image folder kept in the workspace for later steps
         return _create(store, name, cfg, data, parent, parent_round, runtime, from_)
 
 

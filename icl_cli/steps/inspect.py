@@ -126,7 +126,7 @@ def inspect_round(store: Store, name: str, round_: int, version: int | None = No
     if info is None:
         raise StepError(_no_shard(store, exp, round_, version, shards))
     a = store.read_shard(info)
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     samples, target = torch.from_numpy(a["samples"]), torch.from_numpy(a["target"])
     train = to_input(data.train.images)
     dist = nearest_distances(samples, train).numpy()

@@ -113,7 +113,7 @@ def ood(store: Store, name: str, round_: int, runtime: Runtime, roots: list[Path
     device = runtime.apply()
     exp = store.experiment(name)
     cfg, model = load_model(store, exp.name, round_, device)
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     x, y = inputs(data.test.images[:limit], device), data.test.labels[:limit].to(device)
     sets = generated_sets(x, y, ExperimentConfig.from_dict(exp.config).sampler.reference_std,
                           torch.Generator().manual_seed(seed))

@@ -110,7 +110,7 @@ def synthesize_part(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: R
     """Draw part ``index`` of ``parts`` of round t, write and record it, and join the
     round's shard when this part was the last one missing."""
     device = runtime.apply()
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     with store.lock(exp.name, wait=True):
         plan = plan_round(store, exp, cfg, t, runtime, force, changes, lambda: data.num_classes)
     if not isinstance(plan, Plan):

@@ -116,7 +116,7 @@ def quality(store: Store, name: str, runtime: Runtime, epochs: int = 10, seed: i
     shards = store.shards(exp.name, active_only=True)
     if not shards:
         raise StepError(f"'{exp.name}' has no shards yet: run `icl synthesize --round 1`")
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     x_tr, y_tr = inputs(data.train.images, device), data.train.labels.to(device)
     x_te, y_te = inputs(data.test.images, device), data.test.labels.to(device)
     net, sha, _ = cached_reference(store, exp, x_tr, y_tr, data.num_classes, epochs, seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,7 +18,7 @@ from icl_cli.algo.reclassify import (
 )
 from icl_cli.config import ExperimentConfig, TrainChanges, TrainConfig
 from icl_cli.data import augment, to_input
-from icl_cli.models import has_batch_norm
+from icl_cli.models import arch_drift, has_batch_norm
 from icl_cli.steps.common import (
     Progress,
     Runtime,
@@ -52,6 +52,7 @@ class TrainResult:
     replay_tolerance: dict[str, float] | None = None
     replay_max_diff: float | None = None
     replay_note: str | None = None  # the verdict in words when not bit for bit
+    replay_drift: str | None = None  # --replay: the network's code changed since init
     world_size: int = 1  # ranks that trained it (torchrun), 1: one process
 
 
@@ -192,7 +193,7 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
                         f"checkpoint or setting changed since): pass --force to retrain it")
 
     device = runtime.apply() if device is None else device
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     step_cfg = {"round": t, "train": tc.to_dict(), "inputs": inputs,
                 "device": str(device), "replay": replay, "world_size": world.size}
     if recovery:
@@ -253,8 +254,9 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
         if world.active:  # not part of ``inputs``: a rerun at another size is a no-op
             state["world_size"] = world.size
         if replay:
-            return distributed.from_main(lambda: _compare_replay(
-                store, existing, state, exp.name, t, epochs_log, world.size))
+            return distributed.from_main(lambda: replace(_compare_replay(
+                store, existing, state, exp.name, t, epochs_log, world.size),
+                replay_drift=arch_drift(cfg.model)))
         # Rank 0 writes once every rank is done (from_main's barrier).
         sha = distributed.from_main(lambda: store.save_checkpoint(
             exp.name, t, state, parent=parent, replace=existing is not None).sha256)

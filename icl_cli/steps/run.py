@@ -110,7 +110,7 @@ def run_rounds(store: Store, name: str, rounds: int, runtime: Runtime,
                            exp.name, active_only=True)]}})
     cfg = ExperimentConfig.from_dict(exp.config)
     if cfg.method != "baseline" and rounds > 0:  # a --count that cannot fit: refused now
-        data = dataset(cfg)  # (its fingerprint is checked by each step, under the lock)
+        data = dataset(cfg, store)  # (its fingerprint is checked by each step, under the lock)
         check_sampler_fits((sampler or SamplerChanges()).apply(cfg.sampler),
                            lambda: new_model(cfg, data), data.num_classes, data.shape, device,
                            cfg.model.arch, BLOCK)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from icl_cli.config import ExperimentConfig, SamplerChanges, check_sampler_fits
+from icl_cli.models import arch_drift
 from icl_cli.steps.common import (
     Progress,
     Runtime,
@@ -87,14 +88,15 @@ def synthesize_round(store: Store, name: str, round_: int, runtime: Runtime, *, 
         return _synthesize(store, exp, cfg, t, runtime, force, replay, changes)
 
 
-def _num_classes(exp) -> Callable[[], int]:
-    return lambda: experiment_data(exp).num_classes
+def _num_classes(exp, store: Store) -> Callable[[], int]:
+    return lambda: experiment_data(exp, store).num_classes
 
 
 def _synthesize(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, force: bool,
                 replay: bool, changes: SamplerChanges) -> SynthesisResult:
     if not replay:
-        planned = plan_round(store, exp, cfg, t, runtime, force, changes, _num_classes(exp))
+        planned = plan_round(store, exp, cfg, t, runtime, force, changes,
+                             _num_classes(exp, store))
         if not isinstance(planned, Plan):
             return shard_summary(store, planned, reused=True)
         return _draw_round(store, exp, cfg, planned, runtime)
@@ -116,7 +118,7 @@ def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: R
     ``replay``, the recorded shard, compare with it)."""
     t, sc = plan.round, plan.sampler.config
     device = runtime.apply()
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     # A --count that cannot fit in memory: refused before any work (exit 3, one line).
     check_sampler_fits(sc, lambda: new_model(cfg, data), data.num_classes, data.shape,
                        device, cfg.model.arch, BLOCK)
@@ -131,7 +133,8 @@ def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: R
         if replay is not None:
             recorded = store.read_shard(replay)
             same = all(np.array_equal(recorded[k], v) for k, v in arrays.items())
-            return shard_summary(store, replay, reused=False, seconds=seconds, replay_match=same)
+            return replace(shard_summary(store, replay, reused=False, seconds=seconds,
+                                         replay_match=same), replay_drift=arch_drift(cfg.model))
         info = store.write_shard(exp.name, t, arrays, shard_attrs(plan))
     return recorded_shard(store, exp, info, arrays, seconds, sc.max_steps, tracker)
 
@@ -156,7 +159,7 @@ def _synthesize_ranks(store: Store, exp, cfg: ExperimentConfig, t: int, runtime:
                            "shard": active.sha256 if active else None}}
 
     world, device = join_ranks(runtime, stated)
-    data = experiment_data(exp)
+    data = experiment_data(exp, store)
     with distributed.main_only(store.lock, exp.name):
         planned = None if replay else distributed.from_main(lambda: plan_round(
             store, exp, cfg, t, runtime, force, changes, lambda: data.num_classes))
