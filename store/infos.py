@@ -116,6 +116,10 @@ class StepInfo:
     config: dict[str, Any] = field(default_factory=dict)
     pid: int | None = None
     id: int | None = None
+    # Where it ran (schema 6; None: recorded before, or by a store with no describer):
+    # device, device_model, cpu_model, gpu_model, icl, torch, python, platform, threads,
+    # determinism (``store.steplog.describe_steps_with``).
+    environment: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,8 @@ class Step(Base):
     message: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None] = mapped_column(String(255))
+    # Schema 6: where the step ran (``store.steplog``; NULL for older steps).
+    environment: Mapped[dict | None] = mapped_column(JSON)
 
 
 class WorkspacePlace(Base):

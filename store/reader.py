@@ -152,7 +152,7 @@ class EngineSource:
 
 
 # Columns as "<sql> AS <info field>" where the names differ; decoded by field name.
-_JSON = {"config", "sampler_config", "per_class", "counts", "params"}
+_JSON = {"config", "sampler_config", "per_class", "counts", "params", "environment"}
 _TIME = {"created_at", "started_at", "finished_at"}
 _BOOL = {"active"}
 EXPERIMENT = ("x.id", "x.name", "x.config", "x.config_hash", "x.method",
@@ -168,7 +168,8 @@ EVALUATION = ("x.name AS experiment", "v.round", "v.split", "v.error", "v.per_cl
 ATTACK = ("x.name AS experiment", "a.round", "a.against_experiment", "a.against_round",
           "a.eps", "a.counts", "a.created_at", "a.method", "a.params")
 STEP = ("x.name AS experiment", "s.name", "s.round", "s.state", "s.seconds", "s.started_at",
-        "s.finished_at", "s.message", "s.config_hash", "s.config", "s.pid", "s.id", "s.host")
+        "s.finished_at", "s.message", "s.config_hash", "s.config", "s.pid", "s.id", "s.host",
+        "s.environment")
 
 
 def _field(column: str) -> str:

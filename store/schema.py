@@ -7,7 +7,7 @@ plain-SQL reader (``store.reader``), the locks and :class:`~store.catalog.Catalo
 these from here instead of from each other.
 
 Example:
-    >>> schema_revision(SCHEMA_VERSION) == SCHEMA_REVISION == "0005"
+    >>> schema_revision(SCHEMA_VERSION) == SCHEMA_REVISION == "0006"
     True
 """
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
 ``attacks.params``. 4: ``shards.seed`` a 64-bit integer (PostgreSQL's INTEGER is 32 bits).
 5: the ``workspace_places`` table (which workspace a catalog serves) and the
-``reference_nets`` table (the sha256 of each cached reference net).
+``reference_nets`` table (the sha256 of each cached reference net). 6:
+``steps.environment`` (where each step ran: device, CPU/GPU model, versions, determinism).
 The migrations in ``store/migrations`` bring an older catalog to it in place."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,30 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from .orm import Step
+
+
+Describe = Callable[[dict[str, Any]], dict[str, Any]]
+_describe: list[Describe] = []  # the one describer of this process, if any
+
+
+def describe_steps_with(describe: Describe | None) -> None:
+    """Record with every step this process starts from now on ``describe(config)``: where
+    the step runs (its device and that device's CPU or GPU model, versions, determinism
+    settings), a plain JSON dict kept in the row's ``environment``. The steps' layer gives
+    it (``icl_cli.steps.common``), as the store knows neither torch nor devices; None: no
+    description (the column stays NULL, as for steps recorded before schema 6)."""
+    _describe[:] = [] if describe is None else [describe]
+
+
+def describe_step(config: dict[str, Any]) -> dict[str, Any] | None:
+    """What the describer says of a step with ``config``; None without one, or when it
+    fails (a description never fails a step)."""
+    if not _describe:
+        return None
+    try:
+        return dict(_describe[0](config))
+    except Exception:
+        return None
 
 
 class StepLog:
@@ -46,6 +71,7 @@ class StepLog:
         from .orm import Step
 
         digest = config_hash(config)
+        environment = describe_step(config)
 
         def start(s: Session) -> StepInfo:
             exp_id = self.catalog.row(s, experiment).id
@@ -60,7 +86,8 @@ class StepLog:
                 dead.state, dead.finished_at = "interrupted", utcnow()
                 dead.message = "process ended without finishing (found by the next step)"
             row = Step(experiment_id=exp_id, name=name, round=round, config=config,
-                       config_hash=digest, state="running", pid=os.getpid(), host=here)
+                       config_hash=digest, state="running", pid=os.getpid(), host=here,
+                       environment=environment)
             s.add(row)
             s.flush()
             return self._info(row, experiment, "running")

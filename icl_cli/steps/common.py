@@ -66,6 +66,8 @@ class Runtime:
         return torch.device(self.device)
 
     def apply(self) -> torch.device:
+        """Check and apply these settings; the device the step runs on (also what this
+        process's step records say it ran on, ``step_environment``)."""
         if self.threads is not None and self.threads < 1:
             raise StepError(f"--threads must be >= 1, got {self.threads}")
         cores = os.cpu_count() or 1
@@ -75,11 +77,78 @@ class Runtime:
         device = self.torch_device()
         if self.threads:
             torch.set_num_threads(self.threads)
+        _applied[:] = [str(device)]
         return device
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.amp else None
+
+
+# --- where a step ran: recorded with each step (the catalog's steps.environment) -------
+_applied: list[str] = []  # the device of this process's last Runtime.apply()
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """This machine's CPU model, e.g. "AMD EPYC 7763 64-Core Processor" (Linux: the
+    ``model name`` of /proc/cpuinfo; elsewhere what ``platform`` says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def determinism() -> dict[str, Any]:
+    """The settings that decide whether a step's numbers come out bit for bit the same
+    (torch's deterministic algorithms, cuDNN's choices, TF32, cuBLAS's workspace)."""
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+def step_environment(config: dict[str, Any]) -> dict[str, Any]:
+    """Where a step with ``config`` runs: its device (the config's ``device``, else this
+    process's last ``Runtime.apply()``, else cpu) and that device's model (the GPU's name
+    for a CUDA device, the CPU's otherwise), the CPU model, the GPU models, icl's, torch's
+    and Python's versions, the platform, torch's CPU threads and ``determinism()``. Kept
+    with every step this process records (``store.steplog.describe_steps_with``)."""
+    import platform
+
+    from icl_cli import __version__
+
+    device = str(config.get("device") or (_applied[0] if _applied else "cpu"))
+    gpus = []
+    for name in dict.fromkeys(d.strip() for d in device.split(",")):
+        if name.startswith("cuda") and torch.cuda.is_available():
+            gpus.append(torch.cuda.get_device_name(torch.device(name)))
+    return {"device": device, "device_model": ", ".join(gpus) or cpu_model(),
+            "cpu_model": cpu_model(), "gpu_model": ", ".join(gpus) or None,
+            "icl": __version__, "torch": torch.__version__,
+            "cuda": torch.version.cuda if gpus else None,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "threads": torch.get_num_threads(), "determinism": determinism()}
+
+
+def _describe_steps() -> None:
+    from store.steplog import describe_steps_with
+
+    describe_steps_with(step_environment)
+
+
+_describe_steps()  # every step module imports this one: each step it records says where
 
 
 def join_ranks(runtime: Runtime, identity: Callable[[], dict[str, Any]] | None = None):

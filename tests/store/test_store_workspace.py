@@ -175,6 +175,7 @@ def test_open_upgrades_a_version_1_catalog_and_keeps_its_rows(tmp_path):
         con.execute("DROP TABLE round_metrics")
         con.execute("DROP TABLE workspace_places")  # schema 5's
         con.execute("DROP TABLE reference_nets")
+        con.execute("ALTER TABLE steps DROP COLUMN environment")  # schema 6's
         con.execute("UPDATE schema_version SET version = 1")
 
     st = Store.open(tmp_path / "ws")
