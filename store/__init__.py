@@ -10,6 +10,7 @@ A workspace is a folder::
     <ws>/experiments/<name>/shards/round-0007.v1.h5
     <ws>/experiments/<name>/checkpoints/round-0007.pt
     <ws>/experiments/<name>/figures/...
+    <ws>/figures/, <ws>/cards/<name>.md|.json  figures of every experiment, reproducibility cards
 
 Steps use one :class:`Store` and get frozen dataclasses back. The Store is made of
 explicit parts (``store.store`` lists them): the catalog, the artefact files, the results,

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 __all__ = ["Store", "config_hash"]
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 WORKSPACE_FIGURES = "figures"  # <ws>/figures/: figures of several experiments
+CARDS = "cards"  # <ws>/cards/<experiment>.md|.json: reproducibility cards (icl report --card)
 
 
 @contextmanager
@@ -470,6 +471,19 @@ class Store:
         path = contained(self.root, self.root / WORKSPACE_FIGURES / Path(*parts))
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def card_path(self, experiment: str, suffix: str) -> Path:
+        """Where experiment ``experiment``'s reproducibility card goes: ``cards/<experiment>
+        .<suffix>`` at the workspace's top (``md`` or ``json``; ``icl report --card``)."""
+        exp = self.experiment(experiment).name
+        if suffix not in ("md", "json"):
+            raise StoreError(f"a card is .md or .json, not .{suffix}")
+        return contained(self.root, self.root / CARDS / f"{exp}.{suffix}")
+
+    def write_card(self, path: Path, text: str) -> Path:
+        """Write a card's ``text`` (UTF-8) at ``path`` (from ``card_path``) atomically."""
+        return atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"),
+                            root=self.root)
 
     def write_figure(self, path: Path, write_fn) -> Path:
         """Write a figure at ``path`` (from ``figure_path``) atomically: ``write_fn(tmp)``
