@@ -214,8 +214,9 @@ def _time(t: datetime | None) -> str | None:
 
 
 # ------------------------------------------------------------------------ card
-def experiment_card(store: Store, name: str) -> dict[str, Any]:
-    """Experiment ``name``'s card as a plain JSON-able dict (module docstring)."""
+def experiment_card(store: Store, name: str, rows: list | None = None) -> dict[str, Any]:
+    """Experiment ``name``'s card as a plain JSON-able dict (module docstring); ``rows``:
+    ``icl report``'s rows, when the caller has them (``steps.report.experiment_rows``)."""
     from icl_cli import __version__
     from icl_cli.steps.report import experiment_rows
 
@@ -232,7 +233,7 @@ def experiment_card(store: Store, name: str) -> dict[str, Any]:
         chain = _reproducing(store, parent, pcfg, store.steps(parent.name),
                              at.parent_round or 0)[1] + chain
         at = parent
-    row = next(r for r in experiment_rows(store) if r.experiment == exp.name)
+    row = next(r for r in rows or experiment_rows(store) if r.experiment == exp.name)
     environments = [s.environment for s in steps if s.environment]
     return {
         "card": CARD_FORMAT,
@@ -292,12 +293,17 @@ def _distinct_dicts(values) -> list[dict]:
     return list(seen.values())
 
 
-def write_cards(store: Store, names: list[str] | None = None) -> list[tuple[Path, Path]]:
+def write_cards(store: Store, names: list[str] | None = None, rows: list | None = None
+                ) -> list[tuple[Path, Path]]:
     """Write the card of each experiment (default: every one) as ``cards/<name>.md`` and
-    ``cards/<name>.json`` in the workspace; the (md, json) paths."""
+    ``cards/<name>.json`` in the workspace; the (md, json) paths. ``rows``: as for
+    ``experiment_card``."""
+    from icl_cli.steps.report import experiment_rows
+
+    rows = rows if rows is not None else experiment_rows(store)
     out = []
     for name in names if names is not None else [e.name for e in store.experiments()]:
-        card = experiment_card(store, name)
+        card = experiment_card(store, name, rows)
         md = store.write_card(store.card_path(name, "md"), card_markdown(card))
         js = store.write_card(store.card_path(name, "json"),
                               json.dumps(card, indent=2, default=str) + "\n")

@@ -157,6 +157,12 @@ def report(
     plot: Annotated[bool, typer.Option(
         help="Also write an error-vs-round PNG of every experiment (figures/ at the "
         "workspace's top).")] = True,
+    card: Annotated[bool, typer.Option(
+        "--card", help="Also write each experiment's reproducibility card, cards/NAME.md "
+        "and cards/NAME.json at the workspace's top: its config, data fingerprint, seeds, "
+        "every step with the icl command that reproduces it and where it ran (device, "
+        "CPU/GPU model, icl and torch versions, determinism), the sha256 of its "
+        "checkpoints and shards, and its results (paths on stderr).")] = False,
 ) -> None:
     """A markdown table across experiments (errors in %; best round chosen on validation)."""
     from icl_cli.steps.report import experiment_rows, markdown, plot_errors
@@ -164,6 +170,11 @@ def report(
     with user_errors():
         store = open_store(workspace)
         rows = experiment_rows(store)
+        cards = []
+        if card:
+            from icl_cli.card import write_cards
+
+            cards = write_cards(store, [r.experiment for r in rows], rows)
         path = None
         if plot and rows:
             names = [r.experiment for r in rows]
@@ -172,6 +183,8 @@ def report(
             path = store.workspace_figure_path(REPORT_PLOT)
             if not _newer_than_catalog(store, path):  # matplotlib costs ~0.5 s to import
                 path = plot_errors(store, names, path=path)
+    for md, js in cards:  # stderr: stdout keeps the report (or its JSON) alone
+        ui.note(f"card: {md} and {js}")
     if json:
         return ui.emit_json(rows)
     print(markdown(rows))
