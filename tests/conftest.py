@@ -1,6 +1,7 @@
-"""Shared test set-up: one torch thread (two collapse under a competing process), and
+"""Shared test set-up: one torch thread (two collapse under a competing process);
 ``pg_server``, a throwaway PostgreSQL server for the catalog tests of both the store and
-the reliability suites."""
+the reliability suites; ``small_pair``, one small paired workspace per test run, which
+tests copy (``tests.kit.copy_workspace``) instead of training their own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,19 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(1)
 
 PG_PORT = 54329
+
+
+@pytest.fixture(scope="session")
+def small_pair(tmp_path_factory) -> Path:
+    """A workspace with a baseline 'base' (``tests.kit.SMALL``) and an ICL experiment 'icl'
+    started from its C_0 (``--from base:0``), both at round 0, built once per test run in
+    this process. Read it, or change a copy: ``copy_workspace(small_pair, tmp_path / "ws")``."""
+    from tests.kit import COMMON, SMALL, icl
+
+    ws = tmp_path_factory.mktemp("small-pair") / "ws"
+    icl("init", "-w", ws, "-e", "base", "--method", "baseline", *SMALL, *COMMON)
+    icl("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
+    return ws
 
 
 class PgServer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -57,6 +58,16 @@ def tiny(**changes: Any) -> list[str]:
 
 
 TINY = tiny()
+# Smaller still, for tests that run whole rounds in child processes (``icl run --parallel``,
+# job arrays): 100 training images, 2 pseudo-negatives a class in at most 5 steps.
+SMALL = tiny(train_size=100, val_size=50, count=2, max_steps=5)
+
+
+def copy_workspace(src: Path, dst: Path) -> Path:
+    """A copy of the (SQLite) workspace at ``src``, for a test that changes it: a shared
+    workspace is built once and copied, not built again."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
 
 
 # ----------------------------------------------------------------- running icl

@@ -9,19 +9,15 @@ from icl_cli.cli import cluster
 from icl_cli.cli.lanes import Lane
 from icl_cli.errors import StepError
 from store import Store
-from tests.kit import COMMON, ICL, icl_process, tiny
+from tests.kit import COMMON, ICL, copy_workspace, icl, icl_process
 
 pytest.importorskip("submitit")
 
-SETTINGS = tiny(train_size=100, val_size=50, count=2, max_steps=5, sampler_lr=None)
-
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("ws")
-    icl_process("init", "-w", ws, "-e", "base", "--method", "baseline", *SETTINGS, *COMMON)
-    icl_process("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
-    return ws
+def ws(small_pair, tmp_path_factory):
+    """A baseline 'base' and an ICL experiment 'icl' from its C_0, at round 0."""
+    return copy_workspace(small_pair, tmp_path_factory.mktemp("cluster") / "ws")
 
 
 def lane(ws, name):
@@ -90,5 +86,7 @@ def test_icl_run_executor_local_through_the_command_line(ws):
      "--executor-param takes KEY=VALUE"),
 ])
 def test_icl_run_executor_refusals_are_one_line(ws, args, message):
-    res = icl_process("run", "-w", ws, "--rounds", "1", *args, *COMMON, code=None)
-    assert res.returncode == 3 and message in res.stderr and "Traceback" not in res.stderr
+    """Refused before anything is submitted (in this process: no job starts either way)."""
+    res = icl("run", "-w", ws, "--rounds", "1", *args, *COMMON, code=3)
+    assert message in res.stderr and "Traceback" not in res.output
+    assert res.stderr.strip().count("\n") == 0

@@ -15,17 +15,13 @@ import pytest
 
 from icl_cli.cli.lanes import EventWriter
 from store import Store
-from tests.kit import COMMON, ICL, ROOT, child_env, icl_process, tiny
-
-SETTINGS = tiny(train_size=100, val_size=50, count=2, max_steps=5)
+from tests.kit import COMMON, ICL, ROOT, child_env, copy_workspace, icl, icl_json, icl_process, tiny
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("par") / "ws"
-    icl_process("init", "-w", ws, "-e", "base", "--method", "baseline", *SETTINGS, *COMMON)
-    icl_process("init", "-w", ws, "-e", "icl", "--method", "icl", "--from", "base:0", *COMMON)
-    return ws
+def ws(small_pair, tmp_path_factory) -> Path:
+    """A baseline 'base' and an ICL experiment 'icl' from its C_0, at round 0."""
+    return copy_workspace(small_pair, tmp_path_factory.mktemp("par") / "ws")
 
 
 def test_two_experiments_side_by_side_print_both_results(ws):
@@ -47,8 +43,7 @@ def test_two_experiments_side_by_side_print_both_results(ws):
     doc = json.loads(icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1,
                                  "--parallel", 2, "--json", *COMMON).stdout)
     assert list(doc) == ["icl", "base"]
-    alone = json.loads(icl_process("run", "-w", ws, "-e", "icl", "--rounds", 1, "--json",
-                                   *COMMON).stdout)
+    alone = icl_json("run", "-w", ws, "-e", "icl", "--rounds", 1, *COMMON)
     assert doc["icl"] == alone and [r["round"] for r in doc["base"]] == [0, 1]
     assert all(r["ran"] == [] for r in doc["base"])  # done already: nothing re-ran
 
@@ -83,13 +78,14 @@ def test_a_failing_child_is_named_and_the_others_finish(ws):
 
 
 def test_bad_requests_are_refused_before_any_child_starts(ws):
-    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "nope", "--rounds", 1, *COMMON, code=3)
+    """In this process: a refusal comes before any child (or the live view) starts."""
+    res = icl("run", "-w", ws, "-e", "icl", "-e", "nope", "--rounds", 1, *COMMON, code=3)
     assert "nope" in res.stderr and res.stderr.count("\n") == 1 and "started" not in res.stderr
-    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--parallel", 0,
-                      *COMMON, code=3)
+    res = icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--parallel", 0,
+              *COMMON, code=3)
     assert "--parallel must be >= 1" in res.stderr
-    res = icl_process("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--epochs", 0,
-                      "--real-epochs", 0, *COMMON, code=3)
+    res = icl("run", "-w", ws, "-e", "icl", "-e", "base", "--rounds", 1, "--epochs", 0,
+              "--real-epochs", 0, *COMMON, code=3)
     assert "--epochs and --real-epochs are both 0" in res.stderr
 
 
