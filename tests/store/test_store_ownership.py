@@ -11,10 +11,7 @@ file outside the workspaces (no server needed)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +19,8 @@ import torch
 
 from store import Store
 from store.errors import CatalogOfAnotherWorkspace
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests import kit
+from tests.kit import Result
 
 
 def _state(seed: int) -> dict:
@@ -49,16 +46,12 @@ def _workspace(ws: Path, url: str, name: str = "a") -> str:
         return st.save_checkpoint(name, 0, _state(0)).sha256
 
 
-def icl(*argv, url: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("ICL_CATALOG_URL", None)
-    if url is not None:
-        env["ICL_CATALOG_URL"] = url
-    return subprocess.run([sys.executable, "-m", "icl_cli", *map(str, argv)],
-                          capture_output=True, text=True, env=env, timeout=120)
+def icl(*argv, url: str | None = None) -> Result:
+    """``icl ARGV`` (in this process) with ``ICL_CATALOG_URL=url``, or none set."""
+    return kit.icl(*argv, code=None, env={"ICL_CATALOG_URL": url})
 
 
-def _one_line(done: subprocess.CompletedProcess) -> str:
+def _one_line(done: Result) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     return lines[0]
@@ -77,7 +70,7 @@ def test_a_second_workspace_on_the_same_catalog_is_refused(tmp_path, url):
     for argv in (["status"], ["reclassify", "-e", "a", "--round", "0", "--force",
                               "--no-mlflow"]):
         done = icl(*argv, "-w", tmp_path / "two", url=url)
-        assert done.returncode == 3, (argv, done.stderr)
+        assert done.code == 3, (argv, done.stderr)
         assert "belongs to another workspace" in _one_line(done)
     with Store.open(tmp_path / "one", url) as st:  # the first is untouched, and intact
         assert st.checkpoint("a", 0).sha256 == sha and st.verify().ok
@@ -91,11 +84,11 @@ def test_a_moved_workspace_works_again_after_verify_adopt(tmp_path, url):
                        rf"--adopt -w {tmp_path / 'new'}` once"):
         Store.open(tmp_path / "new", url)
     done = icl("status", "-w", tmp_path / "new", url=url)
-    assert done.returncode == 3 and "icl verify --adopt" in _one_line(done)
+    assert done.code == 3 and "icl verify --adopt" in _one_line(done)
     done = icl("verify", "--adopt", "--no-mlflow", "-w", tmp_path / "new", url=url)
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert "now serves the catalog from" in done.stdout
-    assert icl("status", "-w", tmp_path / "new", url=url).returncode == 0
+    assert icl("status", "-w", tmp_path / "new", url=url).code == 0
     with Store.open(tmp_path / "new", url) as st:
         assert st.checkpoint("a", 0).sha256 == sha and st.verify().ok
 
@@ -107,7 +100,7 @@ def test_a_copy_is_refused_until_it_has_a_catalog_of_its_own(tmp_path, url):
                        rf"the workspace at {tmp_path / 'ws'}"):
         Store.open(tmp_path / "copy", url)
     done = icl("verify", "--adopt", "-w", tmp_path / "copy", url=url)
-    assert done.returncode == 3 and "is a copy of" in _one_line(done)
+    assert done.code == 3 and "is a copy of" in _one_line(done)
     with Store.open(tmp_path / "ws", url) as st:  # the original goes on
         assert st.verify().ok
     # Its own catalog: the workspace's own SQLite file, rebuilt from its files.

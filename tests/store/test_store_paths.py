@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from store import IntegrityError, Store, StoreError
+from tests import kit
+from tests.kit import Result
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +40,13 @@ def _workspace(root: Path, make_arrays, attrs) -> Path:
         return st.root
 
 
-def icl(*argv, timeout: float = 120) -> subprocess.CompletedProcess:
+def icl(*argv) -> Result:
+    """``icl ARGV`` in this process, without ``ICL_DEBUG`` (tracebacks off, as a user's)."""
+    return kit.icl(*argv, code=None, env={"ICL_DEBUG": None})
+
+
+def icl_process(*argv, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m icl_cli ARGV`` in a fresh process, without ``ICL_DEBUG``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("ICL_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "icl_cli", *map(str, argv)],
@@ -145,14 +153,14 @@ def test_verify_repair_and_rebuild_name_a_link_out_and_never_crash(tmp_path, mak
         link = "experiments/icl"
     outside = _files(out)
     for argv in (["verify"], ["verify", "--repair", "--no-mlflow"]):
-        done = icl(*argv, "-w", ws, timeout=60)
-        assert done.returncode == 4, (argv, done.stdout, done.stderr)
+        done = icl(*argv, "-w", ws)
+        assert done.code == 4, (argv, done.stdout, done.stderr)
         found = [x for x in done.stdout.splitlines() if f"{link} is a link that leaves" in x]
         assert found and found[0].startswith("problem: "), done.stdout
         assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     (ws / ".icl" / "catalog.db").unlink()  # lost: --rebuild records what is inside
-    done = icl("verify", "--rebuild", "-w", ws, timeout=60)
-    assert done.returncode == 4, (done.stdout, done.stderr)
+    done = icl("verify", "--rebuild", "-w", ws)
+    assert done.code == 4, (done.stdout, done.stderr)
     assert f"{link} is a link that leaves" in done.stdout
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     assert _files(out) == outside  # nothing deleted or written out there
@@ -193,7 +201,7 @@ def test_status_and_verify_work_in_a_workspace_path_with_a_question_mark(tmp_pat
     ws = _workspace(tmp_path / "a?b c" / "ws", make_arrays, attrs)
     for argv in (["status"], ["verify"]):
         done = icl(*argv, "-w", ws)
-        assert done.returncode == 0, (argv, done.stderr)
+        assert done.code == 0, (argv, done.stderr)
     assert sorted(p.name for p in (tmp_path / "a?b c").iterdir()) == ["ws"]
 
 
@@ -204,7 +212,7 @@ def test_a_line_break_in_the_workspace_path_is_refused_in_one_line(tmp_path):
     Store.init(tmp_path / "ws").close()
     (tmp_path / "ws").rename(tmp_path / "a\nb")
     done = icl("status", "-w", tmp_path / "a\nb")
-    assert done.returncode == 3, done.stderr
+    assert done.code == 3, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "holds a line break" in done.stderr
 
 
@@ -216,12 +224,11 @@ TINY = ["--arch", "tiny", "--train-size", "200", "--val-size", "100", "--init-ep
 @pytest.mark.slow
 def test_synthesize_refuses_a_shards_folder_that_leads_out_in_one_line(tmp_path):
     ws = tmp_path / "ws"
-    done = icl("init", "-w", ws, "-e", "icl", "--method", "icl", *TINY, timeout=300)
+    done = icl_process("init", "-w", ws, "-e", "icl", "--method", "icl", *TINY)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
     _link_out(ws / "experiments" / "icl" / "shards", out)
-    done = icl("synthesize", "-w", ws, "--round", "1", "--no-mlflow", "--threads", "1",
-               timeout=300)
+    done = icl_process("synthesize", "-w", ws, "--round", "1", "--no-mlflow", "--threads", "1")
     assert done.returncode == 4, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "experiments/icl/shards is a link that leaves" in lines[0]
