@@ -166,3 +166,22 @@ def test_steps_recorded_before_their_environment_was_kept_read_not_recorded(ws):
     md = (ws / "cards" / "b.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| 1 | reclassify | 0 "))
     assert row.count(NOT_RECORDED) == 4  # device, its model, icl, torch
+
+
+def test_a_step_on_a_gpu_records_the_gpus_model(monkeypatch):
+    # No GPU here: torch's answers for one, to check what the record takes from them.
+    import torch
+
+    from icl_cli.steps import common
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name",
+                        lambda device=None: f"NVIDIA H100 ({torch.device(device)})")
+    env = common.step_environment({"device": "cuda:1"})
+    assert (env["device"], env["device_model"], env["gpu_model"]) == (
+        "cuda:1", "NVIDIA H100 (cuda:1)", "NVIDIA H100 (cuda:1)")
+    assert env["cpu_model"] == common.cpu_model() and env["cpu_model"]
+    on_cpu = common.step_environment({"device": "cpu"})
+    assert (on_cpu["device_model"], on_cpu["gpu_model"]) == (common.cpu_model(), None)
+    joined = common.step_environment({"device": "cpu,cuda:0"})  # a round drawn in parts
+    assert joined["gpu_model"] == "NVIDIA H100 (cuda:0)"
