@@ -383,8 +383,10 @@ def card_markdown(card: dict) -> str:
               "`--no-mlflow` as wanted: they change speed, not the recorded settings.", "",
               "```bash", *card["commands"], "```"]
     if card["not_settable_by_init"]:
-        lines += ["", "Settings no `icl init` option sets (use the Python API, "
-                  "`icl_cli.api`): " + ", ".join(f"`{s}`" for s in card["not_settable_by_init"])]
+        lines += ["", "Settings no `icl init` option sets: "
+                  + ", ".join(f"`{s}`" for s in card["not_settable_by_init"])
+                  + "; the Python API records the whole config below: `icl_cli.api."
+                  f"Workspace(FOLDER).init({card['experiment']!r}, config=CONFIG)`."]
     lines += ["", "## Results (error %)", "", "| round | test | val |", "| --- | --- | --- |",
               *(f"| {r['round']} | {_pct(r['test_error'])} | {_pct(r['val_error'])} |"
                 for r in card["results"]["rounds"])]

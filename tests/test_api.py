@@ -81,6 +81,10 @@ def test_the_examples_of_docs_api_md_run_as_written(tmp_path, monkeypatch):
     assert ns["drawn"].steps.float().mean() > 0  # the sampler took steps
     with Workspace(tmp_path / "ws") as ws:
         assert ws.experiments() == ["base", "icl", "momentum"]
+        # What no icl init option sets is named on its card, with the API's way to set it.
+        assert ws.card("momentum")["not_settable_by_init"] == ["train.momentum=0.5"]
+        md = (ws.root / "cards" / "momentum.md").read_text()
+        assert "`train.momentum=0.5`" in md and "init('momentum', config=CONFIG)" in md
 
 
 def test_the_pure_pieces_example_needs_no_workspace(tmp_path, monkeypatch):
@@ -122,6 +126,11 @@ def test_init_takes_icl_inits_settings_and_records_the_same_config(ws, tmp_path)
     assert api.init_settings()["data_seed"] == ("data", "seed")
     with pytest.raises(TypeError, match="unknown settings sampler_rate"):
         ws.init("typo", sampler_rate=0.1)
+    # A whole config, as a card holds it, makes the same experiment in another workspace.
+    with Workspace(tmp_path / "again", **RUNTIME) as again:
+        made = again.init("copy", config=ws.card("base", write=False)["config"])
+        assert made["config"] == ws.experiment("base")["config"]
+        assert again.experiment("copy")["config_hash"] == ws.experiment("base")["config_hash"]
 
 
 def test_the_results_are_the_documents_json_gives(ws):
