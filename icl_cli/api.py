@@ -265,8 +265,8 @@ def _changes(kind: type, given: dict[str, Any], renamed: dict[str, str] | None =
 class Workspace:
     """An icl workspace (a folder, as ``icl -w FOLDER``), for use from Python.
 
-    ``path``: the workspace's folder, or a folder inside it (None: ``$ICL_WORKSPACE``,
-    else the current folder or the nearest parent holding one). Nothing is opened or
+    ``path``: the workspace's folder, as ``-w`` takes it (None: ``$ICL_WORKSPACE``, else
+    the current folder or the nearest parent holding one). Nothing is opened or
     written until a method needs it: ``init`` makes the workspace if there is none (as
     ``icl init`` does), every other method needs one (``NotAWorkspace``).
 

@@ -281,6 +281,27 @@ def test_a_tampered_checkpoint_is_an_integrity_failure(ws):
     assert isinstance(ws.load_model("base", round=1), nn.Module)
 
 
+def test_a_full_disk_is_disk_full_and_leaves_no_file(ws, monkeypatch):
+    import store.workspace
+
+    for old in (ws.root / "cards").glob("*"):
+        old.unlink()
+    before = snapshot(ws.root)
+    monkeypatch.setattr(store.workspace, "free_bytes", lambda folder: 0)
+    with pytest.raises(DiskFull, match="no space left|free") as e:
+        ws.card("icl")
+    assert e.value.exit_code == 7
+    assert snapshot(ws.root) == before and not list((ws.root / "cards").glob("*"))
+
+
+def test_open_workspace_opens_an_existing_one_at_once(ws):
+    with open_workspace(ws.root, **RUNTIME) as again:
+        assert again.root == ws.root and "base" in again.experiments()
+        assert repr(again) == f"Workspace({str(ws.root)!r})"
+    with pytest.raises(NotAWorkspace):  # as -w: the workspace's own folder
+        open_workspace(ws.root / "experiments")
+
+
 def test_a_step_of_an_experiment_another_process_runs_is_busy(ws):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
