@@ -22,6 +22,8 @@ only inside commands, so ``icl --help`` is instant.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import sys
@@ -246,10 +248,74 @@ def user_errors() -> Iterator[None]:
 
 
 # --- the app ------------------------------------------------------------------------
-app = typer.Typer(
+CONFIG_HELP = (
+    "Read options from a TOML file (YAML if it ends in .yaml or .yml): a key is an "
+    "option's long name without the dashes (train-size = 500; train_size also reads); "
+    "top-level keys go to every command that takes them, a [COMMAND] table ([init], "
+    "[run], ...) to that command alone; a flag on the command line wins. A key no command "
+    "takes is refused (exit 2).")
+
+
+def _read_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None
+                 ) -> Path | None:
+    """``--config FILE`` (eager, so it runs before the other options are read): the
+    file's values for this command become its Click ``default_map``, which a value given
+    on the command line overrides (``icl_cli.cli.configfile``)."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    import typer.main
+
+    from icl_cli.cli import configfile, register
+
+    try:
+        doc = configfile.read(value)
+        group = typer.main.get_command(register())  # every command: the whole file checked
+        known = {name: configfile.option_keys(c) for name, c in group.commands.items()}
+        given = configfile.resolve(doc, ctx.command.name or "", known, f"--config {value}")
+    except configfile.ConfigFileError as exc:
+        raise fail(str(exc), 2) from None
+    ctx.default_map = {**(ctx.default_map or {}), **given}
+    if given.get("json") is True:
+        _json_mode[0] = True
+    return value
+
+
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", metavar="FILE", is_eager=True, callback=_read_config, help=CONFIG_HELP)]
+
+
+def with_config(command):
+    """``command`` with a ``--config FILE`` option (``ConfigFile``) added to its
+    signature, so that every command reads a config file without code of its own."""
+    @functools.wraps(command)
+    def read_config_first(*args, config: Path | None = None, **kwargs):
+        return command(*args, **kwargs)
+
+    sig = inspect.signature(command, eval_str=True)
+    option = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=ConfigFile)
+    read_config_first.__signature__ = sig.replace(
+        parameters=[*sig.parameters.values(), option])
+    return read_config_first
+
+
+class _App(typer.Typer):
+    """The Typer app whose every command takes ``--config FILE`` (``with_config``)."""
+
+    def command(self, *args: Any, **kwargs: Any):
+        register = super().command(*args, **kwargs)
+
+        def decorator(f):
+            register(with_config(f))
+            return f
+        return decorator
+
+
+app = _App(
     help="Introspective Classifier Learning: a CNN classifier that is also its own generator. "
     "Train C_0 with `icl init`, then per round `icl synthesize`, `icl reclassify`, "
-    "`icl evaluate` (or `icl run --rounds T`). " + EXIT_CODES_HELP,
+    "`icl evaluate` (or `icl run --rounds T`). Every command reads options from "
+    "--config FILE (TOML). " + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     cls=OneLineErrors,
