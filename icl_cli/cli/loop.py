@@ -10,6 +10,7 @@ out: the experiment's).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -144,6 +145,11 @@ def init(
         "--seed.")] = None,
     workspace: Workspace = None, device: Device = "auto", threads: Threads = None,
     amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+    dump_config: Annotated[bool, typer.Option(
+        "--dump-config", help="Print this experiment's settings (the flags, --config and "
+        "icl's defaults, resolved) as a TOML file that `icl init --config FILE` reads to "
+        "make the same experiment, then exit: nothing is created or trained.")] = False,
+    *, ctx: typer.Context,
 ) -> None:
     """Make this folder a workspace (if needed), record an experiment's config, train C_0."""
     from icl_cli.steps.init import init_experiment
@@ -165,6 +171,12 @@ def init(
                      reference_std=reference_std, stop_rule=stop_rule,
                      langevin_std=langevin_std, clamp=clamp),
         seed=seed, init_epochs=init_epochs)
+    if dump_config:
+        with user_errors():
+            text = _dump_config(ctx.command, experiment or method, overrides, from_,
+                                workspace)
+        sys.stdout.write(text)
+        return
     with user_errors():
         # --from needs an existing workspace; otherwise `init` makes one, once the request
         # has been checked (a mistake leaves the folder as it was).
@@ -193,6 +205,65 @@ def _overrides(**given: Any) -> dict[str, Any]:
             value = {k: v for k, v in value.items() if v is not None} or None
         if value is not None:
             out[key] = value
+    return out
+
+
+# Settings icl init records without an option of their own: the network's code (read
+# from the network itself) and the sampler's kind (from --method).
+DERIVED = ("source", "kind")
+
+
+def _dump_config(command, name: str, overrides: dict[str, Any], from_: str | None,
+                 workspace: Path | None) -> str:
+    """``icl init --dump-config``: the experiment these options make, as a config file of
+    one ``[init]`` table holding every setting (icl's defaults included, so that a later
+    icl with other defaults still makes the same experiment). With ``--from`` the shared
+    settings (data, network, seed, C_0's epochs) are the parent's and are left out."""
+    from icl_cli.cli.configfile import option_keys, toml_text
+    from icl_cli.steps.init import SHARED, compose, parse_from
+
+    if from_:
+        clash = [k for k in SHARED if k in overrides]
+        if clash:  # as icl init refuses them
+            from icl_cli.errors import StepError
+
+            raise StepError(f"--from {from_} shares {', '.join(clash)} with its parent; "
+                            "drop those options to keep the comparison paired")
+        with open_store(workspace) as store:
+            cfg = compose(overrides, base=store.experiment(parse_from(from_)[0]).config)
+    else:
+        cfg = compose(overrides)
+    values: dict[str, Any] = {"experiment": name, "from": from_}
+    values.update(_init_options(cfg, option_keys(command), SHARED if from_ else ()))
+    return toml_text({"init": values}, [
+        f"icl init --config FILE makes experiment '{name}' again (icl init --dump-config).",
+        "Every setting is written out; a flag on the command line changes one."])
+
+
+def _init_options(cfg, keys: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
+    """The ``icl init`` options (keys of a config file) that make ``cfg``, in the order of
+    ExperimentConfig's fields; ``skip``: its top-level fields left out. A setting no option
+    sets must be icl's default, or the file could not make the same experiment."""
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    parts = [cfg] + [getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                     if dataclasses.is_dataclass(getattr(cfg, f.name)) and f.name not in skip]
+    for part in parts:
+        default = type(part)()
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            if f.name in skip or dataclasses.is_dataclass(value) or f.name in DERIVED:
+                continue
+            key = part.flag(f.name)[2:]
+            if key in keys:
+                out[key] = list(value) if isinstance(value, tuple) else value
+            elif value != getattr(default, f.name):
+                from icl_cli.errors import StepError
+
+                raise StepError(f"{type(part).__name__}.{f.name} = {value!r} is not icl's "
+                                "default and no icl init option sets it: it cannot be "
+                                "written as a config file")
     return out
 
 
