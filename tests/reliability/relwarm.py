@@ -1,6 +1,7 @@
 """Imported once by the reliability tests' fork server: pays torch's lazy imports and
 first-call costs (optimizers, autograd on inputs, h5py, matplotlib, torchvision's image
-grid) and loads the tiny test data, so that every forked ``icl`` process starts warm."""
+grid, MLflow's client) and loads the tiny test data, so that every forked ``icl``
+process starts warm."""
 
 import matplotlib
 
@@ -21,6 +22,12 @@ for _opt in (torch.optim.SGD(_net.parameters(), lr=0.1, momentum=0.9),
 _x = torch.zeros(2, 4, requires_grad=True)
 torch.optim.Adam([_x], lr=0.1).step()
 _load_cached(DataConfig(train_size=200, val_size=100))
+
+# MLflow, imported as icl imports it (quiet, bounded HTTP): a child that tracks (the
+# default) would otherwise import it anew, ~1 CPU-second each.
+from store.tracking import _import_mlflow  # noqa: E402
+
+_import_mlflow()
 
 # Walk the command line once (parsing, help, catalog reads, the error path), so that a
 # child that drops root privileges never needs to import anything more.
