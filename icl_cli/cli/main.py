@@ -5,7 +5,8 @@ documented exit code.
 Exit codes (also in ``icl --help``):
   0 done (or already done: a rerun with the same settings is a no-op)
   1 an unexpected internal error (set ICL_DEBUG=1 for the traceback)
-  2 a command-line usage error (unknown option, bad value type)
+  2 a command-line usage error (unknown option, bad value type), on the line or in the
+    file of --config (a key no command takes, a file missing or not TOML)
   3 a problem with the request: wrong round, missing step, bad data, bad option value
   4 an integrity problem: a shard or checkpoint failed its checks
   5 busy: another icl process is running a step of the same experiment
@@ -38,7 +39,8 @@ from typer.core import TyperGroup
 from icl_cli.cli import ui
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 done (or already done), 1 internal error, 2 usage error, 3 bad request "
+    "Exit codes: 0 done (or already done), 1 internal error, 2 usage error (also in a "
+    "--config file), 3 bad request "
     "(wrong round, missing step, bad data), 4 integrity failure, 5 busy, 6 not a workspace, "
     "7 disk full, 130 interrupted, 143 terminated (SIGTERM)."
 )
