@@ -247,11 +247,8 @@ def test_a_bad_catalog_url_is_one_line(ws, url, words):
     assert_unchanged(before, snapshot(ws), url)
 
 
-def test_a_folder_in_place_of_a_checkpoint_is_named(tmp_path):
-    from tests.reliability.relkit import INIT
-
-    ws = tmp_path / "ws"
-    icl(*INIT, "-w", ws)
+def test_a_folder_in_place_of_a_checkpoint_is_named(sqlite_templates, tmp_path):
+    ws = sqlite_templates.copy("round0", tmp_path / "ws")  # C_0 of relkit.INIT
     ckpt = ws / "experiments" / "icl" / "checkpoints" / "round-0000.pt"
     ckpt.unlink()
     ckpt.mkdir()

@@ -42,9 +42,17 @@ def mlflow_run(ws: Path):
     return client, client.get_run(run_id)
 
 
-def test_a_copy_and_a_moved_workspace_track_into_themselves(templates, tmp_path, logs):
-    ws = templates.copy("round0", tmp_path / "ws")
-    run_child(["run", "-w", ws, "-e", "icl", "--rounds", "1", *TRACKED], logs)
+@pytest.fixture(scope="module")
+def tracked(sqlite_templates, tmp_path_factory) -> Path:
+    """The template's round 0, then round 1 run with MLflow on (its mlflow.db made then):
+    shared, never written by a test (each changes a copy)."""
+    ws = sqlite_templates.copy("round0", tmp_path_factory.mktemp("tracked") / "ws")
+    run_child(["run", "-w", ws, "-e", "icl", "--rounds", "1", *TRACKED], ws.parent / "logs")
+    return ws
+
+
+def test_a_copy_and_a_moved_workspace_track_into_themselves(tracked, tmp_path, logs):
+    ws = tracked  # left as it is: only its copies run
     assert list((ws / ".icl" / "mlartifacts").rglob("round-0001.v1.png"))
     original = every_file(ws)
 
@@ -74,9 +82,8 @@ def test_a_copy_and_a_moved_workspace_track_into_themselves(templates, tmp_path,
             "round-0003.v1.png").is_file()
 
 
-def test_a_deleted_mlflow_db_is_logged_again_from_the_catalog(templates, tmp_path, logs):
-    ws = templates.copy("round0", tmp_path / "ws")
-    run_child(["run", "-w", ws, "-e", "icl", "--rounds", "1", *TRACKED], logs)
+def test_a_deleted_mlflow_db_is_logged_again_from_the_catalog(tracked, tmp_path, logs):
+    ws = shutil.copytree(tracked, tmp_path / "ws", symlinks=True)
     (ws / ".icl" / "mlflow.db").unlink()
     with Store.open(ws) as st:
         lost = st.experiment("icl").mlflow_run_id
