@@ -61,6 +61,7 @@ from .infos import ExperimentInfo, to_info
 from .schema import (
     ALEMBIC_VERSION_TABLE,
     BUSY_TIMEOUT_MS,
+    FINISHED_STEPS_TABLE,
     KNOWN_REVISIONS,
     REFERENCE_NETS_TABLE,
     SCHEMA_REVISION,
@@ -205,6 +206,28 @@ class Step(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     # Schema 6: where the step ran (``store.steplog``; NULL for older steps).
     environment: Mapped[dict | None] = mapped_column(JSON)
+
+
+class FinishedStep(Base):
+    """Schema 7: what a finished step printed (``document``: its ``--json`` result) and
+    what it was made from, so that the same command again answers from here without
+    running (``store.finished``). One row per (experiment, command, slot): ``slot`` is the
+    canonical JSON of what the step's catalog records are keyed by (a round, an attack's
+    other model and eps...), so a later run of the slot with other settings replaces it;
+    ``settings`` is everything the result depends on (settings, input hashes), ``files``
+    the files it read and wrote with their sha256, size and mtime at record time."""
+
+    __tablename__ = FINISHED_STEPS_TABLE
+    __table_args__ = (UniqueConstraint("experiment_id", "command", "slot"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    command: Mapped[str] = mapped_column(String(32))
+    slot: Mapped[str] = mapped_column(Text)
+    settings: Mapped[dict] = mapped_column(JSON)
+    files: Mapped[list] = mapped_column(JSON)
+    document: Mapped[Any] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WorkspacePlace(Base):

@@ -41,6 +41,7 @@ from .infos import (
 from .schema import (
     ALEMBIC_VERSION_TABLE,
     BUSY_TIMEOUT_MS,
+    FINISHED_STEPS_TABLE,
     REFERENCE_NETS_TABLE,
     SCHEMA_VERSION_TABLE,
     WORKSPACE_PLACES_TABLE,
@@ -246,6 +247,18 @@ class CatalogReader:
         found = self.source.rows("SELECT path, sha256 FROM reference_nets WHERE key = ?",
                                  (key,))
         return (found[0][0], found[0][1]) if found else None
+
+    def finished(self, experiment: str, command: str, slot: str
+                 ) -> tuple[dict, list, Any] | None:
+        """(settings, files, document) of the finished step recorded for ``slot`` (its
+        canonical text) of ``command`` in ``experiment``, or None (schema 7's table)."""
+        found = self.source.rows(
+            f"SELECT f.settings, f.files, f.document FROM {FINISHED_STEPS_TABLE} f JOIN "
+            "experiments x ON f.experiment_id = x.id WHERE x.name = ? AND f.command = ? "
+            "AND f.slot = ?", (experiment, command, slot))
+        if not found:
+            return None
+        return tuple(json.loads(v) if isinstance(v, str | bytes) else v for v in found[0])
 
     # ----------------------------------------------------------- experiments
     def _experiments(self, rest: str, params: Sequence[Any] = ()) -> list[ExperimentInfo]:

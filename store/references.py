@@ -36,9 +36,12 @@ def reference_key(spec: dict[str, Any]) -> str:
     return config_hash(spec)
 
 
-def _path(root: Path, key: str) -> Path:
+def reference_path(root: Path, key: str) -> Path:
     """The net's file, refused (OutsideWorkspace) behind a link that leaves the workspace."""
     return contained(root, Path(root) / ICL_DIR / REFERENCES_DIR / f"{key}.pt")
+
+
+_path = reference_path
 
 
 def load_reference(store: Any, key: str) -> tuple[dict[str, Any], str] | None:

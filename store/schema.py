@@ -7,7 +7,7 @@ plain-SQL reader (``store.reader``), the locks and :class:`~store.catalog.Catalo
 these from here instead of from each other.
 
 Example:
-    >>> schema_revision(SCHEMA_VERSION) == SCHEMA_REVISION == "0006"
+    >>> schema_revision(SCHEMA_VERSION) == SCHEMA_REVISION == "0007"
     True
 """
 
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """1: the first catalog. 2: ``experiments.data_fingerprint`` and the ``round_metrics``
 table. 3: ``attacks.method`` (part of the attack's key; older rows are ``fgsm``) and
 ``attacks.params``. 4: ``shards.seed`` a 64-bit integer (PostgreSQL's INTEGER is 32 bits).
 5: the ``workspace_places`` table (which workspace a catalog serves) and the
 ``reference_nets`` table (the sha256 of each cached reference net). 6:
 ``steps.environment`` (where each step ran: device, CPU/GPU model, versions, determinism).
+7: the ``finished_steps`` table (each finished step's printed result, its settings and the
+size and mtime of its files: a rerun answers from it, ``store.finished``).
 The migrations in ``store/migrations`` bring an older catalog to it in place."""
 
 
@@ -40,6 +42,9 @@ WORKSPACE_PLACES_TABLE = "workspace_places"
 """Schema 5: the workspace a catalog serves, one row per folder it was seen at."""
 REFERENCE_NETS_TABLE = "reference_nets"
 """Schema 5: the sha256 of each reference net of ``.icl/references/``."""
+
+FINISHED_STEPS_TABLE = "finished_steps"
+"""Schema 7: each finished step's printed result, settings and files (``store.finished``)."""
 
 SCHEMA_VERSION_TABLE = "schema_version"
 """The table whose one row holds the schema version (read by every icl, old or new); a

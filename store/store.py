@@ -4,8 +4,9 @@ A Store is made of explicit parts, each with its own constructor: ``catalog``
 (:class:`~store.catalog.Catalog`: the database and experiment rows), ``files``
 (:class:`~store.artifacts.ArtifactFiles`: shards, parts and checkpoints), ``results``
 (:class:`~store.results.Results`: evaluations, attacks, metrics), ``locks``
-(:class:`~store.locking.Locks`), ``log`` (:class:`~store.steplog.StepLog`) and the MLflow
-runs (:class:`~store.tracking.Runs`). Its methods are those parts' methods (listed below,
+(:class:`~store.locking.Locks`), ``log`` (:class:`~store.steplog.StepLog`), the finished
+steps' documents (:class:`~store.finished.FinishedSteps`) and the MLflow runs
+(:class:`~store.tracking.Runs`). Its methods are those parts' methods (listed below,
 one line each) plus what ties them together: :meth:`Store.step` (lock + log + run status),
 experiments with their folders, figures, verification and :meth:`Store.rebuild`.
 
@@ -47,6 +48,7 @@ from .errors import (
     Terminated,
     display_url,
 )
+from .finished import FinishedSteps
 from .hashing import config_hash
 from .infos import ExperimentInfo, StepInfo, VerifyReport
 from .locking import Locks
@@ -144,6 +146,7 @@ class Store:
         self.results = Results(self.catalog)
         self.locks = Locks(self.root, self.catalog.server)  # a server adds advisory locks
         self.log = StepLog(self.catalog, self.locks)
+        self.finished_steps = FinishedSteps(self.catalog)
         self.rebuilt: list[str] = []  # what :meth:`rebuild` recorded (shown by ``verify``)
         self.adopted: list[str] = []  # what ``open(adopt=True)`` recorded (idem)
 
@@ -175,6 +178,9 @@ class Store:
     record_metrics = _via("results", Results.record_metrics)
     metrics = _via("results", Results.metrics)
     steps = _via("log", StepLog.steps)
+    record_finished = _via("finished_steps", FinishedSteps.record)
+    forget_finished = _via("finished_steps", FinishedSteps.forget)
+    finished = _via("finished_steps", FinishedSteps.find)
     lock_path = _via("locks", Locks.path)
     lock = _via("locks", Locks.lock)
 

@@ -8,6 +8,7 @@ Revision ``000N`` is schema version N (``store.schema.SCHEMA_VERSION``, ``schema
     versions/0004_shard_seed_bigint.py  shards.seed a BIGINT (63-bit seeds; PostgreSQL)
     versions/0005_workspace_and_references.py  the workspace_places and reference_nets tables
     versions/0006_step_environment.py   steps.environment (where each step ran)
+    versions/0007_finished_steps.py     the finished_steps table (a rerun answers from it)
 
 Each revision also writes its number into the ``schema_version`` table, which every icl
 reads: an older icl refuses a newer catalog by it ("catalog schema N is newer than this

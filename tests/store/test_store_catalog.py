@@ -20,7 +20,7 @@ from store import AttackInfo, Store, StoreError
 from store.catalog import KNOWN_REVISIONS, SCHEMA_REVISION, SCHEMA_VERSION, schema_revision
 
 V2_DUMP = Path(__file__).parent / "data" / "catalog-v2.sql"
-HEAD = SCHEMA_REVISION  # "0006" today
+HEAD = SCHEMA_REVISION  # "0007" today
 NEWER = schema_revision(SCHEMA_VERSION + 1)  # what a newer icl's catalog is stamped at
 PGD = {"steps": 40, "step_size": 0.01, "restarts": 1, "random_start": True}
 
@@ -117,7 +117,7 @@ def _tables(db: Path) -> list[str]:
 def test_the_migrations_are_one_revision_per_schema_version_up_to_the_head():
     from store.migrations import revisions
 
-    assert revisions() == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert revisions() == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     assert [schema_revision(v) for v in range(1, SCHEMA_VERSION + 1)] == revisions()
     assert SCHEMA_REVISION == revisions()[-1] and KNOWN_REVISIONS == set(revisions())
 
@@ -155,7 +155,7 @@ def test_an_old_catalog_is_stamped_then_migrated_to_the_head_and_keeps_every_row
         elif table != "schema_version":
             assert _rows(db, table, columns) == rows, table
     assert set(_tables(db)) == {*before, "alembic_version", "round_metrics",
-                                "workspace_places", "reference_nets"}
+                                "workspace_places", "reference_nets", "finished_steps"}
 
 
 def test_the_migrated_schema_is_the_models_schema(tmp_path):

@@ -1,0 +1,140 @@
+"""The finished-steps part of a store (schema 7): what a finished step printed, so that the
+same command run again answers from the catalog, without torch, h5py or MLflow.
+
+A step that did its work records one row per (experiment, command, slot): its ``--json``
+``document``, the ``settings`` it depends on (its options and the sha256 of its inputs, as
+the catalog holds them) and the ``files`` it read and wrote, each with its sha256 (where
+the catalog keeps one), size and mtime taken when the row is written. The ``slot`` is what
+the step's catalog records are keyed by (a round; an attack's other model, eps and
+method...): a later run of the same slot with other settings replaces the row, as it
+replaces those records.
+
+The cheap check of a rerun (``unchanged``) trusts a recorded sha256 while the file's size
+and mtime are those recorded: a file rewritten or touched since sends the command back to
+its normal path, which hashes what it reads. A file whose bytes were changed with its size
+kept and its mtime set back is not seen here; ``icl verify`` hashes every file.
+
+Example:
+    >>> st.record_finished("icl", "evaluate", {"round": 3}, {"bins": 15},   # doctest: +SKIP
+    ...                    [stamp(st.root, ckpt.path, ckpt.sha256)], [{"error": 0.1}])
+    >>> st.finished("icl", "evaluate", {"round": 3}).document
+    [{'error': 0.1}]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .schema import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .catalog import Catalog
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished step's row: its settings, files (stamps) and printed document."""
+
+    experiment: str
+    command: str
+    slot: dict[str, Any]
+    settings: dict[str, Any]
+    files: list[dict[str, Any]]
+    document: Any
+
+
+def slot_key(slot: dict[str, Any]) -> str:
+    """The canonical text of a slot (sorted keys, no spaces): the catalog's key.
+
+    Example:
+        >>> slot_key({"round": 3, "eps": 0.125})
+        '{"eps":0.125,"round":3}'
+    """
+    return json.dumps(slot, sort_keys=True, separators=(",", ":"))
+
+
+def stamp(root: Path, path: Path | str, sha256: str | None = None) -> dict[str, Any]:
+    """What the cheap check compares of a file: its path (relative to the workspace
+    ``root`` when inside it, else absolute), its sha256 (None where not hashed), size
+    and mtime in nanoseconds. A missing file stamps as size -1 (it must stay missing)."""
+    path = Path(path)
+    full = path if path.is_absolute() else Path(root) / path
+    try:
+        st = os.stat(full)
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime = -1, 0
+    named = os.path.normpath(os.path.abspath(full))
+    top = str(root)
+    shown = Path(named[len(top) + 1:]).as_posix() if named.startswith(top + os.sep) else named
+    return {"path": shown, "sha256": sha256, "size": size, "mtime_ns": mtime}
+
+
+def unchanged(root: Path, files: list[dict[str, Any]]) -> bool:
+    """True when every stamped file has the size and mtime it was recorded with (a stamp
+    of a missing file: still missing)."""
+    for f in files:
+        now = stamp(root, f["path"])
+        if (now["size"], now["mtime_ns"]) != (f["size"], f["mtime_ns"]):
+            return False
+    return True
+
+
+class FinishedSteps:
+    """Finished steps' documents in ``catalog`` (written through the ORM, read through
+    ``store.reader``'s plain SQL)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def record(self, experiment: str, command: str, slot: dict[str, Any],
+               settings: dict[str, Any], files: list[dict[str, Any]], document: Any) -> None:
+        """Record (replacing the slot's earlier row) what ``command`` printed for ``slot``
+        of ``experiment``, made with ``settings`` from ``files`` (``stamp``)."""
+        from sqlalchemy import select
+
+        from .orm import FinishedStep
+
+        name = self.catalog.experiment(experiment).name
+        key = slot_key(slot)
+
+        def write(s: Session) -> None:
+            exp_id = self.catalog.row(s, name).id
+            row = s.scalar(select(FinishedStep).filter_by(experiment_id=exp_id,
+                                                          command=command, slot=key))
+            if row is None:
+                row = FinishedStep(experiment_id=exp_id, command=command, slot=key)
+                s.add(row)
+            row.settings, row.files, row.document = dict(settings), list(files), document
+            row.created_at = utcnow()
+
+        self.catalog.write(write)
+
+    def forget(self, experiment: str, command: str, slot: dict[str, Any]) -> None:
+        """Drop the slot's row (its result is no longer what the catalog holds)."""
+        from sqlalchemy import delete
+
+        from .orm import FinishedStep
+
+        name = self.catalog.experiment(experiment).name
+
+        def write(s: Session) -> None:
+            exp_id = self.catalog.row(s, name).id
+            s.execute(delete(FinishedStep).filter_by(experiment_id=exp_id, command=command,
+                                                     slot=slot_key(slot)))
+
+        self.catalog.write(write)
+
+    def find(self, experiment: str, command: str, slot: dict[str, Any]) -> Finished | None:
+        """The row of ``slot``, or None (never recorded, or replaced by another slot's)."""
+        found = self.catalog.reader.finished(experiment, command, slot_key(slot))
+        if found is None:
+            return None
+        settings, files, document = found
+        return Finished(experiment, command, dict(slot), settings, files, document)
