@@ -46,8 +46,10 @@ def register(command: str | None = None) -> typer.Typer:
     modules = [COMMANDS[command]] if command in COMMANDS else COMMANDS.values()
     for module in dict.fromkeys(modules):
         importlib.import_module(f"{__name__}.{module}")
-    from icl_cli.cli.main import app, command_name
+    from icl_cli.cli import main
 
+    main.every_command = register
+    app, command_name = main.app, main.command_name
     order = list(COMMANDS)
     app.registered_commands.sort(key=lambda c: order.index(command_name(c)))
     return app

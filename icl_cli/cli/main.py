@@ -28,7 +28,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -258,6 +258,15 @@ CONFIG_HELP = (
     "takes is refused (exit 2).")
 
 
+def _no_commands() -> typer.Typer:
+    raise RuntimeError("icl_cli.cli.register() has not run: no command is registered")
+
+
+# Every command registered, on the app: set by the package (``icl_cli.cli.register``), which
+# imports this module, never the other way round.
+every_command: Callable[[], typer.Typer] = _no_commands
+
+
 def _read_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None
                  ) -> Path | None:
     """``--config FILE`` (eager, so it runs before the other options are read): the
@@ -267,11 +276,12 @@ def _read_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
         return value
     import typer.main
 
-    from icl_cli.cli import configfile, register
+    from icl_cli.cli import configfile
 
     try:
         doc = configfile.read(value)
-        group = typer.main.get_command(register())  # every command: the whole file checked
+        # every command (the package hands over its register(): the whole file checked)
+        group = typer.main.get_command(every_command())
         known = {name: configfile.option_keys(c) for name, c in group.commands.items()}
         given = configfile.resolve(doc, ctx.command.name or "", known, f"--config {value}")
     except configfile.ConfigFileError as exc:
