@@ -1,12 +1,14 @@
 """MLflow tracking into a sqlite URI under tmp_path; the run's status; NullTracker.
 
-Creating MLflow's tables (alembic migrations) takes a few seconds: the status tests share
-one MLflow database (each its own workspace and run). They assert what was logged, never
-how fast. What happens when MLflow fails: tests/reliability/test_reliability_tracking.py.
+Creating MLflow's tables (alembic migrations) takes a few seconds: MLflow makes one
+database per test run (``made_mlflow_db``), copied where making it is not the test's
+subject; the status tests share one copy (each its own workspace and run). They assert
+what was logged, never how fast. What happens when MLflow fails: tests/reliability/test_reliability_tracking.py.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -79,9 +81,11 @@ def test_null_tracker_does_nothing(store):
 
 
 @pytest.fixture(scope="module")
-def shared_uri(tmp_path_factory) -> str:
-    """One MLflow database for the status tests (creating one takes seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+def shared_uri(_made_mlflow_db, tmp_path_factory) -> str:
+    """One MLflow database for the status tests (making one takes seconds)."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(_made_mlflow_db, db)
+    return f"sqlite:///{db}"
 
 
 @pytest.fixture
@@ -219,7 +223,8 @@ def _all_files(root) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_copied_workspace_logs_artifacts_into_itself(store, tmp_path, monkeypatch):
+def test_a_copied_workspace_logs_artifacts_into_itself(store, tmp_path, monkeypatch,
+                                                      made_mlflow_db):
     """MLflow records its artifact location as an absolute path: after ``cp -a`` the copy
     must point it at itself, never write into the original (nor after ``mv`` outside)."""
     import shutil
@@ -227,6 +232,7 @@ def test_a_copied_workspace_logs_artifacts_into_itself(store, tmp_path, monkeypa
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setattr(tracking_mod, "_failure", None)
+    made_mlflow_db(store.root / ".icl" / "mlflow.db")
     fig = tmp_path / "round-0001.png"
     fig.write_bytes(b"\x89PNG one")
     store.tracker("icl").log_artifact(fig)
@@ -251,13 +257,13 @@ def test_a_copied_workspace_logs_artifacts_into_itself(store, tmp_path, monkeypa
     assert (got / "later" / "round-0001.png").read_bytes() == b"\x89PNG two"
 
 
-def test_a_location_the_user_chose_is_left_alone(tmp_path, monkeypatch):
+def test_a_location_the_user_chose_is_left_alone(tmp_path, monkeypatch, made_mlflow_db):
     """Only the workspace's own mlflow.db is re-pointed: a tracking URI of the user's
     (another file, a server) keeps the locations it has."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setattr(tracking_mod, "_failure", None)
-    uri = f"sqlite:///{tmp_path}/mine.db"
+    uri = f"sqlite:///{made_mlflow_db(tmp_path / 'mine.db')}"
     MlflowClient(tracking_uri=uri).create_experiment("icl", artifact_location="file:///x/y")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with Store.init(tmp_path / "ws") as st:
@@ -282,12 +288,13 @@ def _record(st: Store) -> None:
                      method="pgd", params={"steps": 10})
 
 
-def test_sync_from_catalog_relogs_what_mlflow_missed(store, monkeypatch):
+def test_sync_from_catalog_relogs_what_mlflow_missed(store, monkeypatch, made_mlflow_db):
     from mlflow.tracking import MlflowClient
 
     from store.tracking import catalog_points, sync_from_catalog
 
     monkeypatch.setattr(tracking_mod, "_failure", None)
+    made_mlflow_db(store.root / ".icl" / "mlflow.db")
     _record(store)
     points = catalog_points(store, "icl")
     assert points == {  # the names the steps log (evaluate.py), by hand
@@ -321,7 +328,8 @@ def test_sync_from_catalog_relogs_what_mlflow_missed(store, monkeypatch):
     assert client.get_run(run_id).data.metrics["test_error"] == 6.25
 
 
-def test_sync_after_mlflow_lost_the_run_makes_one_with_everything(store, monkeypatch):
+def test_sync_after_mlflow_lost_the_run_makes_one_with_everything(store, monkeypatch,
+                                                                  made_mlflow_db):
     """mlflow.db deleted (or MLFLOW_TRACKING_URI switched): the catalog names a run that
     MLflow does not have; the sync makes a new one holding the config and every metric."""
     import sqlite3
@@ -331,6 +339,7 @@ def test_sync_after_mlflow_lost_the_run_makes_one_with_everything(store, monkeyp
     from store.tracking import catalog_points, sync_from_catalog
 
     monkeypatch.setattr(tracking_mod, "_failure", None)
+    made_mlflow_db(store.root / ".icl" / "mlflow.db")  # (a new one: it holds no run)
     _record(store)
     con = sqlite3.connect(store.root / ".icl" / "catalog.db")
     with con:
