@@ -1,7 +1,8 @@
 """Shared test set-up: one torch thread (two collapse under a competing process);
 ``pg_server``, a throwaway PostgreSQL server for the catalog tests of both the store and
 the reliability suites; ``small_pair``, one small paired workspace per test run, which
-tests copy (``tests.kit.copy_workspace``) instead of training their own."""
+tests copy (``tests.kit.copy_workspace``) instead of training their own; and
+``made_mlflow_db``, copies of one MLflow database made per test run."""
 
 from __future__ import annotations
 
@@ -19,6 +20,31 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(1)
 
 PG_PORT = 54329
+
+
+@pytest.fixture(scope="session")
+def _made_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow database as MLflow makes it (its tables, by MLflow's migrations: seconds),
+    holding nothing yet."""
+    from store.tracking import _import_mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-made") / "mlflow.db"
+    _import_mlflow()(tracking_uri=f"sqlite:///{db}").get_experiment_by_name("icl")
+    return db
+
+
+@pytest.fixture
+def made_mlflow_db(_made_mlflow_db):
+    """``made_mlflow_db(path)``: a copy of an MLflow database as MLflow makes it, at
+    ``path``, for the tests whose subject is not how MLflow makes one (that is, for
+    example, test_store_tracking's first test's and the half-made database's)."""
+
+    def put(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_made_mlflow_db, path)
+        return path
+
+    return put
 
 
 @pytest.fixture(scope="session")

@@ -105,8 +105,9 @@ def test_recover_is_bounded_and_passed_to_each_experiment(tmp_path):
     assert "--recover must be in 0..10, got 11" in bad.stderr
 
 
-def test_the_attempts_reach_mlflow(tmp_path, diverging):
+def test_the_attempts_reach_mlflow(tmp_path, diverging, made_mlflow_db):
     _init(tmp_path)
+    made_mlflow_db(tmp_path / ".icl" / "mlflow.db")  # (MLflow's making of it: seconds)
     icl("run", "-w", tmp_path, "-e", "icl", "--rounds", "1", "--recover", "2", "--threads",
         "1", "--device", "cpu")
     with sqlite3.connect(tmp_path / ".icl" / "mlflow.db") as db:

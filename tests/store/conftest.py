@@ -5,9 +5,6 @@ tests use it too.)"""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,31 +17,6 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     for var in ("ICL_WORKSPACE", "ICL_CATALOG_URL", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture(scope="session")
-def _made_mlflow_db(tmp_path_factory) -> Path:
-    """An MLflow database as MLflow makes it (its tables, by MLflow's migrations: seconds),
-    holding nothing yet."""
-    from store.tracking import _import_mlflow
-
-    db = tmp_path_factory.mktemp("mlflow-made") / "mlflow.db"
-    _import_mlflow()(tracking_uri=f"sqlite:///{db}").get_experiment_by_name("icl")
-    return db
-
-
-@pytest.fixture
-def made_mlflow_db(_made_mlflow_db):
-    """``made_mlflow_db(path)``: a copy of an MLflow database as MLflow makes it, at
-    ``path``, for the tests whose subject is not how MLflow makes one (that is
-    test_mlflow_tracker_logs_and_resumes_one_run's and the half-made database's)."""
-
-    def put(path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_made_mlflow_db, path)
-        return path
-
-    return put
 
 
 @pytest.fixture
