@@ -6,7 +6,7 @@ to the baseline that shares its C_0 (``--from``), and the paper's number beside 
 
     python recipes/summarize.py WS/report.json [WS2/report.json ...] --paper table1
         [--rounds 5] [--seeds 0 1] [--val] [--per-seed] [--by-round] [--attacks]
-        [--plot-rounds F.png]
+        [--choose pn_weighting=per-sample,batch-mean,drawn] [--plot-rounds F.png]
         [--plot-sizes F.png]
 
 ``--rounds N`` keeps only paired groups (a baseline and the experiments started from its
@@ -17,6 +17,13 @@ group at the last round all its experiments reached (runs stopped at a deadline)
 at its last round (a run that diverged keeps its best validation round before the
 divergence): such a run is marked ``*`` beside its numbers, counted in the "stopped" column
 and in every mean, never dropped.
+
+``--choose SETTING=SIMPLEST,...,LAST`` applies RESULTS.md's rule for a default among the ICL
+rows that differ in SETTING: per seed, d(s) = the row's validation error minus its paired
+baseline's (each at its best validation round); the candidate with the lowest mean d wins
+unless a simpler one (earlier in the list) is within one std of the per-seed differences
+between the two, |mean(d_best - d_simpler)| <= std(d_best - d_simpler); then the simplest
+such one wins.
 """
 
 from __future__ import annotations
@@ -217,6 +224,48 @@ def table(rows: list[dict], paper: str | None, val: bool = False) -> str:
             mean_std(sel), mean_std(last), mean_std(diffs), wins, paired_t(diffs),
             f"{stopped}/{len(rs)}", "-" if ref is None else f"{ref:.2f}"]
         out.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(out)
+
+
+def choose(rows: list[dict], setting: str, order: list[str]) -> str:
+    """The default-picking rule of ``--choose`` as a table of per-seed d and its verdict."""
+    by_key = {group_key(r): r for r in rows if not r["parent"]}
+    d: dict[str, dict[int, float]] = {v: {} for v in order}
+    for r in rows:
+        st = flat(r.get("config") or {})
+        value = next((str(v) for k, v in st.items() if k == setting
+                      or k.endswith("." + setting)), "")
+        base = by_key.get(group_key(r)) if r["parent"] else None
+        if r["method"] != "icl" or value not in d or base is None or not same_data(r, base):
+            continue
+        a, b = selected_val(r), selected_val(base)
+        if a is not None and b is not None:
+            d[value][r["seed"]] = a - b
+    seeds_ = sorted({s for ds in d.values() for s in ds})
+    out = [f"| {setting} | " + " | ".join(f"d, seed {s}" for s in seeds_)
+           + " | mean d | vs the lowest: mean +- std of d_lowest - d_this | within one std |",
+           "|" + " --- |" * (len(seeds_) + 4)]
+    means = {v: statistics.mean(ds.values()) for v, ds in d.items() if ds}
+    if not means:
+        return "no ICL rows differ in " + setting
+    best = min(means, key=lambda v: (means[v], order.index(v)))
+    ties = []
+    for v in order:
+        if v not in means:
+            continue
+        common_seeds = sorted(set(d[best]) & set(d[v]))
+        diffs = [d[best][s] - d[v][s] for s in common_seeds]
+        tie = (v == best or (len(diffs) >= 2 and abs(statistics.mean(diffs))
+                             <= statistics.stdev(diffs)))
+        if tie:
+            ties.append(v)
+        cells = [f"{d[v][s]:+.2f}" if s in d[v] else "-" for s in seeds_]
+        vs = "-" if v == best else mean_std(diffs)
+        out.append(f"| {v} | " + " | ".join(cells) + f" | {means[v]:+.2f} | {vs} | "
+                   f"{'yes' if tie else 'no'} |")
+    chosen = next(v for v in order if v in ties)
+    out.append(f"\nlowest mean d: {best}; chosen by the rule: {chosen}"
+               + (" (the simplest within one std)" if chosen != best else ""))
     return "\n".join(out)
 
 
@@ -455,6 +504,10 @@ def main() -> None:
                         help="also mean test error at every round")
     parser.add_argument("--attacks", action="store_true",
                         help="also the two-way FGSM records (icl attack)")
+    parser.add_argument("--choose", metavar="SETTING=A,B,C",
+                        help="the default among ICL rows differing in SETTING by RESULTS.md's "
+                        "rule (validation error paired with the baseline; the simplest "
+                        "first)")
     parser.add_argument("--plot-rounds")
     parser.add_argument("--plot-sizes")
     args = parser.parse_args()
@@ -473,6 +526,9 @@ def main() -> None:
         print("\n" + by_round(rows))
     if args.attacks:
         print("\n" + attacks(rows))
+    if args.choose:
+        setting, _, values = args.choose.partition("=")
+        print("\n" + choose(rows, setting, values.split(",")))
     if args.plot_rounds:
         plot_rounds(rows, args.plot_rounds)
     if args.plot_sizes:
