@@ -76,6 +76,10 @@ def stamp(root: Path, path: Path | str, sha256: str | None = None) -> dict[str, 
     return {"path": shown, "sha256": sha256, "size": size, "mtime_ns": mtime}
 
 
+def _full(root: Path, path: str) -> Path:
+    return Path(path) if os.path.isabs(path) else Path(root) / path
+
+
 def unchanged(root: Path, files: list[dict[str, Any]]) -> bool:
     """True when every stamped file has the size and mtime it was recorded with (a stamp
     of a missing file: still missing)."""
@@ -130,6 +134,28 @@ class FinishedSteps:
                                                      slot=slot_key(slot)))
 
         self.catalog.write(write)
+
+    def restamp(self, experiment: str, command: str, slot: dict[str, Any]) -> bool:
+        """After the step's normal path found its work done: stamp again each file of the
+        slot's row whose size or mtime changed but whose bytes still hash to the recorded
+        sha256 (a file touched, or copied back), so the next rerun answers at once again.
+        A changed file without a recorded sha256, or with other bytes, keeps its old stamp
+        (the row stays unanswerable). True when the row is usable now."""
+        from .workspace import sha256_file
+
+        found = self.find(experiment, command, slot)
+        if found is None or unchanged(self.catalog.root, found.files):
+            return found is not None
+        files = []
+        for f in found.files:
+            now = stamp(self.catalog.root, f["path"], f["sha256"])
+            moved = (now["size"], now["mtime_ns"]) != (f["size"], f["mtime_ns"])
+            if moved and (f["sha256"] is None or now["size"] < 0 or sha256_file(
+                    _full(self.catalog.root, f["path"])) != f["sha256"]):
+                return False
+            files.append(now)
+        self.record(experiment, command, slot, found.settings, files, found.document)
+        return True
 
     def find(self, experiment: str, command: str, slot: dict[str, Any]) -> Finished | None:
         """The row of ``slot``, or None (never recorded, or replaced by another slot's)."""

@@ -180,6 +180,7 @@ class Store:
     steps = _via("log", StepLog.steps)
     record_finished = _via("finished_steps", FinishedSteps.record)
     forget_finished = _via("finished_steps", FinishedSteps.forget)
+    restamp_finished = _via("finished_steps", FinishedSteps.restamp)
     finished = _via("finished_steps", FinishedSteps.find)
     lock_path = _via("locks", Locks.path)
     lock = _via("locks", Locks.lock)

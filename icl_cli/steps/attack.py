@@ -4,11 +4,13 @@ many of those also fool the other model; then the same the other way round."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from icl_cli import finished
 from icl_cli.algo.ascent import fgsm, pgd
 from icl_cli.data import PIXEL_SCALE
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs
@@ -92,6 +94,7 @@ class AttackResult:
     method: str = "fgsm"
     n: int = 0
     robust_accuracy: float = 0.0
+    reused: bool = False  # answered from the record of an earlier run (icl_cli.finished)
 
 
 def same_data(a, b) -> bool:
@@ -153,4 +156,9 @@ def attack_round(store: Store, name: str, round_: int, against: str, against_rou
     store.tracker(a, enabled=runtime.mlflow).log_metrics(
         {f"{m}_fool_self": results[0].fool_source, f"{m}_fool_other": results[0].fool_both,
          f"{m}_robust_accuracy": results[0].robust_accuracy}, step=round_)
+    exp_a, exp_b = store.experiment(a), store.experiment(b)
+    made = [store.checkpoint(a, round_), store.checkpoint(b, b_round)]
+    finished.record(store, exp_a, "attack", finished.attack_key(
+        store, exp_a, round_, exp_b, b_round, dataclasses.asdict(settings)),
+        [(c.path, c.sha256) for c in made], results, data=True)
     return results

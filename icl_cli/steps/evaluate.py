@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from icl_cli import finished
 from icl_cli.algo.evaluation import error_rate, predict_logits
 from icl_cli.config import ExperimentConfig
 from icl_cli.steps.common import (
@@ -37,6 +38,7 @@ class Evaluation:
     nll: float | None = None
     ece: float | None = None
     ece_bins: int | None = None
+    reused: bool = False  # answered from the record of an earlier run (icl_cli.finished)
 
 
 def load_model(store: Store, name: str, round_: int, device: torch.device):
@@ -81,10 +83,13 @@ def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins:
                                   rep.n, cal.nll, cal.ece, bins))
     store.record_metrics(exp.name, round_, calibration_metrics(results))
     _track(store, exp.name, round_, results, runtime)
+    made = [(store.checkpoint(exp.name, round_).path, store.checkpoint(exp.name, round_).sha256)]
     if plot:
         from icl_cli.steps.report import plot_reliability
 
-        plot_reliability(store, exp.name, round_, curves)
+        made.append((plot_reliability(store, exp.name, round_, curves), None))
+    finished.record(store, exp, "evaluate", finished.evaluate_key(store, exp, round_, bins, plot),
+                    made, results, data=True)
     return results
 
 

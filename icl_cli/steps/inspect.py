@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from icl_cli import finished
 from icl_cli.data import to_input
 from icl_cli.steps.common import StepError, experiment_data
 
@@ -41,6 +42,7 @@ class InspectResult:
     nearest_train: float
     classes: list[ClassSummary]
     grid: str
+    reused: bool = False  # answered from the record of an earlier run (icl_cli.finished)
 
 
 def nearest_distances(samples: torch.Tensor, train: torch.Tensor, chunk: int = 512):
@@ -140,8 +142,11 @@ def inspect_round(store: Store, name: str, round_: int, version: int | None = No
     grid_path = store.figure_path(exp.name, f"round-{round_:04d}.v{info.version}.png")
     store.write_figure(grid_path, lambda p: save_grid(
         grid_image(samples, target, train, data.train.labels, data.num_classes), p))
-    return InspectResult(
+    result = InspectResult(
         exp.name, round_, info.version, str(info.path), info.sha256, len(target),
         float(a["passed"].mean()), float(a["steps"].mean()), histogram(a["steps"]),
         (float(a["logit"].min()), float(a["logit"].max())), float(dist.mean()), classes,
         str(grid_path))
+    finished.record(store, exp, "inspect", finished.inspect_key(store, exp, round_, version),
+                    [(info.path, info.sha256), (grid_path, None)], result, data=True)
+    return result

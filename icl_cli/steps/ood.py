@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from icl_cli import finished
 from icl_cli.algo.evaluation import predict_logits
 from icl_cli.config import ExperimentConfig
 from icl_cli.data import read_idx
@@ -55,6 +56,14 @@ def generated_sets(x: torch.Tensor, y: torch.Tensor, reference_std: float,
 TEST_IMAGES = "t10k-images-idx3-ubyte"  # what --ood-root reads of an MNIST-layout folder
 
 
+def idx_file(root: Path) -> Path | None:
+    """The test-image file ``idx_set`` reads of an MNIST-layout folder, or None."""
+    root = Path(root).expanduser()
+    return next((c for folder in (root, root / "MNIST" / "raw")
+                 for c in (folder / f"{TEST_IMAGES}.gz", folder / TEST_IMAGES)
+                 if c.is_file()), None)
+
+
 def idx_set(root: Path, shape: tuple[int, ...]) -> torch.Tensor:
     """The test images (``t10k-images-idx3-ubyte[.gz]``, in ``root`` or ``root/MNIST/raw``)
     of an MNIST-layout folder, uint8 (N, 1, H, W), read as ``--dataset idx`` reads them;
@@ -62,8 +71,7 @@ def idx_set(root: Path, shape: tuple[int, ...]) -> torch.Tensor:
     the model's input shape, and there must be at least one."""
     root = Path(root).expanduser()
     places = (root, root / "MNIST" / "raw")
-    found = next((c for folder in places for c in (folder / f"{TEST_IMAGES}.gz",
-                                                   folder / TEST_IMAGES) if c.is_file()), None)
+    found = idx_file(root)
     if found is None:
         raise DataError(f"--ood-root {root} is missing {TEST_IMAGES}[.gz] (looked in "
                         f"{places[0]} and {places[1]}; only the test images are read)")
@@ -99,6 +107,7 @@ class OodResult:
     aupr: float
     fpr95: float
     n: int
+    reused: bool = False  # answered from the record of an earlier run (icl_cli.finished)
 
 
 def ood(store: Store, name: str, round_: int, runtime: Runtime, roots: list[Path] | None = None,
@@ -119,6 +128,8 @@ def ood(store: Store, name: str, round_: int, runtime: Runtime, roots: list[Path
                           torch.Generator().manual_seed(seed))
     for root in roots or []:
         sets[set_name(Path(root))] = inputs(idx_set(Path(root), data.shape)[:limit], device)
+    read = [(store.checkpoint(exp.name, round_).path, store.checkpoint(exp.name, round_).sha256)]
+    read += [(idx_file(Path(root)), None) for root in roots or []]
     empty = [k for k, v in sets.items() if len(v) == 0]
     if empty:  # a score against no images is no result (AUROC would read 0.0)
         why = " (no two of the test images taken are of different classes)" \
@@ -145,7 +156,10 @@ def ood(store: Store, name: str, round_: int, runtime: Runtime, roots: list[Path
         def cpu(d):
             return {k: v.cpu().numpy() for k, v in d.items()}
 
-        plot_histograms(store, exp.name, round_, cpu(s_in),
-                        {k: cpu(v) for k, v in s_out.items()},
-                        f"ood-round-{round_:04d}.png")
+        read.append((plot_histograms(store, exp.name, round_, cpu(s_in),
+                                     {k: cpu(v) for k, v in s_out.items()},
+                                     f"ood-round-{round_:04d}.png"), None))
+    finished.record(store, exp, "ood",
+                    finished.ood_key(store, exp, round_, roots, seed, plot, limit), read,
+                    results, data=True)
     return results

@@ -14,12 +14,14 @@ Inception weights and ImageNet-sized images).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icl_cli import finished
 from icl_cli.steps.common import Runtime, StepError, experiment_data, inputs
 
 if TYPE_CHECKING:
@@ -59,15 +61,29 @@ def train_reference(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: 
     return net.eval()
 
 
+def _reference_spec(exp, x: torch.Tensor, num_classes: int, epochs: int, seed: int) -> dict:
+    """What the reference net is a function of (its cache key is this spec's hash)."""
+    return {"net": "reference-mlp", "width": 512, "in_features": x[0].numel(),
+            "num_classes": num_classes, "epochs": epochs, "seed": seed,
+            "data": exp.data_fingerprint or exp.name}
+
+
+def reference_file(store: Store, exp, x: torch.Tensor, num_classes: int, epochs: int,
+                   seed: int) -> Path:
+    """Where the workspace caches this reference net."""
+    from store.references import reference_key, reference_path
+
+    spec = _reference_spec(exp, x, num_classes, epochs, seed)
+    return reference_path(store.root, reference_key(spec))
+
+
 def cached_reference(store: Store, exp, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                      epochs: int, seed: int) -> tuple[ReferenceMLP, str, bool]:
     """The experiment's reference net from the workspace's cache, trained and cached first
     when it is not there; returns (net, the file's sha256, whether it was trained now)."""
     from store.references import load_reference, reference_key, save_reference
 
-    spec = {"net": "reference-mlp", "width": 512, "in_features": x[0].numel(),
-            "num_classes": num_classes, "epochs": epochs, "seed": seed,
-            "data": exp.data_fingerprint or exp.name}
+    spec = _reference_spec(exp, x, num_classes, epochs, seed)
     key = reference_key(spec)
     net = ReferenceMLP(x[0].numel(), num_classes).to(x.device)
     cached = load_reference(store, key)
@@ -102,6 +118,7 @@ class Quality:
     reference_test_error: float
     real_frechet: float  # train vs test features: the distance of real data to itself
     rounds: list[RoundQuality]
+    reused: bool = False  # answered from the record of an earlier run (icl_cli.finished)
 
 
 def quality(store: Store, name: str, runtime: Runtime, epochs: int = 10, seed: int = 0,
@@ -144,8 +161,13 @@ def quality(store: Store, name: str, runtime: Runtime, epochs: int = 10, seed: i
              "quality_frechet": r.frechet}
         store.record_metrics(exp.name, r.round, m)
         tracker.log_metrics(m, step=r.round)
+    read = [(info.path, info.sha256) for info in shards]
+    read.append((reference_file(store, exp, x_tr, data.num_classes, epochs, seed), sha))
     if plot:
         from icl_cli.steps.report import plot_quality
 
-        plot_quality(store, exp.name, rounds, real)
-    return Quality(exp.name, "reference-mlp", sha, test_error, real, rounds)
+        read.append((plot_quality(store, exp.name, rounds, real), None))
+    result = Quality(exp.name, "reference-mlp", sha, test_error, real, rounds)
+    finished.record(store, exp, "quality", finished.quality_key(store, exp, epochs, seed, plot),
+                    read, result, data=True)
+    return result

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from icl_cli import distributed
+from icl_cli import distributed, finished
 from icl_cli.algo.reclassify import (
     Diverged,
     epoch_rows,
@@ -77,17 +77,7 @@ def _transform(cfg: ExperimentConfig, gen: torch.Generator):
     return to_input
 
 
-def _inputs_record(parent_sha: str | None, shards: list, changed: dict | None = None,
-                   amp: bool = False) -> dict[str, Any]:
-    """What a checkpoint was trained from: compared to decide whether a rerun is a no-op.
-    ``changed``: the round's reclassify settings, when they differ from the experiment's;
-    ``amp``: trained under bf16 autocast (recorded only then)."""
-    out: dict[str, Any] = {"parent": parent_sha, "shards": [s.sha256 for s in shards]}
-    if changed:
-        out["train"] = changed
-    if amp:
-        out["amp"] = True
-    return out
+_inputs_record = finished.train_inputs  # what a checkpoint records it was trained from
 
 
 def train_round(store: Store, name: str, round_: int, runtime: Runtime, *,
@@ -186,7 +176,8 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
                                 tc.to_dict() if tc != cfg.train else None, amp)
     if existing is not None and not force and not replay:
         state = store.load_checkpoint(existing)
-        if state.get("inputs") == inputs:
+        if state.get("inputs") == inputs:  # its hash checked: a rerun may answer at once
+            store.restamp_finished(exp.name, "reclassify", {"round": t})
             return TrainResult(exp.name, t, existing.sha256, True, state.get("history", []),
                                0.0, sum(s.count for s in shards))
         raise StepError(f"round {t} of '{exp.name}' was trained from other inputs (a shard, "
@@ -262,14 +253,19 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
             exp.name, t, state, parent=parent, replace=existing is not None).sha256)
     seconds = sum(h.seconds for h in history)
     peaks = training_peaks(history)
+    result = TrainResult(exp.name, t, sha, False, epochs_log, seconds, len(pn_k),
+                         world_size=world.size)
     if world.main:
         store.record_metrics(exp.name, t, peaks)
         tracker.log_metrics({"train_loss": history[-1].loss,
                              "real_loss": history[-1].real_loss,
                              "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
                              "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
-    return TrainResult(exp.name, t, sha, False, epochs_log, seconds, len(pn_k),
-                       world_size=world.size)
+        saved = store.checkpoint(exp.name, t)  # what a rerun answers (icl_cli.finished)
+        finished.record(store, exp, "reclassify",
+                        finished.reclassify_key(store, exp, t, tc, amp),
+                        [(saved.path, saved.sha256)], result)
+    return result
 
 
 def training_peaks(history) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from icl_cli import finished
 from icl_cli.config import ExperimentConfig, SamplerChanges, check_sampler_fits
 from icl_cli.models import arch_drift
 from icl_cli.steps.common import (
@@ -98,8 +99,12 @@ def _synthesize(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runti
         planned = plan_round(store, exp, cfg, t, runtime, force, changes,
                              _num_classes(exp, store))
         if not isinstance(planned, Plan):
-            return shard_summary(store, planned, reused=True)
-        return _draw_round(store, exp, cfg, planned, runtime)
+            summary = shard_summary(store, planned, reused=True)  # the shard's hash checked
+            store.restamp_finished(exp.name, "synthesize", {"round": t})
+            return summary
+        result = _draw_round(store, exp, cfg, planned, runtime)
+        _record(store, exp, t, changes.apply(cfg.sampler), runtime.amp, result)
+        return result
     source = round_source(store, exp, t)
     active = store.active_shard(exp.name, t)
     if active is None:
@@ -110,6 +115,15 @@ def _synthesize(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runti
     plan = Plan(t, active.version, active.seed, Sampling.from_record(active.sampler_config),
                 source.sha256, active.count)  # as recorded, amp and block included, not as asked
     return _draw_round(store, exp, cfg, plan, runtime, replay=active)
+
+
+def _record(store: Store, exp, t: int, sampler, amp: bool, result: SynthesisResult) -> None:
+    """What a rerun with these settings answers (``icl_cli.finished``): this result, made
+    from checkpoint t-1 into the round's active shard."""
+    shard, source = store.active_shard(exp.name, t), store.checkpoint(exp.name, t - 1)
+    finished.record(store, exp, "synthesize", finished.synthesize_key(store, exp, t, sampler,
+                                                                      amp),
+                    [(shard.path, shard.sha256), (source.path, source.sha256)], result)
 
 
 def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,

@@ -95,3 +95,22 @@ def test_an_older_catalog_gains_the_table_empty(tmp_path):
         assert con.execute("SELECT version FROM schema_version").fetchall() == [
             (SCHEMA_VERSION,)]
         assert con.execute("SELECT command FROM finished_steps").fetchall() == [("evaluate",)]
+
+
+def test_restamp_trusts_a_touched_file_again_only_when_its_bytes_still_hash_the_same(store):
+    from store import sha256_file
+
+    f = store.root / "experiments" / "icl" / "b.bin"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(b"abc")
+    files = [stamp(store.root, f, sha256_file(f))]
+    store.record_finished("icl", "reclassify", {"round": 1}, {}, files, {"reused": False})
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    assert not unchanged(store.root, store.finished("icl", "reclassify", {"round": 1}).files)
+    assert store.restamp_finished("icl", "reclassify", {"round": 1})
+    assert unchanged(store.root, store.finished("icl", "reclassify", {"round": 1}).files)
+    f.write_bytes(b"abd")  # other bytes: the old stamp stays, the row unanswerable
+    assert not store.restamp_finished("icl", "reclassify", {"round": 1})
+    assert not unchanged(store.root, store.finished("icl", "reclassify", {"round": 1}).files)
+    assert not store.restamp_finished("icl", "evaluate", {"round": 1})  # no row
