@@ -287,18 +287,24 @@ def synthesize(
     with --part i/N; under torchrun the ranks split it by themselves). --count,
     --max-steps, ... change this round's sampler only (left out: the experiment's)."""
     from icl_cli.config import SamplerChanges
-    from icl_cli.steps.parts import parse_part
-    from icl_cli.steps.synthesize import synthesize_round
+    from icl_cli.finished import answer
 
     with user_errors():
         changes = SamplerChanges(count=count, max_steps=max_steps, lr=sampler_lr,
                                  reference_std=reference_std, stop_rule=stop_rule,
                                  langevin_std=langevin_std, clamp=clamp,
                                  check_every=check_every)
-        r = synthesize_round(open_store(workspace), experiment, round_,
-                             runtime(device, threads, amp, no_mlflow), force=force,
-                             replay=replay, changes=changes,
-                             part=None if part is None else parse_part(part), merge=merge)
+        r = None if force or replay or merge or part is not None else answer(
+            "synthesize", workspace, experiment, t=round_, changes=changes, amp=amp,
+            device=device)
+        if r is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.parts import parse_part
+            from icl_cli.steps.synthesize import synthesize_round
+
+            r = synthesize_round(open_store(workspace), experiment, round_,
+                                 runtime(device, threads, amp, no_mlflow), force=force,
+                                 replay=replay, changes=changes,
+                                 part=None if part is None else parse_part(part), merge=merge)
     if json:
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)
@@ -341,16 +347,22 @@ def reclassify(
     --epochs, --lr, ... change this round's settings only (left out: the experiment's;
     recorded; --replay uses them)."""
     from icl_cli.config import TrainChanges
-    from icl_cli.steps.reclassify import train_round
+    from icl_cli.finished import answer
 
     with user_errors():
         changes = TrainChanges(epochs=epochs, real_epochs=real_epochs, lr=lr,
                                pn_weight=pn_weight, pn_weighting=pn_weighting,
                                pn_recency=pn_recency, clip_grad=clip_grad,
                                weight_decay=weight_decay, max_batch=max_batch)
-        r = train_round(open_store(workspace), experiment, round_,
-                        runtime(device, threads, amp, no_mlflow), force=force, replay=replay,
-                        changes=changes)
+        r = None if force or replay else answer("reclassify", workspace, experiment,
+                                                t=round_, changes=changes, amp=amp,
+                                                device=device)
+        if r is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.reclassify import train_round
+
+            r = train_round(open_store(workspace), experiment, round_,
+                            runtime(device, threads, amp, no_mlflow), force=force,
+                            replay=replay, changes=changes)
     if json:
         ui.emit_json(r)
         raise typer.Exit(4 if replay and not r.replay_match else 0)

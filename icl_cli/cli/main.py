@@ -69,18 +69,27 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+_INT = r"-?(0|[1-9][0-9]*)"  # what int() and pydantic read alike
+_FLOAT = r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"  # what float() and pydantic read alike
+
+
 def coerce_without_pydantic() -> bool:
-    """Let Typer coerce flags and plain ``Path`` options (``--json``, ``--workspace``)
-    without importing pydantic; True if installed (once per process).
+    """Let Typer coerce flags, plain ``Path`` options (``--json``, ``--workspace``) and
+    plainly written numbers and strings (``--round 7``, ``--device cpu``) without
+    importing pydantic; True if installed (once per process).
 
     Typer 0.2x builds a pydantic TypeAdapter for every option it processes, even a flag
     left at its default, and importing pydantic costs ~0.15 s: a third of ``icl status``,
-    whose options are a flag and ``--workspace``. Here a ``bool`` option's value that is
-    already a bool is kept, and a ``Path`` option's string becomes ``Path(value)`` (what the
-    adapter does) and then goes through Typer's own path check (``coerce_cli_path``:
-    exists, resolve_path...). Every other value, and every other type, still goes to
-    Typer's adapter, built when first needed. Under a Typer without these internals,
-    nothing changes.
+    whose options are a flag and ``--workspace``, and of a finished step's answer from the
+    catalog (``icl_cli.finished``). Here a ``bool`` option's value that is already a bool
+    is kept, a ``Path`` option's string becomes ``Path(value)`` (what the adapter does) and
+    then goes through Typer's own path check (``coerce_cli_path``: exists,
+    resolve_path...), a ``str``, ``int`` or ``float`` option's value of that type is kept,
+    an ``int`` or ``float`` option's string of plain digits (``_INT``, ``_FLOAT``) becomes
+    ``int(value)`` or ``float(value)``, and a list option given no value is ``[]``. Every
+    other value (``1_000``, ``inf``, ``abc``: pydantic's to take or to refuse in its words),
+    and every other type, still goes to Typer's adapter, built when first needed. Under a
+    Typer without these internals, nothing changes.
     """
     try:
         from typer._coercion import RuntimeParam, build_runtime_param
@@ -92,7 +101,11 @@ def coerce_without_pydantic() -> bool:
     if getattr(typer_own, "icl_light", False):
         return True
 
+    import re
     from dataclasses import dataclass
+
+    plain = {int: re.compile(_INT), float: re.compile(_FLOAT)}
+    lists = (list[Path], list[str], list[int], list[float])
 
     @dataclass(frozen=True)
     class LightParam(RuntimeParam):
@@ -102,6 +115,13 @@ def coerce_without_pydantic() -> bool:
             if self.annotation is Path and isinstance(value, str | Path):
                 return coerce_cli_path(Path(value), self.parameter_info, path_type=Path,
                                        param=param, ctx=ctx)
+            if self.annotation in lists and value in ((), []):
+                return []  # a repeatable option not given
+            if self.annotation in (str, int, float) and type(value) is self.annotation:
+                return value  # a default, or a --config value: already of its type
+            if self.annotation in plain and isinstance(value, str) \
+                    and plain[self.annotation].fullmatch(value):
+                return self.annotation(value)
             full = build_runtime_param(param.type_descriptor)  # pydantic, now needed
             return full._coerce_value(value, param=param, ctx=ctx)
 
@@ -109,7 +129,9 @@ def coerce_without_pydantic() -> bool:
         desc = getattr(self, "type_descriptor", None)
         info = getattr(desc, "parameter_info", None)
         if (self._runtime_param is None and desc is not None
-                and desc.annotation in (bool, Path) and desc.file_annotation is None
+                and desc.annotation in (bool, Path, str, int, float, *lists)
+                and desc.file_annotation is None and not desc.is_choice
+                and not desc.is_ranged
                 and getattr(info, "parser", 1) is None
                 and getattr(info, "path_type", 1) is None):
             self._runtime_param = LightParam(parameter_info=info, annotation=desc.annotation)

@@ -32,6 +32,10 @@ from icl_cli.cli.main import (
     user_errors,
 )
 
+Recompute = Annotated[bool, typer.Option(
+    "--force", help="Compute it again, even when its result is recorded for the same "
+    "checkpoint and settings (then it is printed from the catalog at once).")]
+
 
 @app.command()
 def evaluate(
@@ -42,20 +46,26 @@ def evaluate(
         "1,000).", callback=at_most("--bins", MAX_BINS))] = 15,
     plot: Annotated[bool, typer.Option(
         help="Also write the reliability diagram (a PNG among the figures).")] = True,
+    force: Recompute = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
     """Test error (and validation error, when a split is held out), with per-class error,
     negative log-likelihood and expected calibration error of softmax(logits)."""
-    from icl_cli.steps.evaluate import evaluate_round
+    from icl_cli.finished import answer
 
     with user_errors():
-        store = open_store(workspace)
-        exp = store.experiment(experiment)
-        if round_ is None:
-            round_ = max((c.round for c in store.checkpoints(exp.name)), default=0)
-        rows = evaluate_round(store, exp.name, round_,
-                              runtime(device, threads, no_mlflow=no_mlflow), bins, plot)
+        rows = None if force else answer("evaluate", workspace, experiment, t=round_,
+                                         bins=bins, plot=plot, device=device)
+        if rows is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.evaluate import evaluate_round
+
+            store = open_store(workspace)
+            exp = store.experiment(experiment)
+            if round_ is None:
+                round_ = max((c.round for c in store.checkpoints(exp.name)), default=0)
+            rows = evaluate_round(store, exp.name, round_,
+                                  runtime(device, threads, no_mlflow=no_mlflow), bins, plot)
     if json:
         return ui.emit_json(rows)
     errors_table(rows, None)
@@ -88,25 +98,34 @@ def attack(
     limit: Annotated[int | None, typer.Option(
         help="Attack only the first N test images (default: all; at most 10,000,000); "
              "recorded with the attack.", callback=at_most("--limit", MAX_LIMIT))] = None,
+    force: Recompute = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
     """Two-way attack (paper 4.1): made on A from test images A gets right, how many fool
     A, how many of those also fool B; then the same from B; and each maker's robust
     accuracy (its test accuracy under the attack)."""
-    from icl_cli.steps.attack import AttackSettings, attack_round
-    from icl_cli.steps.init import parse_from
+    from icl_cli.finished import answer
 
-    settings = AttackSettings(method, eps, steps, step_size, restarts, random_start, seed,
-                              limit)
     if method == "pgd" and steps * restarts > MAX_PGD_WORK:
         raise fail(f"--steps {steps} x --restarts {restarts} is {steps * restarts:,} "
                    f"gradient steps per image, more than {MAX_PGD_WORK:,}: use fewer", 3)
+    given = dict(method=method, eps=eps, steps=steps, step_size=step_size, restarts=restarts,
+                 random_start=random_start, seed=seed, limit=limit)  # AttackSettings' fields
+    name, colon, at = against.partition(":")
     with user_errors():
-        other, other_round = parse_from(against, "--against") if ":" in against \
-            else (against, None)
-        rows = attack_round(open_store(workspace), experiment, round_, other, other_round,
-                            settings, runtime(device, threads, no_mlflow=no_mlflow))
+        rows = None if force or (colon and not at.isdigit()) else answer(
+            "attack", workspace, experiment, t=round_, other=name,
+            other_round=int(at) if colon else None, settings=given, device=device)
+        if rows is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.attack import AttackSettings, attack_round
+            from icl_cli.steps.init import parse_from
+
+            other, other_round = parse_from(against, "--against") if ":" in against \
+                else (against, None)
+            rows = attack_round(open_store(workspace), experiment, round_, other,
+                                other_round, AttackSettings(**given),
+                                runtime(device, threads, no_mlflow=no_mlflow))
     if json:
         return ui.emit_json(rows)
     ui.table(f"{method.upper()} eps {eps}",
@@ -127,6 +146,7 @@ def ood(
         help="Only the first N test images, and N images of each set (default: all; at "
         "most 10,000,000).", callback=at_most("--limit", MAX_LIMIT))]
     = None,
+    force: Recompute = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -134,13 +154,19 @@ def ood(
     logit (for ICL: max_k f_k, the paper's "is it class k") and logsumexp, test images
     against uniform, Gaussian (sigma_r), constant, rotated, flipped, inverted and blended
     images, and each --ood-root folder."""
-    from icl_cli.steps.ood import ood as run_ood
+    from icl_cli.finished import answer
 
     with user_errors():
-        store = open_store(workspace)
-        rows = run_ood(store, store.experiment(experiment).name, round_,
-                       runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed, plot,
-                       limit)
+        rows = None if force else answer("ood", workspace, experiment, t=round_,
+                                         roots=ood_root, seed=seed, plot=plot, limit=limit,
+                                         device=device)
+        if rows is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.ood import ood as run_ood
+
+            store = open_store(workspace)
+            rows = run_ood(store, store.experiment(experiment).name, round_,
+                           runtime(device, threads, no_mlflow=no_mlflow), ood_root, seed,
+                           plot, limit)
     if json:
         return ui.emit_json(rows)
     ui.table(f"OOD detection, round {round_} (%)", ["set", "score", "AUROC", "AUPR", "FPR95"],
@@ -155,6 +181,7 @@ def quality(
         callback=at_most("--epochs", MAX_EPOCHS))] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the reference classifier.")] = 0,
     plot: Annotated[bool, typer.Option(help="Also write the quality-vs-round PNG.")] = True,
+    force: Recompute = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
     threads: Threads = None, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
@@ -162,12 +189,18 @@ def quality(
     trained on the real training set, scores each active shard: the share it assigns to
     the target class, its mean confidence, and the classifier-feature Frechet distance to
     the test images (not FID)."""
-    from icl_cli.steps.quality import quality as run_quality
+    from icl_cli.finished import answer
 
     with user_errors():
-        store = open_store(workspace)
-        result = run_quality(store, store.experiment(experiment).name,
-                             runtime(device, threads, no_mlflow=no_mlflow), epochs, seed, plot)
+        result = None if force else answer("quality", workspace, experiment, epochs=epochs,
+                                           seed=seed, plot=plot, device=device)
+        if result is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.quality import quality as run_quality
+
+            store = open_store(workspace)
+            result = run_quality(store, store.experiment(experiment).name,
+                                 runtime(device, threads, no_mlflow=no_mlflow), epochs, seed,
+                                 plot)
     if json:
         return ui.emit_json(result)
     ui.table(f"sample quality (reference test error {100 * result.reference_test_error:.2f} "

@@ -33,14 +33,22 @@ def inspect(
     round_: Round,
     version: Annotated[int | None, typer.Option(help="Shard version (default: active).")]
     = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Compute it again, even when its result is recorded for the same "
+        "shard (then it is printed from the catalog at once).")] = False,
     experiment: Experiment = None, workspace: Workspace = None, json: Json = False,
 ) -> None:
     """Per-class counts, pass rate, steps, logits, distance to the nearest training image,
     and a PNG grid of samples (a training image on top of each class column)."""
-    from icl_cli.steps.inspect import inspect_round
+    from icl_cli.finished import answer
 
     with user_errors():
-        r = inspect_round(open_store(workspace), experiment, round_, version)
+        r = None if force else answer("inspect", workspace, experiment, t=round_,
+                                      version=version)
+        if r is None:  # not finished yet: the step (torch) runs
+            from icl_cli.steps.inspect import inspect_round
+
+            r = inspect_round(open_store(workspace), experiment, round_, version)
     if json:
         return ui.emit_json(r)
     ui.table(f"'{r.experiment}' round {r.round} shard v{r.version} ({r.count} samples)",

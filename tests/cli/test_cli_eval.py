@@ -208,7 +208,9 @@ def test_each_measure_goes_to_the_steps_tracker(ws, monkeypatch):
             return lambda *a, **k: None
 
     monkeypatch.setattr(Store, "tracker", lambda self, name, enabled=True: Recorder())
-    common = ["-w", ws, "-e", "icl", "--round", "0", "--threads", "1", "--device", "cpu"]
+    # --force: the step runs (and logs) even where an earlier test recorded its result.
+    common = ["-w", ws, "-e", "icl", "--round", "0", "--threads", "1", "--device", "cpu",
+              "--force"]
     icl("evaluate", *common, "--no-plot")
     icl("ood", *common, "--no-plot")
     icl("attack", *common, "--against", "base:0", "--method", "pgd", "--eps", "0.2",
