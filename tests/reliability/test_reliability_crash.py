@@ -47,12 +47,15 @@ SEED = 20240607
 STAGE = {"init": None, "synthesize": "round0", "reclassify": "shard1", "run": "round0"}
 
 
-def _cases(names: list, on_postgresql: list, ids=None) -> list:
-    """``(backend, *case)`` for every case on SQLite, and on PostgreSQL: those in
-    ``on_postgresql`` in the default suite, the others marked slow."""
+def _cases(names: list, on_postgresql: list, ids=None, slow_on_sqlite=()) -> list:
+    """``(backend, *case)`` for every case on SQLite (but those in ``slow_on_sqlite``:
+    slow), and on PostgreSQL: those in ``on_postgresql`` in the default suite, the others
+    marked slow."""
     names = [n if isinstance(n, tuple) else (n,) for n in names]
     ids = ids or ["-".join(str(x) for x in n) for n in names]
-    out = [pytest.param("sqlite", *n, id=f"sqlite-{i}") for n, i in zip(names, ids, strict=True)]
+    out = [pytest.param("sqlite", *n, id=f"sqlite-{i}",
+                        marks=(pytest.mark.slow,) if i in slow_on_sqlite else ())
+           for n, i in zip(names, ids, strict=True)]
     for n, i in zip(names, ids, strict=True):
         marks = () if i in on_postgresql else (pytest.mark.slow,)
         out.append(pytest.param("postgresql", *n, id=f"postgresql-{i}", marks=marks))
@@ -139,10 +142,12 @@ def test_ctrl_c_exits_cleanly_with_one_line(templates, name, tmp_path, logs):
 
 @pytest.mark.parametrize("backend,sig,code,words", _cases(
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
-    ["sigterm"], ids=["ctrl-c", "sigterm"]))
+    ["sigterm"], ids=["ctrl-c", "sigterm"], slow_on_sqlite=["sigterm"]))
 def test_ctrl_c_through_the_console_entry_point(templates, tmp_path, logs, sig, code, words):
     """A cold ``python -m icl_cli synthesize``, interrupted once its step is running: by
-    Ctrl-C, or by SIGTERM (what ``timeout`` and Slurm send), which is handled the same."""
+    Ctrl-C, or by SIGTERM (what ``timeout`` and Slurm send), which is handled the same.
+    By default: Ctrl-C on SQLite and SIGTERM on PostgreSQL (each cold start costs seconds);
+    SIGTERM on SQLite, whose paths those two cover, is slow."""
     rng = random.Random(SEED)
     for attempt in range(8):  # the step takes ~0.3 s: on an idle machine it may finish first
         ws = templates.copy("round0", tmp_path / f"ws{attempt}")
