@@ -1,5 +1,7 @@
 """The commands that measure a trained model: ``icl evaluate``, ``icl attack``, ``icl ood``
-and ``icl quality``."""
+and ``icl quality``. Run again with the same settings on the same checkpoint, each prints
+its recorded result from the catalog without importing torch (``icl_cli.finished``);
+``--force`` computes it again."""
 
 from __future__ import annotations
 
