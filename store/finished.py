@@ -12,7 +12,9 @@ replaces those records.
 The cheap check of a rerun (``unchanged``) trusts a recorded sha256 while the file's size
 and mtime are those recorded: a file rewritten or touched since sends the command back to
 its normal path, which hashes what it reads. A file whose bytes were changed with its size
-kept and its mtime set back is not seen here; ``icl verify`` hashes every file.
+kept and its mtime set back is not seen here, nor one rewritten at the same size within the
+file system's timestamp granularity of its last write (as for make or rsync's quick check);
+``icl verify`` hashes every file.
 
 Example:
     >>> st.record_finished("icl", "evaluate", {"round": 3}, {"bins": 15},   # doctest: +SKIP
