@@ -134,15 +134,14 @@ def reclassify_key(store: Store, exp: ExperimentInfo, t: int, train: TrainConfig
     """Checkpoint t: the inputs it records and its sha256 (``train``: the round's
     settings). Round 0 of an experiment made ``--from`` another (a copy) has none."""
     cfg = ExperimentConfig.from_dict(exp.config)
-    tc = train
-    if t < 0 or (t == 0 and (tc != cfg.train or exp.parent is not None)):
+    if t < 0 or (t == 0 and (train != cfg.train or exp.parent is not None)):
         return None
     parent = store.checkpoint(exp.name, t - 1) if t > 0 else None
     if t > 0 and parent is None:
         return None
     shards = store.active_shards(exp.name, t) if t > 0 and cfg.method != "baseline" else []
-    inputs = train_inputs(_sha(parent), shards, tc.to_dict() if tc != cfg.train else None,
-                          amp)
+    inputs = train_inputs(_sha(parent), shards,
+                          train.to_dict() if train != cfg.train else None, amp)
     return {"round": t}, {"inputs": inputs, "checkpoint": _sha(store.checkpoint(exp.name, t)),
                           **_root(store)}
 
@@ -228,8 +227,9 @@ def quality_key(store: Store, exp: ExperimentInfo, epochs: int, seed: int, plot:
 # ---------------------------------------------------------------- files it depends on
 def data_stamps(store: Store, exp: ExperimentInfo) -> list[dict[str, Any]] | None:
     """Stamps of the files an experiment's data is read from: none for data that ships
-    with icl; the files under its data root otherwise (None where there is no root, or
-    more than ``DATA_FILES`` files: then no answer is recorded)."""
+    with icl; the files under its data root otherwise, and its folders (a file added or
+    removed changes its folder's mtime). None where there is no root, or more than
+    ``DATA_FILES`` files: then no answer is recorded."""
     from store.finished import stamp
 
     data = ExperimentConfig.from_dict(exp.config).data
@@ -243,7 +243,7 @@ def data_stamps(store: Store, exp: ExperimentInfo) -> list[dict[str, Any]] | Non
     found: list[Path] = []
     for folder, dirs, files in os.walk(top):
         dirs.sort()
-        found += [Path(folder, f) for f in sorted(files)]
+        found += [Path(folder), *(Path(folder, f) for f in sorted(files))]
         if len(found) > DATA_FILES:
             return None
     return [stamp(store.root, p.resolve()) for p in found] if found else None
@@ -257,15 +257,18 @@ def record(store: Store, exp: ExperimentInfo, command: str, key: Key | None,
     Nothing when there is no key or the data cannot be stamped."""
     from store.finished import stamp
 
-    stamps = [stamp(store.root, p, sha) for p, sha in files]
-    if data:
-        more = data_stamps(store, exp)
-        if more is None:
-            return
-        stamps += more
-    if key is not None:
-        slot, settings = key
-        store.record_finished(exp.name, command, slot, settings, stamps, plain(result))
+    try:
+        stamps = [stamp(store.root, p, sha) for p, sha in files]
+        more = data_stamps(store, exp) if data else []
+        if key is not None and more is not None:
+            slot, settings = key
+            store.record_finished(exp.name, command, slot, settings, stamps + more,
+                                  plain(result))
+    except Exception:
+        # The answer only saves a rerun's time: the step's work is done and recorded, and
+        # a row left from an earlier run of the slot no longer matches what the catalog
+        # holds now (other hashes, other results), so a rerun takes the step's path.
+        pass
 
 
 # ----------------------------------------------------------------------- the answer

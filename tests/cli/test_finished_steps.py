@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit import COMMON, ROOT, TINY, child_env, copy_workspace, icl
+from tests.kit import COMMON, ROOT, TINY, child_env, copy_workspace, icl, write_folder
 
 ENTRY = Path(__file__).with_name("modules_entry.py")
 HEAVY = ["torch", "h5py", "mlflow", "sqlalchemy", "pydantic"]
@@ -265,3 +265,25 @@ def test_a_rerun_that_found_the_work_done_trusts_a_touched_file_again(made, comm
     res = icl(command, "--round", "1", "-e", "a", *COMMON, "-w", ws, "--json")
     assert res.json()["reused"] is True
     assert _ask(ws, command, same) is not None
+
+
+def test_a_data_folder_added_to_or_touched_sends_evaluate_back_to_its_step(tmp_path):
+    """Data read from a folder is stamped file by file, and its folders (a file added or
+    removed changes the folder's mtime); data that ships with icl is not."""
+    (tmp_path / "idx").mkdir()
+    data = write_folder(tmp_path / "idx", n_train=40, n_test=12)
+    ws = tmp_path / "ws"
+    icl("init", "-e", "d", "--dataset", "idx", "--data-root", data, "--arch", "tiny",
+        "--train-size", "20", "--val-size", "8", "--init-epochs", "1", *COMMON, "-w", ws)
+    icl("evaluate", "--round", "0", *COMMON, "-w", ws)
+    same = dict(t=0, bins=15, plot=True)
+    assert _ask(ws, "evaluate", {**same, "experiment": "d"}) is not None
+    extra = data / "notes.txt"
+    extra.write_text("a file beside the images")
+    assert _ask(ws, "evaluate", {**same, "experiment": "d"}) is None
+    extra.unlink()
+    _touch(data)  # the folder as it was, but its mtime moved by the add and remove
+    icl("evaluate", "--round", "0", *COMMON, "-w", ws)  # the step: the data unchanged
+    assert _ask(ws, "evaluate", {**same, "experiment": "d"}) is not None
+    _touch(data / "t10k-images-idx3-ubyte.gz")
+    assert _ask(ws, "evaluate", {**same, "experiment": "d"}) is None
