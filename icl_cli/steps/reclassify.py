@@ -177,7 +177,8 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
     if existing is not None and not force and not replay:
         state = store.load_checkpoint(existing)
         if state.get("inputs") == inputs:  # its hash checked: a rerun may answer at once
-            store.restamp_finished(exp.name, "reclassify", {"round": t})
+            if world.main:  # rank 0 alone writes
+                store.restamp_finished(exp.name, "reclassify", {"round": t})
             return TrainResult(exp.name, t, existing.sha256, True, state.get("history", []),
                                0.0, sum(s.count for s in shards))
         raise StepError(f"round {t} of '{exp.name}' was trained from other inputs (a shard, "
