@@ -36,7 +36,8 @@ from icl_cli.cli.main import (
 
 Recompute = Annotated[bool, typer.Option(
     "--force", help="Compute it again, even when its result is recorded for the same "
-    "checkpoint and settings (then it is printed from the catalog at once).")]
+    "checkpoint and settings (without --force, such a result is printed from the catalog "
+    "at once).")]
 
 
 @app.command()

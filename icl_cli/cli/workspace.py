@@ -35,7 +35,8 @@ def inspect(
     = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Compute it again, even when its result is recorded for the same "
-        "shard (then it is printed from the catalog at once).")] = False,
+        "shard (without --force, such a result is printed from the catalog at once).")]
+    = False,
     experiment: Experiment = None, workspace: Workspace = None, json: Json = False,
 ) -> None:
     """Per-class counts, pass rate, steps, logits, distance to the nearest training image,
