@@ -22,6 +22,17 @@ torch.set_num_threads(1)
 PG_PORT = 54329
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under ``-n`` (pytest-xdist, ``--dist loadgroup``): a file's tests run in one worker,
+    in order, as their module-scoped workspaces expect; and every reliability test runs in
+    one worker, which makes their session-scoped workspaces and fork server once."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        group = "reliability" if path.startswith("tests/reliability/") else path
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def _made_mlflow_db(tmp_path_factory) -> Path:
     """An MLflow database as MLflow makes it (its tables, by MLflow's migrations: seconds),

@@ -3,6 +3,7 @@ catalog backend) by real ``icl`` processes and copied by the tests that change t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import pytest
 from tests.kit import COMMON, TINY
 from tests.reliability.relkit import INIT, copy_ws, outcome, run_child, start_server, use_catalog
 
-start_server()  # warms up in the background while the rest of the suite runs
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    start_server()  # warms up in the background while the rest of the suite runs
+# (Under -n, no core is idle to warm it up on: the worker that runs these tests starts it
+# on first use, and the other never does.)
 
 
 @pytest.fixture(autouse=True)
