@@ -73,7 +73,9 @@ def _command(name: str, ws) -> list:
 
 def _signal_somewhere(templates, name, tmp_path, logs, rng, sig):
     """Run ``name`` on a fresh copy of its input and send ``sig`` at a random moment of its
-    uninterrupted duration; on a new copy again if it finished first."""
+    uninterrupted duration; on a new copy again if it finished first, the moment then drawn
+    within that run's own duration (the load changed since the template was timed)."""
+    seconds = templates.seconds[name]
     for attempt in range(8):
         ws = tmp_path / f"{name}-{attempt}"
         if STAGE[name]:
@@ -82,13 +84,14 @@ def _signal_somewhere(templates, name, tmp_path, logs, rng, sig):
             templates.fresh(ws)
         child = spawn(_command(name, ws), logs)
         child.started()
-        time.sleep(rng.uniform(0.0, 0.9 * templates.seconds[name]))
+        time.sleep(rng.uniform(0.0, 0.9 * seconds))
         if child.kill(sig):
             res = child.wait()
             if res.code != 0:  # 0: it finished before the signal arrived
                 return ws, res
         else:
             child.wait()
+        seconds = min(seconds, child.seconds)
     pytest.fail(f"could not interrupt `icl {name}` in 8 tries")
 
 
