@@ -3,7 +3,8 @@
 Creating MLflow's tables (alembic migrations) takes a few seconds: MLflow makes one
 database per test run (``made_mlflow_db``), copied where making it is not the test's
 subject; the status tests share one copy (each its own workspace and run). They assert
-what was logged, never how fast. What happens when MLflow fails: tests/reliability/test_reliability_tracking.py.
+what was logged, never how fast. What happens when MLflow fails:
+tests/reliability/test_reliability_tracking.py.
 """
 
 from __future__ import annotations
