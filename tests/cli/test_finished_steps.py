@@ -55,8 +55,13 @@ def made(tmp_path_factory):
     """(workspace, {command: (first --json document, first table)}): experiment ``a``
     with rounds 1 and 2, experiment ``b`` (``--from a:0``) with round 1's shard."""
     ws = tmp_path_factory.mktemp("finished") / "ws"
+    from icl_cli.cli import ui
+
     mp = pytest.MonkeyPatch()
     mp.setenv("COLUMNS", WIDTH["COLUMNS"])
+    # rich reads COLUMNS when a console is made: the one this process made at its first
+    # import of ui (maybe in another test) gets the width here
+    mp.setattr(ui.out, "width", int(WIDTH["COLUMNS"]))
     try:
         w = ["-w", str(ws)]
         icl("init", "-e", "a", *TINY, *COMMON, "-w", ws)

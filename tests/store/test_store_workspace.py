@@ -159,8 +159,9 @@ def test_init_is_idempotent_and_open_checks_schema(tmp_path):
     st.close()
     db = tmp_path / "ws" / ".icl" / "catalog.db"
     with sqlite3.connect(db) as con:
-        con.execute("UPDATE schema_version SET version = 7")
-    with pytest.raises(StoreError, match=rf"catalog schema 7 is newer than this icl "
+        con.execute(f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match=rf"catalog schema {SCHEMA_VERSION + 1} is newer than "
+                       rf"this icl "
                        rf"\({SCHEMA_VERSION}\); upgrade icl$"):
         Store.open(tmp_path / "ws")
 
@@ -176,6 +177,7 @@ def test_open_upgrades_a_version_1_catalog_and_keeps_its_rows(tmp_path):
         con.execute("DROP TABLE workspace_places")  # schema 5's
         con.execute("DROP TABLE reference_nets")
         con.execute("ALTER TABLE steps DROP COLUMN environment")  # schema 6's
+        con.execute("DROP TABLE finished_steps")  # schema 7's
         con.execute("UPDATE schema_version SET version = 1")
 
     st = Store.open(tmp_path / "ws")
