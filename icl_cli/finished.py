@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,11 +265,13 @@ def record(store: Store, exp: ExperimentInfo, command: str, key: Key | None,
             slot, settings = key
             store.record_finished(exp.name, command, slot, settings, stamps + more,
                                   plain(result))
-    except Exception:
+    except Exception as exc:
         # The answer only saves a rerun's time: the step's work is done and recorded, and
         # a row left from an earlier run of the slot no longer matches what the catalog
-        # holds now (other hashes, other results), so a rerun takes the step's path.
-        pass
+        # holds now (other hashes, other results), so a rerun takes the step's path. Said
+        # in one line, so that a rerun that is never fast has its reason on record.
+        print(f"warning: {command}'s result was not kept for a fast rerun "
+              f"({type(exc).__name__}: {exc}); a rerun will redo its checks", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------- the answer

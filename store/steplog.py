@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,9 @@ def describe_step(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     try:
         return dict(_describe[0](config))
-    except Exception:
+    except Exception as exc:
+        print(f"warning: the step's environment was not recorded ({type(exc).__name__}: "
+              f"{exc})", file=sys.stderr)
         return None
 
 
