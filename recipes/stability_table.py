@@ -13,7 +13,11 @@ error at the round chosen on validation, and the paired difference to the baseli
 same C_0 (``stab-sS-baseline``); then per case how many diverged and recovered, the mean
 differences, and the divergence rate ``icl report --json`` gives its configuration:
 
-    python recipes/stability_table.py --recovery WS
+    python recipes/stability_table.py --recovery WS [--rounds N]
+
+A run that has not reached N rounds (default: the most any run of the workspace has) and
+did not diverge is "running" or "stopped" at the round it reached, and is left out of the
+per-case counts and means until it ends (the counts say how many were left out).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ NAME = re.compile(r"stab-s(\d+)-(.+?)(?:-r(\d+))?")
 
 def main() -> None:
     if sys.argv[1:2] == ["--recovery"]:
-        return recovery_table(Path(sys.argv[2]))
+        target = int(sys.argv[4]) if sys.argv[3:4] == ["--rounds"] else None
+        return recovery_table(Path(sys.argv[2]), target)
     ws, names = Path(sys.argv[1]), sys.argv[2:]
     with Store.open(ws) as store:
         rows = {r.experiment: r for r in experiment_rows(store)}
@@ -58,10 +63,18 @@ def main() -> None:
                   f"{'-' if sel is None else f'{100 * sel:.2f}'} |")
 
 
-def outcome(r) -> str:
-    """How a run ended: diverged (unrecovered), recovered rounds, or finished."""
+def ended(r, target: int) -> bool:
+    """Whether a run is over: it diverged, or it reached its ``target`` rounds."""
+    return r.diverged is not None or (r.rounds >= target and not r.running)
+
+
+def outcome(r, target: int) -> str:
+    """How a run ended: diverged (unrecovered), recovered rounds, or finished; or, before
+    it ends, the round it reached and whether a step of it is running now."""
     if r.diverged is not None:
         return f"diverged in round {r.diverged}"
+    if not ended(r, target):
+        return f"{'running' if r.running else 'stopped'} at round {r.rounds} of {target}"
     kept = {t: v for t, v in sorted(r.recovery.items()) if v["recovered"]}
     if kept:
         return "recovered round " + ", ".join(f"{t} ({v['attempts']} attempts)"
@@ -91,9 +104,10 @@ def _mean(xs: list[float]) -> str:
     return f"{statistics.mean(xs):+.2f} +- {statistics.stdev(xs):.2f}"
 
 
-def recovery_table(ws: Path) -> None:
+def recovery_table(ws: Path, target: int | None = None) -> None:
     with Store.open(ws) as store:
         rows = experiment_rows(store)
+    target = target or max((r.rounds for r in rows), default=0)
     runs: dict[tuple[str, int], dict[str, object]] = {}
     bases = {}
     for r in rows:
@@ -124,7 +138,10 @@ def recovery_table(ws: Path) -> None:
                 cells += ["not run", "-", "-"]
                 continue
             v, t = chosen(r)
-            cells += [outcome(r), _cell(v, bv), _cell(t, bt)]
+            cells += [outcome(r, target), _cell(v, bv), _cell(t, bt)]
+            if not ended(r, target):
+                s.setdefault(f"{kind} unfinished", []).append(r)
+                continue
             s.setdefault(f"{kind} runs", []).append(r)
             if v is not None and bv is not None:
                 s.setdefault(f"{kind} dval", []).append(v - bv)
@@ -134,8 +151,8 @@ def recovery_table(ws: Path) -> None:
     print(f"| case | seeds | without --recover: diverged | its divergence_rate | with "
           f"--recover {n}: diverged | recovered | its divergence_rate | val % vs baseline, "
           f"without | val % vs baseline, with | test % vs baseline, without | test % vs "
-          f"baseline, with |")
-    print("|" + " --- |" * 11)
+          f"baseline, with | unfinished, left out |")
+    print("|" + " --- |" * 12)
     for case, s in summary.items():
         wo, wi = s.get("without runs", []), s.get("with runs", [])
         rate = [f"{r[0].divergence_rate:.2f}" if r else "-" for r in (wo, wi)]
@@ -145,7 +162,8 @@ def recovery_table(ws: Path) -> None:
               f"{sum(any(v['recovered'] for v in r.recovery.values()) for r in wi)} / "
               f"{len(wi)} | {rate[1]} | {_mean(s.get('without dval', []))} | "
               f"{_mean(s.get('with dval', []))} | {_mean(s.get('without dtest', []))} | "
-              f"{_mean(s.get('with dtest', []))} |")
+              f"{_mean(s.get('with dtest', []))} | "
+              f"{len(s.get('without unfinished', [])) + len(s.get('with unfinished', []))} |")
 
 
 if __name__ == "__main__":
