@@ -6,6 +6,12 @@ tensors. ``reclassify`` does what ``icl reclassify`` does once the data is loade
 the batch plan, gathers and scales each real batch (uint8 -> [-1, 1]), joins its share of
 the pool, sums the losses on the device and calls a progress callback. The bare loop runs
 ``zero_grad, forward, loss, backward, step`` over batches built before the clock starts.
+
+``details.op_ms_per_batch`` splits one profiled epoch of each loop into the network's
+convolutions (forward and backward, the bulk of a step) and everything else (batch
+assembly, loss, the optimizer, and for ``reclassify`` the diagnostics: gradient norm,
+largest logits, sums on the device): a gap in the first is the network running slower
+in one loop (memory, the machine), a gap in the second is the loop's own cost.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def run(scale: Scale) -> Result:
     torch.manual_seed(0)
     model = build_model("mnist-cnn", (1, 28, 28), 10).to(scale.device)
     result = _compare(model, scale, real_x, real_y, pn_x, pn_k)
+    split = result.details.pop("profile")
     # The same comparison with a linear model: what remains is the loop's own cost per
     # batch (plan, gather, scaling, join, loss sums, callback), far below the ratio's noise.
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).to(scale.device)
@@ -49,7 +56,8 @@ def run(scale: Scale) -> Result:
     icl_ms = 1e3 * median(over.details["seconds_icl"]) / over.details["batches"]
     bare_ms = 1e3 * median(over.details["seconds_bare"]) / over.details["batches"]
     step_ms = 1e3 * median(result.details["seconds_bare"]) / result.details["batches"]
-    result.details.update(loop_overhead_ms_per_batch=icl_ms - bare_ms,
+    result.details.update(op_ms_per_batch=split,
+                          loop_overhead_ms_per_batch=icl_ms - bare_ms,
                           linear_model_ms_per_batch={"icl": icl_ms, "bare": bare_ms},
                           overhead_share_of_mnist_cnn_step=(icl_ms - bare_ms) / step_ms)
     return result
@@ -86,6 +94,7 @@ def _compare(model, scale: Scale, real_x, real_y, pn_x, pn_k) -> Result:
     cpu: dict[str, list[float]] = {}
     # (samples/s icl) / (samples/s bare) = bare time / icl time, pair by pair
     times = interleave_until({"icl": icl, "bare": bare}, "bare", "icl", scale, cpu=cpu)
+    profile = {name: _profile_split(fn, len(plan)) for name, fn in (("icl", icl), ("bare", bare))}
     samples = n_real + len(pn_k)
     return paired_result(
         "reclassify", "samples/s icl / bare", samples / median(times["icl"]),
@@ -93,6 +102,27 @@ def _compare(model, scale: Scale, real_x, real_y, pn_x, pn_k) -> Result:
         details={"batches": len(plan), "batch": f"{BATCH} real + {BATCH} pseudo-negatives",
          "samples_per_epoch": samples,
          "ratio_cpu_time": paired_ratio(cpu["bare"], cpu["icl"]),
+         "profile": profile,
          "seconds_icl": times["icl"],
          "seconds_bare": times["bare"]},
     )
+
+
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward",
+            "aten::cudnn_convolution", "aten::_convolution")
+
+
+def _profile_split(fn, batches: int) -> dict[str, float]:
+    """Milliseconds per batch spent inside operators during one call of ``fn`` (after the
+    timed pairs: warm), torch.profiler's self times: the convolutions' and the rest's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    conv = other = 0.0
+    for e in prof.key_averages():
+        if e.key in CONV_OPS:
+            conv += e.self_cpu_time_total
+        else:
+            other += e.self_cpu_time_total
+    return {"convolutions": conv / 1e3 / batches, "rest": other / 1e3 / batches}
