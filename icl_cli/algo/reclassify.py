@@ -260,19 +260,23 @@ def _by_class(pn_idx: torch.Tensor, pn_class: torch.Tensor, heads: int):
 
 
 def _on_device(plan: list[tuple[torch.Tensor, ...]], device: torch.device):
-    """The epoch's index tuples on ``device`` in one copy, not small copies per batch."""
+    """The epoch's index tuples (and loss shares) on ``device``: one copy per dtype for the
+    whole epoch, from pinned memory on CUDA (asynchronous), never small copies per batch.
+
+    Shape: every tensor 1-D; the tuples come back in order, each of the same length."""
     if device.type == "cpu" or not plan:
         return plan
     n = len(plan[0])
-    flat = [t for pair in plan for t in pair]
-    sizes, dtypes = [len(t) for t in flat], [t.dtype for t in flat]
-    if len(set(dtypes)) > 1:  # indices and float shares: one copy per dtype
-        return [tuple(t.to(device, non_blocking=True) for t in pair) for pair in plan]
-    flat = torch.cat(flat)
-    if device.type == "cuda":
-        flat = flat.pin_memory()
-    parts = flat.to(device, non_blocking=True).split(sizes)
-    return list(zip(*(parts[i::n] for i in range(n)), strict=True))
+    flat = [t for batch in plan for t in batch]
+    moved: list[torch.Tensor | None] = [None] * len(flat)
+    for dtype in dict.fromkeys(t.dtype for t in flat):  # first-seen order
+        at = [i for i, t in enumerate(flat) if t.dtype == dtype]
+        sizes = [len(flat[i]) for i in at]
+        host = torch.empty(sum(sizes), dtype=dtype, pin_memory=device.type == "cuda")
+        torch.cat([flat[i] for i in at], out=host)
+        for i, part in zip(at, host.to(device, non_blocking=True).split(sizes), strict=True):
+            moved[i] = part
+    return [tuple(moved[i:i + n]) for i in range(0, len(moved), n)]
 
 
 class Diverged(FloatingPointError):
