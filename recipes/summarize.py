@@ -90,21 +90,33 @@ def label_variants(rows: list[dict]) -> list[dict]:
     """Experiments of one method that differ in a setting (a sweep: ``icl init --from
     ... --pn-weight 2``) get a label naming where they differ from the group's most common
     value, ``icl (pn_weight=2.0)``, so the tables and plots keep them apart; the others
-    (the common setting) are labelled by their method alone, and so line up across sizes."""
+    (the common setting) are labelled by their method alone, and so line up across sizes.
+    Between values as common as each other in the group, the one most rows of the file
+    carry (the baselines' too: the default they were made with) is the common one."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r["mode"], r["train_size"], r["method"])].append(r)
+    everywhere = [flat(r.get("config") or {}) for r in rows]
     for rs in groups.values():
         settings = [flat(r.get("config") or {}) for r in rs]
         keys = sorted({k for st in settings for k in st if k not in NOT_A_SETTING
                        and len({repr(x.get(k)) for x in settings}) > 1})
-        common = {k: Counter(repr(st.get(k)) for st in settings).most_common(1)[0][0]
-                  for k in keys}
+        common = {k: _mode([repr(st.get(k)) for st in settings],
+                           Counter(repr(st.get(k)) for st in everywhere)) for k in keys}
         for r, st in zip(rs, settings, strict=True):
             named = ", ".join(f"{k.rsplit('.', 1)[-1]}={st.get(k)}" for k in keys
                               if repr(st.get(k)) != common[k])
             r["label"] = f"{r['method']} ({named})" if named else r["method"]
     return rows
+
+
+def _mode(values: list[str], overall: Counter) -> str:
+    """The most common of ``values``; among those as common, the most common ``overall``,
+    then the first met."""
+    counts = Counter(values)
+    top = max(counts.values())
+    tied = [v for v in dict.fromkeys(values) if counts[v] == top]
+    return max(tied, key=lambda v: overall[v])  # max keeps the first of equals
 
 
 def label(row: dict) -> str:

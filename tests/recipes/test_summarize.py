@@ -178,3 +178,21 @@ def test_attacks_are_averaged_per_icl_row_and_a_repeated_pair_counts_once():
     means = {x.split("|")[4].strip(): x for x in lines if x.startswith("| mean")}
     assert "50.00 %" in means["icl (pn_weighting=drawn)"]
     assert "25.00 %" in means["icl"]
+
+
+
+def test_between_forms_as_common_as_each_other_the_baselines_one_is_the_methods():
+    """Two forms with as many runs each: the one the baselines carry (the default they were
+    made with) keeps the method's name, whichever was met first; the other is named."""
+    rows = []
+    for seed in (0, 1):
+        base = row(f"b{seed}", "baseline", seed, 0.10)
+        base["config"] = {"train": {"pn_weighting": "per-sample"}}
+        rows.append(base)
+        for form in ("drawn", "per-sample"):  # drawn first
+            r = row(f"i{seed}{form}", "icl", seed, 0.09, parent=f"b{seed}")
+            r["config"] = {"train": {"pn_weighting": form}}
+            rows.append(r)
+    labels = {r["experiment"]: r["label"] for r in summarize.label_variants(rows)}
+    assert labels["i0per-sample"] == labels["i1per-sample"] == "icl"
+    assert labels["i0drawn"] == labels["i1drawn"] == "icl (pn_weighting=drawn)"
