@@ -126,8 +126,8 @@ class DiskFull(IclError):
 
 def translate(exc: BaseException) -> IclError | None:
     """The API's error for an exception a step or the store raised (None: not one of
-    theirs, let it through), in the order ``icl`` maps them to exit codes
-    (``icl_cli.cli.main.user_errors``)."""
+    theirs, let it through). ``icl`` prints its line and exits with its ``exit_code``
+    (``icl_cli.cli.main.user_errors`` calls this), so both speak alike."""
     from icl_cli.config import ConfigError
     from icl_cli.errors import DataError as StepDataError
     from icl_cli.errors import StepError

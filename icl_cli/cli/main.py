@@ -234,36 +234,25 @@ def _ranks_agree(args: list[str]) -> None:
 def user_errors() -> Iterator[None]:
     """Turn every expected failure into one stderr line and a documented exit code.
 
-    The store's errors arrive typed (``store.errors``: a catalog that cannot be used is a
-    StoreError, exit 3; a damaged one an IntegrityError, exit 4), never as SQLAlchemy's."""
-    from icl_cli.errors import DataError, StepError
-    from store import BusyError, IntegrityError, NotAWorkspace, StoreError, Terminated
-    from store.workspace import DiskFull, no_space
+    The line and the code are those of the Python API's typed error (``icl_cli.api.
+    translate``: a catalog that cannot be used is exit 3, a damaged one exit 4, ...), so
+    the two never disagree; the store's errors arrive typed (``store.errors``), never as
+    SQLAlchemy's. Anything else is an internal error (exit 1)."""
+    from icl_cli.api import translate
+    from store import Terminated
 
     try:
         yield
     except (typer.Exit, typer.Abort):
         raise
-    except NotAWorkspace as exc:
-        raise fail(str(exc), 6) from None
-    except BusyError as exc:
-        raise fail(str(exc), 5) from None
-    except IntegrityError as exc:
-        raise fail(str(exc), 4) from None
-    except DiskFull as exc:
-        raise fail(str(exc), 7) from None
-    except (StoreError, StepError, DataError) as exc:
-        raise fail(str(exc), 3) from None
     except Terminated:
         raise fail(TERMINATED, 143) from None
     except KeyboardInterrupt:
         raise fail(INTERRUPTED, 130) from None
-    except OSError as exc:
-        full = no_space(None, exc)
-        if full is not None:
-            raise fail(str(full), 7) from None
-        raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 3) from None
     except Exception as exc:
+        mapped = translate(exc)
+        if mapped is not None:
+            raise fail(str(mapped), mapped.exit_code) from None
         if os.environ.get("ICL_DEBUG"):
             raise
         line = str(exc).splitlines()[0] if str(exc) else ""
