@@ -1,5 +1,6 @@
 """Datasets: the embedded MNIST subset, IDX folders, CIFAR-10 and SVHN through torchvision,
-and a user's own: a folder of images (``imagefolder``) or arrays in an ``.npz`` file.
+and a user's own: a folder of images (``imagefolder``), arrays in an ``.npz`` file, or a
+Hugging Face ``DatasetDict`` saved with ``save_to_disk`` (``hf``, the optional ``datasets``).
 
 Everything is held as uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``; ``to_input``
 maps a batch to the network's input space [-1, 1] and ``augment`` applies the paper's CIFAR
@@ -22,6 +23,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -228,7 +230,7 @@ def _fake(seed: int, n_train: int = 200, n_test: int = 100, num_classes: int = 1
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif",
                     ".tiff", ".webp")
 DECODER = "icl-decode-v1"  # bump when decoding changes what a folder's arrays hold
-CACHED_DATASETS = ("imagefolder",)  # decoded once, kept in a ``DecodedCache``
+CACHED_DATASETS = ("imagefolder", "hf")  # decoded once, kept in a ``DecodedCache``
 Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -338,36 +340,52 @@ def load_image_folder(root: Path, image_size: int | None = None,
         h.update(f"{rel}\0{label}\0{_file_sha256(str(root / rel))}\n".encode())
     digest = h.hexdigest()
     key = "imagefolder-" + hashlib.sha256(f"{digest}:{image_size}".encode()).hexdigest()[:40]
+    arrays = _decoded(key, lambda: _decode_folder(root, classes, files, image_size), cache)
+    return _parts(arrays), [str(c) for c in arrays["classes"]], digest
+
+
+def _decoded(key: str, decode: Callable[[], dict[str, np.ndarray]],
+             cache: DecodedCache | None) -> dict[str, np.ndarray]:
+    """The arrays under ``key``: from this process, else from ``cache``, else ``decode()``
+    (then put in ``cache``); the last two keys stay in this process."""
     arrays = _DECODED.get(key)
     if arrays is None and cache is not None:
         arrays = cache.get(key)  # hash-checked: a damaged file is dropped, not used
     if arrays is None:
-        arrays = _decode_folder(root, classes, files, image_size)
+        arrays = decode()
     if cache is not None and not cache.has(key):
         cache.put(key, arrays)
     _DECODED[key] = arrays
     while len(_DECODED) > 2:
         _DECODED.pop(next(iter(_DECODED)))
-    parts = tuple(torch.from_numpy(arrays[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
-    return parts, [str(c) for c in arrays["classes"]], digest
+    return arrays
+
+
+def _parts(arrays: dict[str, np.ndarray]) -> Parts:
+    return tuple(torch.from_numpy(arrays[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+
+
+def _stacked(images: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
+    """(name, uint8 (H, W, C)) pairs -> uint8 (N, C, H, W), C = 3 when any image has 3
+    channels (a grey one repeated). DataError naming the first image whose size differs
+    from the first image's (``images`` is read lazily: nothing after it is decoded)."""
+    out, first = [], None
+    for name, a in images:
+        if first is None:
+            first = (name, a.shape[:2])
+        elif a.shape[:2] != first[1]:
+            (h0, w0), (h, w) = first[1], a.shape[:2]
+            raise DataError(f"{name} is {w}x{h} pixels, {first[0]} is {w0}x{h0}: the images "
+                            "differ in size; pass --image-size N to resize every image to N x N")
+        out.append(a)
+    channels = max(a.shape[2] for a in out)
+    x = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a in out])
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, C, H, W)
 
 
 def _decode_folder(root: Path, classes: list[str], files: list[tuple[str, int]],
                    image_size: int | None) -> dict[str, np.ndarray]:
-    images, first = [], None
-    for rel, _ in files:
-        a = decode_image(root / rel, image_size)
-        if first is None:
-            first = (rel, a.shape[:2])
-        elif a.shape[:2] != first[1]:
-            (h0, w0), (h, w) = first[1], a.shape[:2]
-            raise DataError(f"{root / rel} is {w}x{h} pixels, {root / first[0]} is {w0}x{h0}: "
-                            "the images differ in size; pass --image-size N to resize every "
-                            "image to N x N")
-        images.append(a)
-    channels = max(a.shape[2] for a in images)
-    x = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a in images])
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, C, H, W)
+    x = _stacked((str(root / rel), decode_image(root / rel, image_size)) for rel, _ in files)
     y = np.array([label for _, label in files], dtype=np.int64)
     n = sum(rel.startswith("train/") for rel, _ in files)
     return {"train_x": x[:n], "train_y": y[:n], "test_x": x[n:], "test_y": y[n:],
@@ -378,16 +396,19 @@ _GRAY = ("1", "L", "LA", "La")
 _GRAY16 = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def decode_image(path: Path, image_size: int | None = None) -> np.ndarray:
-    """One image file as uint8 (H, W, 1) (grayscale) or (H, W, 3) (anything else, as RGB),
-    resized to ``image_size`` x ``image_size`` when given. DataError naming the file when
-    it cannot be decoded (corrupt, truncated, not an image, 32-bit pixels)."""
+def decode_image(path: Path | io.BytesIO, image_size: int | None = None,
+                 name: str | None = None) -> np.ndarray:
+    """One image file (or its bytes) as uint8 (H, W, 1) (grayscale) or (H, W, 3) (anything
+    else, as RGB), resized to ``image_size`` x ``image_size`` when given. DataError naming
+    the file (``name``, default ``path``) when it cannot be decoded (corrupt, truncated, not
+    an image, 32-bit pixels)."""
     from PIL import Image
 
+    name = str(path) if name is None else name
     try:
         with Image.open(path) as im:
             if im.mode in ("I", "F"):
-                raise DataError(f"{path} has 32-bit pixels (mode {im.mode}): save it as 8-bit "
+                raise DataError(f"{name} has 32-bit pixels (mode {im.mode}): save it as 8-bit "
                                 "grayscale or RGB")
             if im.mode in _GRAY16:
                 im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
@@ -399,8 +420,9 @@ def decode_image(path: Path, image_size: int | None = None) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # PIL's UnidentifiedImageError, OSError (truncated), ...
-        text = " ".join(str(exc).split())[:160]
-        raise DataError(f"cannot decode image {path}: {type(exc).__name__}: {text}") from None
+        text = str(exc).replace(f" {path}", "") if isinstance(path, io.BytesIO) else str(exc)
+        text = " ".join(text.split())[:160]
+        raise DataError(f"cannot decode image {name}: {type(exc).__name__}: {text}") from None
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -448,20 +470,34 @@ def load_npz(path: Path, image_size: int | None = None) -> tuple[Parts, list[str
     if len(ys[0]) and xs[0].shape[1:] != xs[1].shape[1:]:
         raise DataError(f"{path}: x_train images are {tuple(xs[0].shape[1:])} (C, H, W), x_test "
                         f"images {tuple(xs[1].shape[1:])}")
-    k = int(ys[0].max()) + 1 if len(ys[0]) else 0
-    absent = sorted(set(range(k)) - set(np.unique(ys[0]).tolist()))
-    if absent:
-        raise DataError(f"{path}: y_train has no image of class {absent[0]} (labels must be the "
-                        f"classes 0..K-1, each present; here K = {k})")
-    if len(ys[1]) and int(ys[1].max()) >= k:
-        raise DataError(f"{path}: y_test holds label {int(ys[1].max())}, a class y_train does "
-                        f"not have (0..{k - 1})")
+    k = _classes_present(ys[0], ys[1], f"{path}: y_train", f"{path}: y_test", "y_train")
     classes = [str(c) for c in raw.get("classes", np.array([])).reshape(-1)]
     if classes and len(classes) != k:
         raise DataError(f"{path}: classes names {len(classes)} classes, y_train has {k}")
     parts = (torch.from_numpy(xs[0]), torch.from_numpy(ys[0]),
              torch.from_numpy(xs[1]), torch.from_numpy(ys[1]))
     return parts, classes, hashlib.sha256(blob).hexdigest()
+
+
+def _classes_present(y_train: np.ndarray, y_test: np.ndarray, train: str, test: str,
+                     train_name: str, names: list[str] | None = None) -> int:
+    """K, the number of classes: ``len(names)`` when the data names its classes, else the
+    largest training label + 1. DataError, its line starting with ``train`` or ``test``
+    (what the labels are, e.g. "d.npz: y_train"), unless every class 0..K-1 has a training
+    image and every test label is one of them."""
+    k = int(y_train.max()) + 1 if len(y_train) else 0
+    if names and k > len(names):
+        raise DataError(f"{train} holds label {k - 1}, but the data names {len(names)} classes "
+                        f"(0..{len(names) - 1})")
+    k = len(names) if names else k
+    absent = sorted(set(range(k)) - set(np.unique(y_train).tolist()))
+    if absent:
+        raise DataError(f"{train} has no image of class {absent[0]} (labels must be the "
+                        f"classes 0..K-1, each present; here K = {k})")
+    if len(y_test) and int(y_test.max()) >= k:
+        raise DataError(f"{test} holds label {int(y_test.max())}, a class {train_name} does "
+                        f"not have (0..{k - 1})")
+    return k
 
 
 def _npz_images(a: np.ndarray, what: str, image_size: int | None) -> np.ndarray:
@@ -528,6 +564,208 @@ def _npz_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(y.astype(np.int64))
 
 
+# --------------------------------------------------------------------------- Hugging Face
+
+HF_SPLITS = ("train", "test")
+HF_IMAGE_COLUMNS = ("image", "img")  # the image column when not exactly one is an Image
+HF_LABEL_COLUMNS = ("label", "labels")  # the label column when not exactly one is a ClassLabel
+HF_EXTRA = "pip install 'icl-toolkit[hf]'"
+_HF_SAVE = "DatasetDict(train=..., test=...).save_to_disk(DIR)"
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path} is not readable JSON: {' '.join(str(exc).split())}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path} holds a JSON {type(doc).__name__}, not the object "
+                        "save_to_disk writes")
+    return doc
+
+
+def list_hf_files(root: Path) -> list[str]:
+    """The files ``datasets.load_from_disk`` reads of a ``DatasetDict`` saved in ``root``,
+    relative to it and sorted: ``dataset_dict.json`` and, of the ``train`` and ``test``
+    splits, ``state.json``, ``dataset_info.json`` and the Arrow files ``state.json`` names.
+    Read without the ``datasets`` package. DataError naming the folder or file: not a
+    saved DatasetDict, a split or a file missing."""
+    if not root.is_dir():
+        raise DataError(f"Hugging Face dataset folder {root} does not exist (expected what "
+                        f"{_HF_SAVE} writes)")
+    index = root / "dataset_dict.json"
+    if not index.is_file():
+        what = ("one split (a Dataset), not a DatasetDict" if (root / "state.json").is_file()
+                else "no dataset_dict.json")
+        raise DataError(f"{root} holds {what}: icl reads the train and test splits of what "
+                        f"{_HF_SAVE} writes")
+    splits = _json_object(index).get("splits")
+    if not isinstance(splits, list):
+        raise DataError(f"{index} has no list of splits (\"splits\": [\"train\", \"test\"])")
+    missing = [s for s in HF_SPLITS if s not in splits]
+    if missing:
+        raise DataError(f"{index} lists the splits {', '.join(map(str, splits)) or 'none'}, "
+                        f"no {' and no '.join(missing)}: icl needs a train and a test split "
+                        "(dd['test'] = dd.pop('validation') renames one; save again)")
+    files = {"dataset_dict.json"}
+    for split in HF_SPLITS:
+        state = root / split / "state.json"
+        if not state.is_file():
+            raise DataError(f"{state} does not exist: the {split} split is not saved "
+                            f"(expected what {_HF_SAVE} writes)")
+        entries = _json_object(state).get("_data_files")
+        names = ([e.get("filename") for e in entries if isinstance(e, dict)]
+                 if isinstance(entries, list) else [])
+        if not names or not all(isinstance(n, str) and n and Path(n).name == n for n in names):
+            raise DataError(f"{state} names no Arrow files of the {split} split (_data_files)")
+        for name in ("dataset_info.json", *names):
+            if not (root / split / name).is_file():
+                if name == "dataset_info.json":
+                    continue  # optional: the features are in the Arrow files too
+                raise DataError(f"{root / split / name} does not exist (named in {state})")
+            files.add(f"{split}/{name}")
+        files.add(f"{split}/state.json")
+    return sorted(files)
+
+
+def load_hf(root: Path, image_size: int | None = None,
+            cache: DecodedCache | None = None) -> tuple[Parts, list[str], str]:
+    """The ``train`` and ``test`` splits of a Hugging Face ``datasets.DatasetDict`` saved
+    in ``root`` with ``save_to_disk`` (the optional ``datasets`` package:
+    ``pip install 'icl-toolkit[hf]'``).
+
+    Columns: the image column is the one of type ``datasets.Image`` (when not exactly one
+    is, the one named ``image`` or ``img``; an array column in a layout ``load_npz`` takes
+    works too), the label column the one of type ``datasets.ClassLabel``, whose names are
+    the classes (when not exactly one is, ``label`` or ``labels``, integers); other columns
+    are ignored. Images are decoded as in ``load_image_folder`` (Pillow, from the bytes
+    saved with the dataset), labels checked as in ``load_npz``.
+
+    Returns ``((train_x, train_y, test_x, test_y), classes, digest)``: images uint8
+    (N, C, H, W), labels int64, and the sha256 over the saved files' names and bytes
+    (``list_hf_files``). As for an image folder, the files are hashed at every call and
+    the decoding is done once and kept in ``cache``: only decoding imports ``datasets``.
+    Raises DataError naming the folder, split, column or row at fault.
+    """
+    root = Path(root).expanduser()
+    files = list_hf_files(root)
+    h = hashlib.sha256(f"{DECODER}:hf".encode())
+    for rel in files:
+        h.update(f"{rel}\0{_file_sha256(str(root / rel))}\n".encode())
+    digest = h.hexdigest()
+    key = "hf-" + hashlib.sha256(f"{digest}:{image_size}".encode()).hexdigest()[:40]
+    arrays = _decoded(key, lambda: _decode_hf(root, image_size), cache)
+    return _parts(arrays), [str(c) for c in arrays["classes"]], digest
+
+
+def _import_datasets(root: Path):
+    try:
+        import datasets
+    except ImportError as exc:
+        if exc.name == "datasets":
+            raise DataError(f"--dataset hf reads {root} with Hugging Face's datasets package, "
+                            f"which is not installed: {HF_EXTRA}") from None
+        raise DataError(f"the datasets package cannot be imported ({exc}): {HF_EXTRA} "
+                        "installs what it needs") from None
+    return datasets
+
+
+def _decode_hf(root: Path, image_size: int | None) -> dict[str, np.ndarray]:
+    hf = _import_datasets(root)
+    bars = hf.is_progress_bar_enabled()
+    hf.disable_progress_bars()  # icl's stderr shows its own progress, not tqdm's
+    try:
+        dd = hf.load_from_disk(str(root))
+        if not isinstance(dd, hf.DatasetDict):
+            raise DataError(f"{root} holds one split, not a DatasetDict: icl reads the train "
+                            f"and test splits of what {_HF_SAVE} writes")
+        image, label, names = _hf_columns(hf, dd["train"], root / "train")
+        xs, ys = [], []
+        for split in HF_SPLITS:
+            ds, where = dd[split], root / split
+            for what, col in (("image", image), ("label", label)):
+                if col not in ds.column_names:
+                    raise DataError(f"{where} has no column {col} (the train split's {what} "
+                                    f"column; its columns: {', '.join(ds.column_names)})")
+            if ds.num_rows == 0:
+                raise DataError(f"{where} holds no rows")
+            xs.append(_hf_images(hf, ds, image, where, image_size))
+            ys.append(_npz_labels(_hf_array(ds, label, where), ds.num_rows,
+                                  f"{where}: column {label}"))
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow's ArrowInvalid (a damaged file), OSError, ...
+        text = " ".join(str(exc).split())[:200]
+        raise DataError(f"datasets cannot read {root}: {type(exc).__name__}: {text}") from None
+    finally:
+        if bars:
+            hf.enable_progress_bars()
+    (_, h0, w0), (_, h1, w1) = xs[0].shape[1:], xs[1].shape[1:]
+    if (h0, w0) != (h1, w1):
+        raise DataError(f"{root / 'test'} images are {w1}x{h1} pixels, {root / 'train'} images "
+                        f"{w0}x{h0}: pass --image-size N to resize every image to N x N")
+    c = max(x.shape[1] for x in xs)
+    xs = [np.ascontiguousarray(np.repeat(x, c // x.shape[1], axis=1)) for x in xs]
+    _classes_present(ys[0], ys[1], f"{root / 'train'}: column {label}",
+                     f"{root / 'test'}: column {label}", "the train split", names)
+    return {"train_x": xs[0], "train_y": ys[0], "test_x": xs[1], "test_y": ys[1],
+            "classes": np.array(names or [], dtype=str)}
+
+
+def _hf_columns(hf, ds, where: Path) -> tuple[str, str, list[str] | None]:
+    """(image column, label column, class names or None) of a split (``load_hf``)."""
+    columns = ", ".join(ds.column_names) or "none"
+    picked = {}
+    for what, kind, named in (("image", hf.Image, HF_IMAGE_COLUMNS),
+                              ("label", hf.ClassLabel, HF_LABEL_COLUMNS)):
+        typed = [c for c, f in ds.features.items() if isinstance(f, kind)]
+        among = [c for c in named if c in (typed or ds.column_names)]
+        picked[what] = typed[0] if len(typed) == 1 else (among[0] if among else None)
+        if picked[what] is None:
+            found = (f"{len(typed)} {kind.__name__} columns ({', '.join(typed)}), none named "
+                     if typed else f"no {kind.__name__} column and none named ")
+            raise DataError(f"{where} has no {what} column: {found}{' or '.join(named)} "
+                            f"(its columns: {columns})")
+    feature = ds.features[picked["label"]]
+    names = list(feature.names) if isinstance(feature, hf.ClassLabel) else None
+    return picked["image"], picked["label"], names
+
+
+def _hf_images(hf, ds, col: str, where: Path, image_size: int | None) -> np.ndarray:
+    """A split's image column as uint8 (N, C, H, W) (``load_hf``)."""
+    if not isinstance(ds.features[col], hf.Image):
+        return _npz_images(_hf_array(ds, col, where), f"{where}: column {col}", image_size)
+    raw = ds.select_columns([col]).cast_column(col, hf.Image(decode=False))
+    return _stacked(_hf_image_rows(raw, col, where, image_size))
+
+
+def _hf_image_rows(raw, col: str, where: Path, image_size: int | None
+                   ) -> Iterator[tuple[str, np.ndarray]]:
+    i = 0
+    for batch in raw.iter(batch_size=256):
+        for cell in batch[col]:
+            name = f"{where} row {i} (column {col})"
+            blob = cell.get("bytes") if isinstance(cell, dict) else None
+            if blob is None:
+                path = cell.get("path") if isinstance(cell, dict) else None
+                raise DataError(f"{name} holds no image bytes" + (
+                    f", only the path {path}: icl reads what is saved in the dataset's folder"
+                    if path else ""))
+            yield name, decode_image(io.BytesIO(blob), image_size, name)
+            i += 1
+
+
+def _hf_array(ds, col: str, where: Path) -> np.ndarray:
+    try:
+        a = np.asarray(ds.with_format("numpy")[col])
+    except ValueError:  # rows of different shapes
+        a = np.empty(0, dtype=object)
+    if a.dtype == object:
+        raise DataError(f"{where}: column {col} holds rows of different shapes or empty "
+                        "values: expected one array shape for every row")
+    return a
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -557,8 +795,9 @@ def load(cfg: DataConfig, cache: DecodedCache | None = None) -> Dataset:
     ``val`` (``cfg.val_size`` images, None when 0) and ``train`` (``cfg.train_size`` images;
     None, or everything left after val, keeps all the rest in source order) are disjoint,
     each class-balanced and fixed by ``cfg.seed``. ``cache``: where a decoded image folder
-    is kept between processes (the workspace's, ``store.datacache.DataCache``); None:
-    decoded once per process. Raises DataError on any problem.
+    or Hugging Face dataset is kept between processes (the workspace's,
+    ``store.datacache.DataCache``); None: decoded once per process. Raises DataError on
+    any problem.
     """
     name, digest, classes = cfg.dataset, None, ()
     if name == "mnist-embedded":
@@ -573,6 +812,8 @@ def load(cfg: DataConfig, cache: DecodedCache | None = None) -> Dataset:
         parts, classes, digest = load_image_folder(_root(cfg), cfg.image_size, cache)
     elif name == "npz":
         parts, classes, digest = load_npz(_root(cfg), cfg.image_size)
+    elif name == "hf":
+        parts, classes, digest = load_hf(_root(cfg), cfg.image_size, cache)
     else:  # fake-cifar10, fake-svhn (DataConfig admits only the names in DATASETS)
         parts = _fake(cfg.seed + (name == "fake-svhn"))
     train_x, train_y, test_x, test_y = parts

@@ -1,15 +1,17 @@
-"""A user's own data: a folder of images (``imagefolder``) and arrays in an ``.npz`` file.
+"""A user's own data: a folder of images (``imagefolder``), arrays in an ``.npz`` file, and
+the layout of a saved Hugging Face ``DatasetDict`` (``hf``) as far as it is read without
+the ``datasets`` package (tests/test_user_data_hf.py reads real ones where it is installed).
 
 Loading, the fingerprint over the files' bytes, the decoded folder kept in the
 workspace's ``.icl/data`` (hash-checked), and every bad input as one line naming the file.
-The ``icl init`` tests at the end need the command line's ``--image-size`` and the steps'
-cache (``patches/user-models-data.patch``): they skip until it is applied.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +319,53 @@ def test_npz_that_is_not_an_npz(tmp_path):
              x_test=[0], y_test=[0])
     with pytest.raises(DataError, match="cannot be read"):  # nothing is unpickled
         D.load(DataConfig(dataset="npz", root=str(tmp_path / "obj.npz")))
+
+
+# ---------------------------------------------------------------- a saved Hugging Face dataset
+
+
+def saved_layout(root: Path, splits=("train", "test")) -> Path:
+    """The files ``DatasetDict.save_to_disk`` writes, with placeholder Arrow files."""
+    root.mkdir(parents=True)
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}))
+    for split in splits:
+        (root / split).mkdir()
+        (root / split / "state.json").write_text(
+            json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+        (root / split / "data-00000-of-00001.arrow").write_bytes(split.encode())
+    return root
+
+
+@pytest.mark.parametrize("case, says", [
+    ("no-root", "does not exist"),
+    ("one-split", "one split (a Dataset), not a DatasetDict"),
+    ("no-test", "lists the splits train, validation, no test"),
+    ("no-arrow", "does not exist (named in"),
+    ("bad-state", "is not readable JSON"),
+])
+def test_a_folder_that_is_no_saved_dataset_dict_is_one_line_naming_it(tmp_path, case, says):
+    root = tmp_path / "hf"
+    culprit = root
+    if case == "one-split":
+        root.mkdir()
+        (root / "state.json").write_text("{}")
+    elif case == "no-test":
+        culprit = saved_layout(root, ("train", "validation")) / "dataset_dict.json"
+    elif case == "no-arrow":
+        culprit = saved_layout(root) / "test" / "data-00000-of-00001.arrow"
+        culprit.unlink()
+    elif case == "bad-state":
+        culprit = saved_layout(root) / "train" / "state.json"
+        culprit.write_text("{")
+    with pytest.raises(DataError, match=re.escape(says)) as err:
+        D.load_hf(root)
+    assert str(culprit) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hf_without_the_datasets_package_says_how_to_install_it(tmp_path, monkeypatch):
+    root = saved_layout(tmp_path / "hf")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as where the extra is not installed
+    D._DECODED.clear()
+    with pytest.raises(DataError, match=re.escape("pip install 'icl-toolkit[hf]'")) as err:
+        D.load_hf(root)
+    assert str(root) in str(err.value) and "\n" not in str(err.value)
