@@ -5,10 +5,36 @@
 # Usage: bash benchmarks/gpu_smoke.sh [OUT_DIR]   (about 5-10 minutes on one GPU)
 # Writes OUT_DIR/*.json and prints a summary; paste it into BENCHMARKS.md ("GPU").
 # DEVICE=cpu ARCH=tiny BENCH=0 checks the script itself on a machine without a GPU.
+# On a bare device machine it needs what gpu_check.sh needs (SQLAlchemy's wheel in .whl/,
+# see there); its data is the MNIST subset embedded in icl and fake CIFAR-10. It stops
+# after HARD seconds (default 540) whatever it is doing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-smoke-out}
 mkdir -p "$out"
+if [ -z "${_GPU_SMOKE_PASS:-}" ]; then
+  rc=0 token=$$-$(date +%s%N)
+  _GPU_SMOKE_PASS=$token timeout -k 5 "${HARD:-540}" bash "$0" "$out" || rc=$?
+  # what nested process groups kept running, found by the token in its environment
+  for p in /proc/[0-9]*; do
+    if grep -qzx "_GPU_SMOKE_PASS=$token" "$p/environ" 2>/dev/null; then
+      kill "${p#/proc/}" 2>/dev/null || :
+    fi
+  done
+  if ((rc == 124 || rc == 137)); then echo "STOPPED at the hard limit of ${HARD:-540} s (PARTIAL)"; fi
+  exit "$rc"
+fi
+if ! python3 -c "import sqlalchemy" 2>/dev/null; then
+  rm -rf /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --target /tmp/site "${WHEELS:-.whl}"/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! command -v icl >/dev/null; then  # icl from this checkout (a bare GPU image)
+  mkdir -p /tmp/icl-bin
+  printf '#!/bin/sh\nexec python3 -m icl_cli "$@"\n' > /tmp/icl-bin/icl
+  chmod +x /tmp/icl-bin/icl
+  export PATH=/tmp/icl-bin:$PATH PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
 ws=$(mktemp -d)
 trap 'rm -rf "$ws"' EXIT
 export ICL_WORKSPACE="$ws" MLFLOW_DISABLE_TELEMETRY=true

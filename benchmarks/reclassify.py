@@ -126,3 +126,91 @@ def _profile_split(fn, batches: int) -> dict[str, float]:
         else:
             other += e.self_cpu_time_total
     return {"convolutions": conv / 1e3 / batches, "rest": other / 1e3 / batches}
+
+
+VARIANTS = {"default": {}, "channels_last": {"channels_last": True},
+            "compile": {"compile": True},
+            "compile+channels_last": {"compile": True, "channels_last": True}}
+
+
+def variants(device: str = "cpu", batches: int = 16, pairs: int = 7,
+             names: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, dict[str, float]]:
+    """samples/s of ``reclassify`` epochs (mnist-cnn, softmax, 64 + 64 rows a batch) with
+    each way of running the network (``icl_cli.algo.prepare``), interleaved with the
+    default: per variant its median samples/s and the median of its paired ratios to the
+    default (> 1: faster). Each variant's first two epochs (compilation, cuDNN's choice of
+    algorithms) are left out."""
+    import statistics
+    import time
+
+    from benchmarks.common import sync
+    from icl_cli.algo.prepare import prepare
+
+    n_real = batches * BATCH
+    real_x, real_y, pn_x, pn_k = mnist_tensors(n_real, n_real, device)
+    torch.manual_seed(0)
+    base = build_model("mnist-cnn", (1, 28, 28), 10).to(device)
+    epochs = {}
+    for name in names:
+        model = prepare(copy.deepcopy(base), **VARIANTS[name])
+        opt = make_optimizer(model, 0.01)
+        gens = torch.Generator().manual_seed(2), torch.Generator().manual_seed(3)
+
+        def epoch(model=model, opt=opt, gens=gens) -> None:
+            reclassify(model, opt, real_x, real_y, pn_x, pn_k, epochs=1, batch_size=BATCH,
+                       mode="softmax", real_gen=gens[0], pn_gen=gens[1], transform=to_input)
+
+        for _ in range(2):
+            epoch()
+        epochs[name] = epoch
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(pairs):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            sync(device)
+            t = time.perf_counter()
+            epochs[name]()
+            sync(device)
+            seconds[name].append(time.perf_counter() - t)
+    rows = n_real + len(pn_k)
+    return {name: {"samples_per_s": rows / statistics.median(s),
+                   "ratio_to_default": statistics.median(
+                       d / x for d, x in zip(seconds["default"], s, strict=True))}
+            for name, s in seconds.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.reclassify --variants [--device cuda] [--names a,b]``."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reclassify",
+                                description=variants.__doc__.split("\n\n")[0])
+    p.add_argument("--variants", action="store_true", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--pairs", type=int, default=7)
+    p.add_argument("--names", default=",".join(VARIANTS),
+                   help="the variants to time, comma-separated (default: all; the "
+                   "torch.compile ones take a minute to compile on a CPU)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if a.device == "cpu":
+        torch.set_num_threads(1)  # as python -m benchmarks times the CPU
+    names = tuple(a.names.split(","))
+    if "default" not in names or not set(names) <= VARIANTS.keys():
+        p.error(f"--names: default and any of {', '.join(VARIANTS)}")
+    out = variants(a.device, a.batches, a.pairs, names)
+    if a.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"reclassify on {a.device}: mnist-cnn, {a.batches} batches of {BATCH} real + "
+          f"{BATCH} pseudo-negatives an epoch, {a.pairs} epochs each, interleaved")
+    print("| variant | samples/s | paired ratio to default |")
+    print("| --- | --- | --- |")
+    for name, r in out.items():
+        print(f"| {name} | {r['samples_per_s']:.0f} | {r['ratio_to_default']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -55,3 +55,38 @@ def test_a_round_on_cuda_is_recorded_and_readable_on_cpu(tmp_path, amp):
     assert sum(c["count"] for c in shown["classes"]) == 40
     icl("attack", "-w", tmp_path, "-e", "icl", "--round", "1", "--against", "base:1", *GPU)
     icl("verify", "-w", tmp_path)
+
+
+@pytest.mark.parametrize("how", [{"channels_last": True}, {"compile": True}],
+                         ids=["channels_last", "compile"])
+def test_prepared_networks_train_as_the_default_on_cuda(how, monkeypatch):
+    """channels_last and torch.compile on cuDNN (TF32 off, so that only float order
+    differs): the same logits and, after a few reclassify steps, the same weights within
+    1e-4 relative, the state_dict keys unchanged."""
+    import copy
+
+    from icl_cli.algo.prepare import is_channels_last, prepare
+    from icl_cli.algo.reclassify import make_optimizer, reclassify
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    plain = build_model("mnist-cnn", (1, 28, 28), 10).cuda()
+    fast = prepare(copy.deepcopy(plain), **how)
+    assert is_channels_last(fast) == how.get("channels_last", False)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    g = torch.Generator().manual_seed(1)
+    real_x = torch.randn(128, 1, 28, 28, generator=g).cuda()
+    real_y = torch.randint(0, 10, (128,), generator=g).cuda()
+    pn_k = targets_per_class(10, 6).cuda()
+    pn_x = reference_noise(len(pn_k), (1, 28, 28), 0.3, g).cuda()
+    with torch.no_grad():
+        want = plain(real_x)
+        torch.testing.assert_close(fast(real_x), want, rtol=0,
+                                   atol=1e-4 * float(want.abs().max()))
+    for net in (plain, fast):
+        reclassify(net, make_optimizer(net, 0.01), real_x, real_y, pn_x, pn_k, epochs=2,
+                   batch_size=32, real_gen=torch.Generator().manual_seed(2),
+                   pn_gen=torch.Generator().manual_seed(3))
+    for (k, p), q in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-4 * float(p.abs().max()), msg=k)
