@@ -8,7 +8,11 @@ run), which is safe to use from many processes.
 
 The run's status tells how the last step went: RUNNING while a step of the experiment is
 open in a process that tracks it, then FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED as the
-outermost step ends; a log call outside any step leaves it FINISHED.
+outermost step ends; a log call outside any step leaves it FINISHED. The single-step
+commands log only once their result is in the catalog (MLflow's import and database cost
+seconds, which they spend after their work, never before it): their logs leave the run
+FINISHED, and a step of theirs that fails leaves the run as it was (the catalog's step log
+says it failed). ``icl run`` tracks the whole loop, so its run reads RUNNING meanwhile.
 
 Tracking is best effort: the catalog is the record. The first MLflow failure of a process
 (server unreachable, a damaged ``mlflow.db``...) prints one warning line on stderr and turns

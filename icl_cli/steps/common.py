@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,75 @@ class Runtime:
     @property
     def amp_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.amp else None
+
+
+# --- when a step's work starts: for the benchmarks ---------------------------------
+WORK_START_ENV = "ICL_MARK_WORK_START"
+"""Set to a file name, every step appends one line ``<what> <wall-clock seconds> <CPU
+seconds of this process>`` to it at the moment its work starts: after the imports, the
+workspace and catalog, the checkpoint and the data, right before the sampler's or the
+training loop's first step, or the first forward pass of a measurement
+(``benchmarks.fixed_cost`` reads it). Unset: nothing."""
+
+
+def mark_work_start(what: str) -> None:
+    """Append ``what``, the wall-clock time and this process's CPU time so far to
+    ``$ICL_MARK_WORK_START``, if set."""
+    path = os.environ.get(WORK_START_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{what} {time.time():.6f} {time.process_time():.6f}\n")
+
+
+class MarkedProgress(Progress):
+    """``progress``, with ``mark_work_start(what)`` at its first task: a step opens its
+    first progress bar when its loop starts, after everything it loads."""
+
+    def __init__(self, progress: Progress, what: str) -> None:
+        self._progress, self._what, self._marked = progress, what, False
+
+    def task(self, description: str, total: int | None) -> Advance:
+        if not self._marked:
+            self._marked = True
+            mark_work_start(self._what)
+        return self._progress.task(description, total)
+
+    def done(self) -> None:
+        self._progress.done()
+
+
+def marked(runtime: Runtime, what: str) -> Runtime:
+    """``runtime`` whose progress marks the start of the work (``MarkedProgress``) when
+    ``$ICL_MARK_WORK_START`` is set; ``runtime`` itself otherwise."""
+    if not os.environ.get(WORK_START_ENV):
+        return runtime
+    return replace(runtime, progress=MarkedProgress(runtime.progress, what))
+
+
+# --- MLflow after the catalog -------------------------------------------------------
+class Deferred:
+    """A tracker's calls (``log_metrics``, ``log_params``, ``log_artifact``) held until
+    ``replay(tracker)`` makes them. A step logs into one while it works and replays it
+    once its result is recorded in the catalog: MLflow's import and its database (seconds
+    a process) come after the work and its record, never before the work starts."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.calls.append(("log_metrics", (dict(metrics), step)))
+
+    def log_params(self, params) -> None:
+        self.calls.append(("log_params", (params,)))
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        self.calls.append(("log_artifact", (path, artifact_path)))
+
+    def replay(self, tracker) -> None:
+        """Make the held calls on ``tracker`` (a store tracker), in order."""
+        for name, args in self.calls:
+            getattr(tracker, name)(*args)
+        self.calls.clear()
 
 
 # --- where a step ran: recorded with each step (the catalog's steps.environment) -------

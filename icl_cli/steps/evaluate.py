@@ -17,6 +17,7 @@ from icl_cli.steps.common import (
     experiment_data,
     inputs,
     load_weights,
+    mark_work_start,
     new_model,
 )
 
@@ -72,6 +73,7 @@ def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins:
     data = experiment_data(exp, store)
     splits = [("test", data.test)] + ([("val", data.val)] if data.val is not None else [])
     results, curves = [], {}
+    mark_work_start("evaluate")
     for split_name, split in splits:
         with torch.no_grad():
             logits = predict_logits(model, inputs(split.images, device))
@@ -82,7 +84,6 @@ def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins:
         results.append(Evaluation(exp.name, round_, split_name, rep.error, rep.per_class,
                                   rep.n, cal.nll, cal.ece, bins))
     store.record_metrics(exp.name, round_, calibration_metrics(results))
-    _track(store, exp.name, round_, results, runtime)
     made = [(store.checkpoint(exp.name, round_).path, store.checkpoint(exp.name, round_).sha256)]
     if plot:
         from icl_cli.steps.report import plot_reliability
@@ -90,6 +91,7 @@ def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins:
         made.append((plot_reliability(store, exp.name, round_, curves), None))
     finished.record(store, exp, "evaluate", finished.evaluate_key(store, exp, round_, bins, plot),
                     made, results, data=True)
+    _track(store, exp.name, round_, results, runtime)  # MLflow once the catalog has it
     return results
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from icl_cli.config import ExperimentConfig, SamplerChanges
-from icl_cli.steps.common import Runtime, StepError, experiment_data
+from icl_cli.steps.common import Runtime, StepError, experiment_data, marked
 from icl_cli.steps.draw import (
     BLOCK,
     Plan,
@@ -109,6 +109,7 @@ def synthesize_part(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: R
                     ) -> SynthesisResult:
     """Draw part ``index`` of ``parts`` of round t, write and record it, and join the
     round's shard when this part was the last one missing."""
+    runtime = marked(runtime, "synthesize")
     device = runtime.apply()
     data = experiment_data(exp, store)
     with store.lock(exp.name, wait=True):
@@ -223,12 +224,11 @@ def join_parts(store: Store, exp, plan: Plan, parts: int, runtime: Runtime) -> S
     step_cfg = {"round": t, "sampler": plan.sampler.record(), "seed": plan.seed,
                 "source": plan.source, "device": ",".join(sorted(set(devices))),
                 "replay": False, "parts": parts}
-    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     with store.step(exp.name, "synthesize", t, step_cfg):
         info = store.write_shard(exp.name, t, arrays, shard_attrs(plan))
     store.remove_parts(exp.name, t, plan.version)
     return recorded_shard(store, exp, info, arrays, seconds, plan.sampler.config.max_steps,
-                          tracker)
+                          store.tracker(exp.name, enabled=runtime.mlflow))
 
 
 def merge_round(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,

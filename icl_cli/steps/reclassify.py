@@ -27,6 +27,7 @@ from icl_cli.steps.common import (
     generator,
     join_ranks,
     load_weights,
+    marked,
     new_model,
     real_tensors,
     workspace_identity,
@@ -194,9 +195,7 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
         raise StepError(f"'{exp.name}' has a batch-norm network ({cfg.model.arch}): on "
                         f"several ranks it needs CUDA (SyncBatchNorm); on CPU run it without "
                         f"torchrun")
-    # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
-    tracker = store.tracker(exp.name, enabled=runtime.mlflow and world.main)
-    progress = runtime.progress if world.main else Progress()
+    progress = marked(runtime, "reclassify").progress if world.main else Progress()
     with distributed.main_only(store.step, exp.name,
                                "replay-reclassify" if replay else "reclassify", t, step_cfg):
         model = new_model(cfg, data).to(device)
@@ -258,14 +257,15 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
                          world_size=world.size)
     if world.main:
         store.record_metrics(exp.name, t, peaks)
-        tracker.log_metrics({"train_loss": history[-1].loss,
-                             "real_loss": history[-1].real_loss,
-                             "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
-                             "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
         saved = store.checkpoint(exp.name, t)  # what a rerun answers (icl_cli.finished)
         finished.record(store, exp, "reclassify",
                         finished.reclassify_key(store, exp, t, tc, amp),
                         [(saved.path, saved.sha256)], result)
+        # MLflow once the result is in the catalog (its import alone costs seconds)
+        store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(
+            {"train_loss": history[-1].loss, "real_loss": history[-1].real_loss,
+             "pn_loss": history[-1].pn_loss, "reclassify_seconds": seconds,
+             "pseudo_negatives": float(len(pn_k)), **peaks}, step=t)
     return result
 
 

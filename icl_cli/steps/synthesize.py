@@ -17,11 +17,13 @@ from icl_cli import finished
 from icl_cli.config import ExperimentConfig, SamplerChanges, check_sampler_fits
 from icl_cli.models import arch_drift
 from icl_cli.steps.common import (
+    Deferred,
     Progress,
     Runtime,
     StepError,
     experiment_data,
     join_ranks,
+    marked,
     new_model,
     workspace_identity,
 )
@@ -102,8 +104,10 @@ def _synthesize(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runti
             summary = shard_summary(store, planned, reused=True)  # the shard's hash checked
             store.restamp_finished(exp.name, "synthesize", {"round": t})
             return summary
-        result = _draw_round(store, exp, cfg, planned, runtime)
+        later = Deferred()  # MLflow once the result is in the catalog
+        result = _draw_round(store, exp, cfg, planned, runtime, tracker=later)
         _record(store, exp, t, changes.apply(cfg.sampler), runtime.amp, result)
+        later.replay(store.tracker(exp.name, enabled=runtime.mlflow))
         return result
     source = round_source(store, exp, t)
     active = store.active_shard(exp.name, t)
@@ -127,10 +131,12 @@ def _record(store: Store, exp, t: int, sampler, amp: bool, result: SynthesisResu
 
 
 def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: Runtime,
-                replay=None) -> SynthesisResult:
+                replay=None, tracker=None) -> SynthesisResult:
     """Draw the whole round of ``plan`` in this process and record its shard (or, with
-    ``replay``, the recorded shard, compare with it)."""
+    ``replay``, the recorded shard, compare with it); the round's metrics go to
+    ``tracker`` (None: not tracked)."""
     t, sc = plan.round, plan.sampler.config
+    runtime = marked(runtime, "synthesize")
     device = runtime.apply()
     data = experiment_data(exp, store)
     # A --count that cannot fit in memory: refused before any work (exit 3, one line).
@@ -138,8 +144,6 @@ def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: R
                        device, cfg.model.arch, BLOCK)
     step_cfg = {"round": t, "sampler": plan.sampler.record(), "seed": plan.seed,
                 "source": plan.source, "device": str(device), "replay": replay is not None}
-    # Made before the step, so the MLflow run follows it (RUNNING, then how it ended).
-    tracker = store.tracker(exp.name, enabled=runtime.mlflow)
     with store.step(exp.name, "synthesize" if replay is None else "replay-synthesize", t,
                     step_cfg):
         arrays, seconds = draw_rows(store, exp, cfg, data, plan, runtime, device,
@@ -150,7 +154,8 @@ def _draw_round(store: Store, exp, cfg: ExperimentConfig, plan: Plan, runtime: R
             return replace(shard_summary(store, replay, reused=False, seconds=seconds,
                                          replay_match=same), replay_drift=arch_drift(cfg.model))
         info = store.write_shard(exp.name, t, arrays, shard_attrs(plan))
-    return recorded_shard(store, exp, info, arrays, seconds, sc.max_steps, tracker)
+    return recorded_shard(store, exp, info, arrays, seconds, sc.max_steps,
+                          tracker or Deferred())
 
 
 def _synthesize_ranks(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime,
