@@ -286,6 +286,34 @@ def leave(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
     dist.destroy_process_group()
 
 
+def finish() -> None:
+    """A rank whose command succeeded ends here (outside torchrun: nothing): it leaves with
+    the others (``leave``), runs what was registered to run at exit, and ends the process
+    at once, without the interpreter's teardown.
+
+    The teardown is what must be skipped. DistributedDataParallel keeps its process group
+    alive past ``destroy_process_group`` (torch 2.14: a gloo group's worker threads still
+    run after the destroy and a garbage collection, once a network was wrapped in DDP). A
+    worker thread releases a finished all-reduce's tensors when it gets to it, which on a
+    loaded machine can be after the main thread has passed the last barrier; if the
+    interpreter is finalizing by then, the thread's decref of a tensor's Python object
+    cannot take the GIL, the thread is made to exit, and a C++ frame that may not unwind
+    turns that into std::terminate: SIGABRT, "terminate called without an active
+    exception", on rank 0 or 1, after the command's work was done and recorded (a core
+    dump shows exactly this stack; about once in 100 launches under load). torchrun then
+    reports the command failed."""
+    if not _initialized():
+        return
+    leave()
+    atexit._run_exitfuncs()  # what libraries registered (MLflow's): while the interpreter is whole
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
 def _wait(work: Any) -> None:
     """Wait for an asynchronous collective in Python, looking every ``POLL_S``: a rank
     waiting minutes (while rank 0 evaluates) still handles Ctrl-C and SIGTERM at once,

@@ -515,9 +515,14 @@ def _leave_ranks(code: Any) -> None:
     """A torchrun rank that ends on an error or a signal leaves at once: its line is
     printed and its step recorded by now, and waiting for the other ranks at exit (or
     tearing down a process group whose peers are gone) could keep it alive past the
-    signal, or end it with another code. Nothing outside torchrun."""
+    signal, or end it with another code. A rank that succeeded leaves with the others and
+    ends without the interpreter's teardown (``distributed.finish``). Nothing outside
+    torchrun."""
     distributed = sys.modules.get("icl_cli.distributed")
-    if code in (0, None) or distributed is None or not distributed.current_is_open():
+    if distributed is None or not distributed.current_is_open():
+        return
+    if code in (0, None):
+        distributed.finish()
         return
     distributed.abandon()
     for stream in (sys.stdout, sys.stderr):

@@ -60,15 +60,20 @@ def train(case: str, distributed: bool):
 def main(out: str) -> None:
     import torch.distributed as dist
 
-    from icl_cli.distributed import leave
+    from icl_cli.distributed import finish
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    rank = dist.get_rank()
     for case in CASES:
+        print(f"rank {rank}: {case}", file=sys.stderr, flush=True)  # where a failure was
         state, hist = train(case, distributed=True)
-        if dist.get_rank() == 0:
+        if rank == 0:
             torch.save({"state": state, "history": hist}, f"{out}/{case}.pt")
-    leave()  # as icl's steps leave: together (rank 0 has written its last file), then destroyed
+    print(f"rank {rank}: trained every case", file=sys.stderr, flush=True)
+    # As icl's commands end: every rank leaves together (rank 0 has written its last file)
+    # and ends without the interpreter's teardown (finish says why).
+    finish()
 
 
 if __name__ == "__main__":

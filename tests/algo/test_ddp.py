@@ -21,7 +21,7 @@ STATS = ("loss", "real_loss", "pn_loss", "grad_norm_max", "real_logit_max", "pn_
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     done = torchrun(2, Path(ddp_worker.__file__), out)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-6000:]
     return out
 
 
