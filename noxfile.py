@@ -8,14 +8,15 @@ nox.options.sessions = ["lint", "tests"]
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """The default test suite (slow and gpu tests are skipped; see pyproject.toml)."""
-    session.run("python", "-m", "pytest", *session.posargs)
+    """The default test suite, as README runs it (slow and gpu tests are skipped; see
+    pyproject.toml)."""
+    session.run("python", "-m", "pytest", "-n", "2", *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def slow(session: nox.Session) -> None:
     """Only the slow tests (fault injection with many kills, longer training)."""
-    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)
+    session.run("python", "-m", "pytest", "-n", "2", "-m", "slow", *session.posargs)
 
 
 @nox.session(venv_backend="none")
