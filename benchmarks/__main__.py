@@ -17,7 +17,7 @@ import time
 from benchmarks.common import Result, Scale, load_average, machine
 
 ALL = ("hardware", "reclassify", "synthesis", "early-stop", "ova", "store", "startup",
-       "read-only", "processes", "scale", "memory")
+       "read-only", "processes", "finished", "fixed-cost", "loop", "scale", "memory")
 GPU_PASS = ("hardware", "reclassify", "synthesis", "ova")
 # scale times fresh torchrun and icl processes, whose start-up (~10 s a call here) no
 # smaller problem removes: its pairs alone took 6 minutes at --quick. It runs in the full
@@ -54,6 +54,17 @@ def run_one(name: str, scale: Scale, threads: int, mmap_threshold: int | None = 
     if name == "processes":  # each step's fresh-process start-up against `import torch`
         from benchmarks import processes
         return processes.run(1 if scale.smoke else 2 if scale.quick else 5)
+    if name == "finished":  # a finished step's second call answers from the catalog
+        from benchmarks import finished
+        return finished.run(1 if scale.smoke else 5 if scale.quick else 7,
+                            steps=("synthesize", "evaluate") if scale.smoke else None)
+    if name == "fixed-cost":  # a step with work: from its start to its work's start
+        from benchmarks import fixed_cost
+        return fixed_cost.run(1 if scale.smoke else 4 if scale.quick else 9, scale.smoke)
+    if name == "loop":  # a shell loop of single-step calls against one icl run
+        from benchmarks import loop
+        return loop.run("smoke" if scale.smoke else "quick" if scale.quick else "full",
+                        1 if scale.quick else 3)
     if name == "scale":  # 2 gloo ranks against 1 process, 2 synthesis parts against 1
         from benchmarks import scale as scale_out
         return scale_out.run(scale)

@@ -46,13 +46,14 @@ CHILD_ENV = child_env()
 ICL = [sys.executable, "-m", "icl_cli"]
 
 
-def make_workspace(root: Path) -> Path:
-    """Experiment ``a``, rounds 1 and 2, and the first (working) call of every command."""
+def make_workspace(root: Path, names: tuple[str, ...] = tuple(CALLS)) -> Path:
+    """Experiment ``a``, rounds 1 and 2, and the first (working) call of the commands
+    ``names``."""
     ws = root / "ws"
     steps = [["init", "-e", "a", *TINY, *RUNTIME]]
     steps += [[c, "--round", str(t), *RUNTIME] for t in (1, 2)
               for c in ("synthesize", "reclassify")]
-    for argv in [*steps, *CALLS.values()]:
+    for argv in [*steps, *(CALLS[n] for n in names)]:
         subprocess.run([*ICL, *argv, "-w", str(ws)], capture_output=True, check=True,
                        env=CHILD_ENV)
     return ws
@@ -68,13 +69,18 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def run(repeats: int = 7, ws: Path | None = None) -> list[Result]:
+def run(repeats: int = 7, ws: Path | None = None, steps: tuple[str, ...] | None = None
+        ) -> list[Result]:
+    """Each command of ``steps`` (default: all of ``CALLS``), ``repeats`` pairs; ``ws``: a
+    workspace where their first calls ran (made here otherwise)."""
+    names = tuple(steps or CALLS)
     tmp = Path(tempfile.mkdtemp(prefix="icl-bench-finished-"))
     try:
-        ws = ws or make_workspace(tmp)
+        ws = ws or make_workspace(tmp, names)
         torch_cmd = [sys.executable, "-c", "import torch"]
         out = []
-        for name, argv in CALLS.items():
+        for name in names:
+            argv = CALLS[name]
             cmd = [*ICL, *argv, "-w", str(ws)]
             _timed(cmd)  # not counted: the file cache warmed, bytecode written
             heavy = sorted(imported(cmd[1:]) & set(HEAVY))
