@@ -7,6 +7,11 @@ the batch plan, gathers and scales each real batch (uint8 -> [-1, 1]), joins its
 the pool, sums the losses on the device and calls a progress callback. The bare loop runs
 ``zero_grad, forward, loss, backward, step`` over batches built before the clock starts.
 
+``details.minor_faults_per_epoch`` and ``system_ms_per_epoch`` count what the kernel did
+for each loop: the same arithmetic can fault its memory in again every step or never, as
+glibc's malloc decides from the process's allocation history (on the machine where this
+was written, taking the gradient norm between the backward pass and the optimizer step
+was enough to move 0 to 13,000 faults per epoch from one loop to the other).
 ``details.op_ms_per_batch`` splits one profiled epoch of each loop into the network's
 convolutions (forward and backward, the bulk of a step) and everything else (batch
 assembly, loss, the optimizer, and for ``reclassify`` the diagnostics: gradient norm,
@@ -92,8 +97,11 @@ def _compare(model, scale: Scale, real_x, real_y, pn_x, pn_k) -> Result:
                    transform=to_input, progress=lambda n: None)
 
     cpu: dict[str, list[float]] = {}
+    faults: dict[str, list[tuple[int, float]]] = {"icl": [], "bare": []}
     # (samples/s icl) / (samples/s bare) = bare time / icl time, pair by pair
-    times = interleave_until({"icl": icl, "bare": bare}, "bare", "icl", scale, cpu=cpu)
+    times = interleave_until({"icl": _counting(icl, faults["icl"]),
+                              "bare": _counting(bare, faults["bare"])},
+                             "bare", "icl", scale, cpu=cpu)
     profile = {name: _profile_split(fn, len(plan)) for name, fn in (("icl", icl), ("bare", bare))}
     samples = n_real + len(pn_k)
     return paired_result(
@@ -103,9 +111,26 @@ def _compare(model, scale: Scale, real_x, real_y, pn_x, pn_k) -> Result:
          "samples_per_epoch": samples,
          "ratio_cpu_time": paired_ratio(cpu["bare"], cpu["icl"]),
          "profile": profile,
+         # page faults and system time per epoch: glibc hands freed memory back to the
+         # system and faults it in again, as the allocation history of the process has it
+         "minor_faults_per_epoch": {k: median([f for f, _ in v]) for k, v in faults.items()},
+         "system_ms_per_epoch": {k: 1e3 * median([t for _, t in v]) for k, v in faults.items()},
          "seconds_icl": times["icl"],
          "seconds_bare": times["bare"]},
     )
+
+
+def _counting(fn, into: list[tuple[int, float]]):
+    """``fn``, appending the minor page faults and system CPU seconds of each call."""
+    import resource
+
+    def counted() -> None:
+        a = resource.getrusage(resource.RUSAGE_SELF)
+        fn()
+        b = resource.getrusage(resource.RUSAGE_SELF)
+        into.append((b.ru_minflt - a.ru_minflt, b.ru_stime - a.ru_stime))
+
+    return counted
 
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from icl_cli.algo.heap import steady_heap
 from icl_cli.algo.losses import LOSSES, target_logit
 from icl_cli.models import has_batch_norm
 
@@ -337,10 +338,15 @@ def reclassify(
     returned stats are the global ones on every rank. A batch-norm network becomes
     SyncBatchNorm in place (CUDA only).
 
+    On a CPU it fixes glibc's malloc thresholds for the process first (``algo.heap``), so
+    that each step's memory stays mapped instead of being faulted in again.
+
     Shape: real_x (N, C, H, W), real_y (N,), pn_x (P, C, H, W), pn_class (P,).
     """
     loss_fn = LOSSES[mode]
     device = real_x.device
+    if device.type == "cpu":  # each step's memory stays mapped, not faulted in again
+        steady_heap()
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
     heads = getattr(model, "heads", 1)
     if max_batch is not None and (max_batch < 1 or has_batch_norm(model)):
