@@ -51,7 +51,7 @@ if [ "${1:-}" = --smoke ]; then shift; export SMOKE=1; fi
 out=${1:-${OUT:-gpu-check-out}}
 mkdir -p "$out"
 if [ "${SMOKE:-0}" = 1 ]; then
-  export DEVICE=${DEVICE:-cpu} ARCH=${ARCH:-tiny} SEEDS=${SEEDS:-0} EXTRAS=${EXTRAS:-0}
+  export DEVICE=${DEVICE:-cpu} ARCH=${ARCH:-tiny} SEEDS=${SEEDS:-0} EXTRAS=${EXTRAS:-0} SCALE=smoke
   export BUDGET=${BUDGET:-120} TAIL=${TAIL:-40} HARD=${HARD:-150} THREADS=${THREADS:-1}
   export METHODS=${METHODS:-baseline icl}
 fi
@@ -144,9 +144,13 @@ if [ -n "${MNIST_DIR:-}" ]; then
 else
   unset MNIST_DIR
   data=(--dataset mnist-embedded)
-  [ "${SMOKE:-0}" = 1 ] || export VAL=${VAL:-1000}
-  data_note="the MNIST subset embedded in icl (5,000 training images, 1,000 validation,"
-  data_note="$data_note 2,000 test): NOT Table 1's 55,000, errors not comparable to the paper"
+  if [ "${SMOKE:-0}" = 1 ]; then
+    data_note="the MNIST subset embedded in icl (smoke: 100 training images)"
+  else
+    export VAL=${VAL:-1000}
+    data_note="the MNIST subset embedded in icl (5,000 training images, 1,000 validation,"
+    data_note="$data_note 2,000 test): NOT Table 1's 55,000, errors not comparable to the paper"
+  fi
 fi
 
 rm -rf "$ws" && mkdir -p "$ws"
