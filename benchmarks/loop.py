@@ -3,7 +3,8 @@ job's ICL experiment, from the same C_0, both as fresh processes.
 
 The loop is what a user writes, one fresh process per step, doing per round what ``icl
 run`` does (synthesize, reclassify, evaluate without the reliability diagram, and the
-samples' grid):
+samples' grid); its calls are run and timed one by one, so each command's cost a call is
+printed too:
 
     for t in 1 2 3 4 5; do
       icl synthesize --round $t; icl reclassify --round $t
@@ -66,17 +67,19 @@ ICL = [sys.executable, "-m", "icl_cli"]
 STEPS_PER_ROUND = 4  # synthesize, reclassify, evaluate, inspect
 
 
+def round_calls(ws: Path, t: int | str) -> list[list[str]]:
+    """The loop's calls of round ``t``: one fresh ``icl`` process per step."""
+    where = ["-e", EXPERIMENT, "-w", str(ws)]
+    return [[*ICL, "synthesize", "--round", str(t), *where, *RUNTIME],
+            [*ICL, "reclassify", "--round", str(t), *where, *RUNTIME],
+            [*ICL, "evaluate", "--round", str(t), "--no-plot", *where, *RUNTIME],
+            [*ICL, "inspect", "--round", str(t), *where]]
+
+
 def loop_script(ws: Path, rounds: int) -> str:
-    """The shell loop, one fresh ``icl`` process per step, as a user would write it."""
-    icl = " ".join(ICL)
-    where = f"-e {EXPERIMENT} -w {ws}"
-    flags = f"{where} {' '.join(RUNTIME)}"
-    return (f"set -e\nfor t in $(seq 1 {rounds}); do\n"
-            f"  {icl} synthesize --round $t {flags}\n"
-            f"  {icl} reclassify --round $t {flags}\n"
-            f"  {icl} evaluate --round $t --no-plot {flags}\n"
-            f"  {icl} inspect --round $t {where}\n"
-            "done\n")
+    """The shell loop as a user would write it: the calls ``run`` times one by one."""
+    body = "".join(f"  {' '.join(c)}\n" for c in round_calls(ws, "$t"))
+    return f"set -e\nfor t in $(seq 1 {rounds}); do\n{body}done\n"
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -131,29 +134,38 @@ def run(size: str = "quick", pairs: int = 1) -> list[Result]:
         times: dict[str, list[float]] = {"loop": [], "run": []}
         cpu: dict[str, list[float]] = {"loop": [], "run": []}
         work: dict[str, list[float]] = {"loop": [], "run": []}
+        per_call: dict[str, list[tuple[float, float]]] = {}  # command: [(wall, CPU)]
         for r in range(pairs):
             for name in ("loop", "run") if r % 2 == 0 else ("run", "loop"):
                 ws = root / name
                 shutil.rmtree(ws, ignore_errors=True)
                 shutil.copytree(c0, ws, symlinks=True)
-                cmd = (["bash", "-c", loop_script(ws, rounds)] if name == "loop" else
-                       [*ICL, "run", "-w", str(ws), "-e", EXPERIMENT, "--rounds", str(rounds),
-                        *RUNTIME])
-                wall, c = _timed(cmd, env)
+                if name == "loop":
+                    calls = [_timed(c, env) + (c[3],) for t in range(1, rounds + 1)
+                             for c in round_calls(ws, t)]
+                    for w, c, command in calls:
+                        per_call.setdefault(command, []).append((w, c))
+                    wall, c = sum(x[0] for x in calls), sum(x[1] for x in calls)
+                else:
+                    wall, c = _timed([*ICL, "run", "-w", str(ws), "-e", EXPERIMENT,
+                                      "--rounds", str(rounds), *RUNTIME], env)
                 times[name].append(wall)
                 cpu[name].append(c)
                 work[name].append(in_steps(ws))
             if not same_weights(root / "loop", root / "run", rounds):
                 raise RuntimeError(f"the loop and icl run ended with other weights at round "
                                    f"{rounds}: not the same computation")
-        return [result(size, rounds, times, cpu, work)]
+        return [result(size, rounds, times, cpu, work, per_call)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def result(size: str, rounds: int, times: dict[str, list[float]],
-           cpu: dict[str, list[float]], work: dict[str, list[float]]) -> Result:
-    """loop / run with the difference split into calls x per-call cost."""
+           cpu: dict[str, list[float]], work: dict[str, list[float]],
+           per_call: dict[str, list[tuple[float, float]]] | None = None) -> Result:
+    """loop / run with the difference split into calls x per-call cost, and each
+    command's median wall and CPU seconds a call (``per_call``)."""
+    per_call = per_call or {}
     loop_s, run_s = median(times["loop"]), median(times["run"])
     calls = STEPS_PER_ROUND * rounds
     extra = loop_s - run_s
@@ -168,13 +180,20 @@ def result(size: str, rounds: int, times: dict[str, list[float]],
                  "extra_seconds": extra, "extra_per_call_seconds": extra / (calls - 1),
                  "extra_cpu_per_call_seconds": (median(cpu["loop"]) - median(cpu["run"]))
                  / (calls - 1),
+                 "per_call_seconds": {k: median([w for w, _ in v])
+                                      for k, v in per_call.items()},
+                 "per_call_cpu_seconds": {k: median([c for _, c in v])
+                                          for k, v in per_call.items()},
                  "load_average": load_average()})
     res.details["basis"] = (
         f"{size} size, {rounds} rounds: the loop's {calls} calls took {loop_s:.1f} s, icl "
         f"run {run_s:.1f} s; {extra:+.1f} s = {calls - 1} more processes x "
         f"{extra / (calls - 1):+.2f} s each (CPU {res.details['extra_cpu_per_call_seconds']:+.2f}"
         f" s each); inside the synthesize and reclassify steps: loop "
-        f"{median(work['loop']):.1f} s, run {median(work['run']):.1f} s")
+        f"{median(work['loop']):.1f} s, run {median(work['run']):.1f} s; a call, median "
+        "wall / CPU s: " + ", ".join(
+            f"{k} {res.details['per_call_seconds'][k]:.1f} / "
+            f"{res.details['per_call_cpu_seconds'][k]:.1f}" for k in per_call))
     if len(times["loop"]) < 2:  # one pair: no interval, the verdict from the ratio
         res.ci = None
         res.met = res.ratio <= TARGET

@@ -27,3 +27,5 @@ def test_loop_runs_at_smoke_size():
     assert r.ratio > 0 and r.verdict in ("met", "not met") and r.ci is None
     assert "more processes" in r.details["basis"]
     assert all(w > 0 for w in r.details["in_steps_seconds"]["run"])
+    assert set(r.details["per_call_seconds"]) == {"synthesize", "reclassify", "evaluate",
+                                                  "inspect"}
