@@ -16,8 +16,9 @@
 #   2. Table 1 (softmax) at the paper's settings (recipes/lib.sh, SCALE=paper) for SEEDS
 #      (default "0 1 2 3 4") at once, each method in its own process (LANES=3: 15 `icl run`
 #      on the one GPU), stopped by Ctrl-C at BUDGET - TAIL s (the rounds finished are
-#      kept). Beside it (EXTRAS=1): pytest -m gpu, and reclassify timed against a bare
-#      PyTorch loop and with channels_last / torch.compile (benchmarks.reclassify);
+#      kept). Beside it (EXTRAS=1), each cut at that deadline: pytest -m gpu, reclassify
+#      with channels_last / torch.compile against the default (benchmarks.reclassify
+#      --variants), reclassify and the sampler against bare PyTorch loops;
 #   3. in the last TAIL s, per seed at once: its report, two-way FGSM between its baseline
 #      and ICL, ICL's pseudo-negative grid;
 #   4. the table at the last round all methods of a seed reached, labelled PARTIAL with
@@ -247,18 +248,19 @@ for seed in $SEEDS; do
     bash recipes/table1_mnist.sh > "$ws/s$seed.out" 2>&1 &
   pids+=($!)
 done
-if [ "${EXTRAS:-1}" = 1 ]; then
+if [ "${EXTRAS:-1}" = 1 ]; then  # by priority: each is cut at the deadline
   say "pytest -m gpu"
-  within 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/cli/test_cli_gpu.py 2>&1 |
+  within 180 python3 -m pytest -m gpu -q -p no:cacheprovider tests/cli/test_cli_gpu.py 2>&1 |
     tail -n 15
-  say "reclassify against a bare PyTorch loop, and with channels_last / torch.compile"
-  within 150 python3 -m benchmarks --quick --device "$DEVICE" --only reclassify,synthesis \
-    --json > "$out/bench.json" 2> "$ws/bench.err" || tail -n 5 "$ws/bench.err"
-  [ -s "$out/bench.json" ] || rm -f "$out/bench.json"
+  say "reclassify with channels_last / torch.compile, interleaved with the default"
   within 60 python3 -m benchmarks.reclassify --variants --device "$DEVICE" \
     --names default,channels_last
-  within 180 python3 -m benchmarks.reclassify --variants --device "$DEVICE" \
+  within 150 python3 -m benchmarks.reclassify --variants --device "$DEVICE" \
     --names default,compile,compile+channels_last
+  say "reclassify and the sampler against bare PyTorch loops (benchmarks --quick)"
+  within 120 python3 -m benchmarks --quick --device "$DEVICE" --only reclassify,synthesis \
+    --json > "$out/bench.json" 2> "$ws/bench.err" || tail -n 5 "$ws/bench.err"
+  [ -s "$out/bench.json" ] || rm -f "$out/bench.json"
 fi
 if [ -n "${measure_pid:-}" ]; then wait "$measure_pid"; cat "$ws/measure.txt"; fi
 say "waiting for Table 1"
