@@ -32,8 +32,8 @@ STOP_RULES = ("logit", "argmax")
 PN_WEIGHTINGS = ("per-sample", "batch-mean", "drawn")
 SAMPLER_KINDS = ("gradient", "noise")
 DATASETS = ("mnist-embedded", "idx", "mnist", "cifar10", "svhn", "fake-cifar10", "fake-svhn",
-            "imagefolder", "npz")
-USER_DATASETS = ("imagefolder", "npz")  # a user's own files: --image-size applies
+            "imagefolder", "npz", "hf")
+USER_DATASETS = ("imagefolder", "npz", "hf")  # a user's own files: --image-size applies
 BUILTIN_ARCHS = ("mnist-cnn", "resnet32", "resnet8", "tiny")  # icl_cli.models.REGISTRY
 ARCH_GROUP = "icl.architectures"
 """The entry-point group in which an installed package publishes networks for ``--arch``:
@@ -137,10 +137,12 @@ class DataConfig(_Config):
     dataset: ``mnist-embedded`` (ships with the package), ``idx`` (an MNIST-layout folder
     given by ``root``), ``mnist`` (alias of idx), ``cifar10``, ``svhn``, ``fake-cifar10``,
     ``fake-svhn`` (random data of the right shape, for smoke tests), ``imagefolder`` (a
-    folder ``root`` with ``train/<class>/`` and ``test/<class>/`` images) or ``npz`` (a
-    file ``root`` holding ``x_train, y_train, x_test, y_test``); see ``icl_cli.data``.
-    image_size: imagefolder and npz only: resize every image to N x N (None: as stored,
-    all of one size).
+    folder ``root`` with ``train/<class>/`` and ``test/<class>/`` images), ``npz`` (a
+    file ``root`` holding ``x_train, y_train, x_test, y_test``) or ``hf`` (a Hugging Face
+    ``DatasetDict`` saved in ``root`` with ``save_to_disk``, train and test splits: the
+    optional ``datasets`` package); see ``icl_cli.data``.
+    image_size: imagefolder, npz and hf only: resize every image to N x N (None: as
+    stored, all of one size).
     train_size: class-balanced subset of the training set fixed by ``seed`` (None: all).
     val_size: class-balanced validation split held out of the training set (0: none).
     seed: draws the validation split and the training subset (``icl init --seed`` sets it,

@@ -22,6 +22,7 @@ from icl_cli import data as D
 from icl_cli.config import ConfigError, DataConfig
 from icl_cli.errors import DataError
 from store.datacache import DataCache
+from tests.kit import COMMON, icl
 
 
 def write_image(path: Path, size=(8, 6), mode="RGB", seed=0) -> Path:
@@ -369,3 +370,15 @@ def test_hf_without_the_datasets_package_says_how_to_install_it(tmp_path, monkey
     with pytest.raises(DataError, match=re.escape("pip install 'icl-toolkit[hf]'")) as err:
         D.load_hf(root)
     assert str(root) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_icl_init_dataset_hf_without_the_extra_is_one_line_exit_3(tmp_path, monkeypatch):
+    root = saved_layout(tmp_path / "hf")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as where the extra is not installed
+    D._DECODED.clear()
+    r = icl("init", "-w", tmp_path / "ws", "--dataset", "hf", "--data-root", root,
+            "--arch", "tiny", *COMMON, code=None)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.code == 3 and len(lines) == 1, r
+    assert "pip install 'icl-toolkit[hf]'" in lines[0] and str(root) in lines[0]
+    assert not (tmp_path / "ws").exists()

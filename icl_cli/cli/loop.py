@@ -107,13 +107,15 @@ def init(
     dataset: Annotated[str | None, typer.Option(
         help="mnist-embedded (ships with icl), idx or mnist (an IDX folder, see --data-root), "
         "cifar10, svhn, fake-cifar10, fake-svhn; your own: imagefolder (--data-root DIR "
-        "with DIR/train/<class>/ and DIR/test/<class>/ images) or npz (--data-root FILE.npz "
-        "with x_train, y_train, x_test, y_test).")] = None,
+        "with DIR/train/<class>/ and DIR/test/<class>/ images), npz (--data-root FILE.npz "
+        "with x_train, y_train, x_test, y_test) or hf (--data-root DIR where a Hugging Face "
+        "DatasetDict with train and test splits was saved with save_to_disk; needs "
+        "pip install 'icl-toolkit[hf]').")] = None,
     data_root: Annotated[Path | None, typer.Option(
         help="Folder of the data files (the .npz file for --dataset npz).")] = None,
     image_size: Annotated[int | None, typer.Option(
-        help="imagefolder, npz: resize every image to N x N (default: as stored, all of one "
-        "size).")] = None,
+        help="imagefolder, npz, hf: resize every image to N x N (default: as stored, all of "
+        "one size).")] = None,
     download: Annotated[bool | None, typer.Option(
         "--download", help="Let torchvision download CIFAR-10/SVHN.")] = None,
     train_size: Annotated[int | None, typer.Option(
