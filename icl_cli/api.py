@@ -270,17 +270,20 @@ class Workspace:
     written until a method needs it: ``init`` makes the workspace if there is none (as
     ``icl init`` does), every other method needs one (``NotAWorkspace``).
 
-    ``device`` (auto, cpu, cuda), ``threads``, ``amp`` and ``mlflow`` are the runtime
-    options every step command takes (``--device``, ``--threads``, ``--amp``,
-    ``--no-mlflow``); ``progress``: a ``steps.common.Progress`` (default: silent).
+    ``device`` (auto, cpu, cuda), ``threads``, ``amp``, ``compile``, ``channels_last`` and
+    ``mlflow`` are the runtime options every step command takes (``--device``,
+    ``--threads``, ``--amp``, ``--compile``, ``--channels-last``, ``--no-mlflow``);
+    ``progress``: a ``steps.common.Progress`` (default: silent).
     Use it as a context manager, or ``close()`` it.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, device: str = "auto",
-                 threads: int | None = None, amp: bool = False, mlflow: bool = True,
+                 threads: int | None = None, amp: bool = False, compile: bool = False,
+                 channels_last: bool = False, mlflow: bool = True,
                  progress: Progress | None = None) -> None:
         self.path = None if path is None else Path(path).expanduser()
         self.device, self.threads, self.amp, self.mlflow = device, threads, amp, mlflow
+        self.compile, self.channels_last = compile, channels_last
         self.progress = progress
         self._store: Store | None = None
 
@@ -322,6 +325,7 @@ class Workspace:
         from icl_cli.steps.common import Progress, Runtime
 
         return Runtime(device=self.device, threads=self.threads, amp=self.amp,
+                       compile=self.compile, channels_last=self.channels_last,
                        mlflow=self.mlflow, progress=self.progress or Progress(),
                        command=command)
 
@@ -510,7 +514,8 @@ class Workspace:
 
 def open_workspace(path: str | os.PathLike | None = None, **runtime: Any) -> Workspace:
     """An existing workspace (``NotAWorkspace`` at once where there is none), with the
-    runtime options of :class:`Workspace` (device, threads, amp, mlflow, progress)."""
+    runtime options of :class:`Workspace` (device, threads, amp, compile, channels_last,
+    mlflow, progress)."""
     ws = Workspace(path, **runtime)
     ws.store  # noqa: B018 (opens it, or raises NotAWorkspace)
     return ws

@@ -16,9 +16,11 @@ its own full checks.
 What counts as the same:
 
 - ``synthesize --round t``: the sampler settings (the experiment's with this call's
-  changes, and ``--amp``), checkpoint t-1 and the active shard of round t (by sha256);
+  changes, and ``--amp``, ``--compile``, ``--channels-last``), checkpoint t-1 and the
+  active shard of round t (by sha256);
 - ``reclassify --round t``: what the checkpoint's inputs record (checkpoint t-1, the active
-  shards 1..t, this round's changed settings, ``--amp``) and checkpoint t itself;
+  shards 1..t, this round's changed settings, ``--amp``, ``--compile``,
+  ``--channels-last``) and checkpoint t itself;
 - ``evaluate``, ``inspect``, ``attack``, ``ood``, ``quality``: their options, the sha256 of
   the checkpoints or shards they read, the experiment's data fingerprint, and their
   results as the catalog holds them now (an evaluation of the same round with other
@@ -105,33 +107,64 @@ def _sha(info) -> str | None:
     return None if info is None else info.sha256
 
 
+PREPARED = ("compile", "channels_last")
+"""Runtime options that change floating-point order only (``icl_cli.algo.prepare``): like
+``amp``, recorded with what they made (a shard's sampler settings, a checkpoint's inputs)
+where set, so that a result made without one is not taken for one made with it."""
+
+
+def prepared(compile: bool = False, channels_last: bool = False) -> dict[str, bool]:
+    """The ``PREPARED`` options that are set, as a record keeps them.
+
+    Example:
+        >>> prepared(compile=False, channels_last=True)
+        {'channels_last': True}
+    """
+    return {k: True for k, v in zip(PREPARED, (compile, channels_last), strict=True) if v}
+
+
 def synthesize_key(store: Store, exp: ExperimentInfo, t: int, sampler: SamplerConfig,
-                   amp: bool) -> Key | None:
+                   amp: bool, compile: bool | None = None,
+                   channels_last: bool | None = None) -> Key | None:
     """Round ``t``'s shard: its sampler settings (as a shard records them, without its
-    block size), checkpoint t-1 and the active shard, by sha256."""
+    block size), checkpoint t-1 and the active shard, by sha256. ``compile``,
+    ``channels_last``: as the command asks them; None (the step recording what it drew):
+    as the active shard records them."""
     source = store.checkpoint(exp.name, t - 1)
     if source is None or t < 1:
         return None
-    sampler = {**sampler.to_dict(), **({"amp": True} if amp else {})}
+    shard = store.active_shard(exp.name, t)
+    if compile is None or channels_last is None:
+        made = dict(shard.sampler_config or {}) if shard is not None else {}
+        compile = made.get("compile", False) if compile is None else compile
+        channels_last = made.get("channels_last", False) if channels_last is None \
+            else channels_last
+    sampler = {**sampler.to_dict(), **({"amp": True} if amp else {}),
+               **prepared(bool(compile), bool(channels_last))}
     return {"round": t}, {"sampler": sampler, "source": source.sha256,
-                          "shard": _sha(store.active_shard(exp.name, t)), **_root(store)}
+                          "shard": _sha(shard), **_root(store)}
 
 
 def train_inputs(parent_sha: str | None, shards: list, changed: dict | None,
-                 amp: bool) -> dict[str, Any]:
+                 amp: bool, compile: bool = False, channels_last: bool = False
+                 ) -> dict[str, Any]:
     """What a checkpoint was trained from, as it records it (``inputs``): compared to decide
     whether a rerun is a no-op. ``changed``: the round's reclassify settings, when they
-    differ from the experiment's; ``amp``: trained under bf16 autocast (only then)."""
+    differ from the experiment's; ``amp``: trained under bf16 autocast; ``compile``,
+    ``channels_last``: the network prepared so (each recorded only when set, so that
+    a checkpoint made before they existed keeps its inputs)."""
     out: dict[str, Any] = {"parent": parent_sha, "shards": [s.sha256 for s in shards]}
     if changed:
         out["train"] = changed
     if amp:
         out["amp"] = True
+    out.update(prepared(compile, channels_last))
     return out
 
 
 def reclassify_key(store: Store, exp: ExperimentInfo, t: int, train: TrainConfig,
-                   amp: bool) -> Key | None:
+                   amp: bool, compile: bool = False, channels_last: bool = False
+                   ) -> Key | None:
     """Checkpoint t: the inputs it records and its sha256 (``train``: the round's
     settings). Round 0 of an experiment made ``--from`` another (a copy) has none."""
     cfg = ExperimentConfig.from_dict(exp.config)
@@ -142,7 +175,8 @@ def reclassify_key(store: Store, exp: ExperimentInfo, t: int, train: TrainConfig
         return None
     shards = store.active_shards(exp.name, t) if t > 0 and cfg.method != "baseline" else []
     inputs = train_inputs(_sha(parent), shards,
-                          train.to_dict() if train != cfg.train else None, amp)
+                          train.to_dict() if train != cfg.train else None, amp, compile,
+                          channels_last)
     return {"round": t}, {"inputs": inputs, "checkpoint": _sha(store.checkpoint(exp.name, t)),
                           **_root(store)}
 

@@ -24,6 +24,8 @@ from icl_cli.cli.main import (
     MAX_SAMPLER_STEPS,
     THREADS_PER_CORE,
     Amp,
+    ChannelsLast,
+    Compile,
     Device,
     Experiment,
     Force,
@@ -146,7 +148,8 @@ def init(
         help="Draw the training subset and validation split from this seed instead of "
         "--seed.")] = None,
     workspace: Workspace = None, device: Device = "auto", threads: Threads = None,
-    amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+    amp: Amp = False, compile: Compile = False, channels_last: ChannelsLast = False,
+    no_mlflow: NoMlflow = False, json: Json = False,
     dump_config: Annotated[bool, typer.Option(
         "--dump-config", help="Print this experiment's settings (the flags, --config and "
         "icl's defaults, resolved) as a TOML file that `icl init --config FILE` reads to "
@@ -184,7 +187,8 @@ def init(
         # has been checked (a mistake leaves the folder as it was).
         result = init_experiment(lambda: open_store(workspace, create=from_ is None),
                                  experiment or method, overrides,
-                                 runtime(device, threads, amp, no_mlflow), from_=from_)
+                                 runtime(device, threads, amp, no_mlflow, compile=compile,
+                                         channels_last=channels_last), from_=from_)
     if json:
         return ui.emit_json(result)
     if result.reused:
@@ -283,7 +287,8 @@ def synthesize(
         "--merge", help="Join the round's recorded parts into its shard.")] = False,
     force: Force = False, replay: Replay = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
-    threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+    threads: Threads = None, amp: Amp = False, compile: Compile = False,
+    channels_last: ChannelsLast = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
     """Draw round t's pseudo-negatives from checkpoint t-1 into a new HDF5 shard (in parts
     with --part i/N; under torchrun the ranks split it by themselves). --count,
@@ -298,13 +303,14 @@ def synthesize(
                                  check_every=check_every)
         r = None if force or replay or merge or part is not None else answer(
             "synthesize", workspace, experiment, t=round_, changes=changes, amp=amp,
-            device=device)
+            compile=compile, channels_last=channels_last, device=device)
         if r is None:  # not finished yet: the step (torch) runs
             from icl_cli.steps.parts import parse_part
             from icl_cli.steps.synthesize import synthesize_round
 
             r = synthesize_round(open_store(workspace), experiment, round_,
-                                 runtime(device, threads, amp, no_mlflow), force=force,
+                                 runtime(device, threads, amp, no_mlflow, compile=compile,
+                                         channels_last=channels_last), force=force,
                                  replay=replay, changes=changes,
                                  part=None if part is None else parse_part(part), merge=merge)
     if json:
@@ -343,7 +349,8 @@ def reclassify(
     weight_decay: WeightDecay = None, max_batch: MaxBatch = None,
     force: Force = False, replay: Replay = False,
     experiment: Experiment = None, workspace: Workspace = None, device: Device = "auto",
-    threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+    threads: Threads = None, amp: Amp = False, compile: Compile = False,
+    channels_last: ChannelsLast = False, no_mlflow: NoMlflow = False, json: Json = False,
 ) -> None:
     """Warm-start from checkpoint t-1, train on the data plus shards 1..t, save checkpoint t.
     --epochs, --lr, ... change this round's settings only (left out: the experiment's;
@@ -358,12 +365,14 @@ def reclassify(
                                weight_decay=weight_decay, max_batch=max_batch)
         r = None if force or replay else answer("reclassify", workspace, experiment,
                                                 t=round_, changes=changes, amp=amp,
-                                                device=device)
+                                                compile=compile,
+                                                channels_last=channels_last, device=device)
         if r is None:  # not finished yet: the step (torch) runs
             from icl_cli.steps.reclassify import train_round
 
             r = train_round(open_store(workspace), experiment, round_,
-                            runtime(device, threads, amp, no_mlflow), force=force,
+                            runtime(device, threads, amp, no_mlflow, compile=compile,
+                                    channels_last=channels_last), force=force,
                             replay=replay, changes=changes)
     if json:
         ui.emit_json(r)
@@ -413,7 +422,8 @@ def run(
         "clipped at 10 (--clip-grad 10). Each attempt is recorded (step log, MLflow, `icl "
         "report`: recovered rounds); 0: a divergence stops the run.")] = 0,
     experiment: Experiments = None, workspace: Workspace = None, device: Device = "auto",
-    threads: Threads = None, amp: Amp = False, no_mlflow: NoMlflow = False, json: Json = False,
+    threads: Threads = None, amp: Amp = False, compile: Compile = False,
+    channels_last: ChannelsLast = False, no_mlflow: NoMlflow = False, json: Json = False,
     progress_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """The whole loop; resumes from the last completed step after an interrupt. --count,
@@ -446,14 +456,16 @@ def run(
                            f"core: {THREADS_PER_CORE * cores()})", 3)
             return _run_many(names, rounds, parallel, workspace, json, sampler, train,
                              (executor, executor_param), device=device, threads=threads,
-                             amp=amp, no_mlflow=no_mlflow, recover=recover or None)
+                             amp=amp, compile=compile, channels_last=channels_last,
+                             no_mlflow=no_mlflow, recover=recover or None)
         if executor is not None:
             raise fail("--executor runs several experiments: give two or more -e", 3)
         from icl_cli.steps.run import run_rounds
 
         store = open_store(workspace)
         name = store.experiment(names[0] if names else None).name
-        settings = runtime(device, threads, amp, no_mlflow)
+        settings = runtime(device, threads, amp, no_mlflow, compile=compile,
+                           channels_last=channels_last)
         watch = _retry_notes
         if progress_fd is not None:  # a child of `icl run -e A -e B`: report to the parent
             from icl_cli.cli.lanes import EventWriter, die_with_parent

@@ -428,6 +428,18 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Threads = Annotated[int | None, typer.Option(
     help="torch CPU threads (default: torch's; at most 4 per core).", callback=_threads)]
 Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast (GPU).")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the network that reclassifies and samples (its first "
+    "step compiles, seconds to minutes). Off by default until timed on a GPU; results "
+    "differ from the default only in floating-point order (about 1e-6 relative, "
+    "tests/algo/test_compile.py: 1e-5). Recorded with the step: a step done without it is "
+    "not taken as done with it.")]
+ChannelsLast = Annotated[bool, typer.Option(
+    "--channels-last", help="Run the network that reclassifies and samples in the "
+    "channels_last (NHWC) memory layout; checkpoints are stored as without it. Off by "
+    "default until timed on a GPU; results differ from the default only in floating-point "
+    "order (about 1e-6 relative, tests/algo/test_compile.py: 1e-5). Recorded with the "
+    "step: a step done without it is not taken as done with it.")]
 NoMlflow = Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 Force = Annotated[bool, typer.Option("--force", help="Redo a finished step (new version).")]
@@ -454,11 +466,12 @@ def open_store(workspace: Path | None, create: bool = False):
 
 
 def runtime(device: str, threads: int | None, amp: bool = False, no_mlflow: bool = False,
-            progress: bool = True):
+            progress: bool = True, compile: bool = False, channels_last: bool = False):
     """The steps' Runtime from the runtime options, with rich progress bars on stderr."""
     from icl_cli.steps.common import Runtime
 
-    return Runtime(device=device, threads=threads, amp=amp, mlflow=not no_mlflow,
+    return Runtime(device=device, threads=threads, amp=amp, compile=compile,
+                   channels_last=channels_last, mlflow=not no_mlflow,
                    progress=ui.RichProgress(progress), command=tuple(_command_line))
 
 

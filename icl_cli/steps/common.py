@@ -45,11 +45,16 @@ class Runtime:
 
     device: ``auto`` (cuda when available), ``cpu`` or ``cuda``. threads: torch CPU threads
     (None: leave torch's default). amp: bf16 autocast for synthesis and reclassification.
+    compile, channels_last: the network that reclassifies and samples compiled by
+    ``torch.compile``, laid out channels_last (``prepare``; both change floating-point
+    order only, ``icl_cli.algo.prepare``).
     """
 
     device: str = "auto"
     threads: int | None = None
     amp: bool = False
+    compile: bool = False
+    channels_last: bool = False
     mlflow: bool = True
     progress: Progress = field(default_factory=Progress, compare=False)
     # The command line as given (after ``icl``): what torchrun's ranks state first, with
@@ -78,12 +83,27 @@ class Runtime:
         device = self.torch_device()
         if self.threads:
             torch.set_num_threads(self.threads)
-        _applied[:] = [str(device)]
+        if device.type == "cpu":  # a CPU loop's memory stays mapped from step to step
+            from icl_cli.algo.heap import steady_heap
+
+            steady_heap()  # once a process; later calls return at once
+        _applied[:] = [str(device), self.compile, self.channels_last]
         return device
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.amp else None
+
+    def prepare(self, model: nn.Module, compile: bool | None = None,
+                channels_last: bool | None = None) -> nn.Module:
+        """``model`` (on its device) made ready to train or sample with these settings'
+        ``compile`` and ``channels_last`` (or the ones given: a replay's, as recorded), in
+        place: the same parameters and state_dict keys (``icl_cli.algo.prepare``)."""
+        from icl_cli.algo.prepare import prepare
+
+        return prepare(model, compile=self.compile if compile is None else compile,
+                       channels_last=self.channels_last if channels_last is None
+                       else channels_last)
 
 
 # --- when a step's work starts: for the benchmarks ---------------------------------
@@ -156,7 +176,8 @@ class Deferred:
 
 
 # --- where a step ran: recorded with each step (the catalog's steps.environment) -------
-_applied: list[str] = []  # the device of this process's last Runtime.apply()
+_applied: list[Any] = []  # [device, compile, channels_last] of this process's last
+# Runtime.apply()
 
 
 @lru_cache(maxsize=1)
@@ -193,8 +214,10 @@ def step_environment(config: dict[str, Any]) -> dict[str, Any]:
     """Where a step with ``config`` runs: its device (the config's ``device``, else this
     process's last ``Runtime.apply()``, else cpu) and that device's model (the GPU's name
     for a CUDA device, the CPU's otherwise), the CPU model, the GPU models, icl's, torch's
-    and Python's versions, the platform, torch's CPU threads and ``determinism()``. Kept
-    with every step this process records (``store.steplog.describe_steps_with``)."""
+    and Python's versions, the platform, torch's CPU threads, ``determinism()`` and the
+    runtime options that change floating-point order only (``compile``, ``channels_last``:
+    ``prepared_with``). Kept with every step this process records
+    (``store.steplog.describe_steps_with``)."""
     import platform
 
     from icl_cli import __version__
@@ -209,7 +232,22 @@ def step_environment(config: dict[str, Any]) -> dict[str, Any]:
             "icl": __version__, "torch": torch.__version__,
             "cuda": torch.version.cuda if gpus else None,
             "python": platform.python_version(), "platform": platform.platform(),
-            "threads": torch.get_num_threads(), "determinism": determinism()}
+            "threads": torch.get_num_threads(), "determinism": determinism(),
+            **prepared_with(config)}
+
+
+def prepared_with(config: dict[str, Any]) -> dict[str, bool]:
+    """``compile`` and ``channels_last`` of a step with ``config``: as its config records
+    them where it records what its network ran with (a checkpoint's ``inputs``, a shard's
+    ``sampler`` settings, a part's ``plan``: a replay's are the record's), else this
+    process's last ``Runtime.apply()``'s (False before any)."""
+    plan = config.get("plan")
+    for made in (config.get("inputs"), config.get("sampler"),
+                 plan.get("sampler") if isinstance(plan, dict) else None):
+        if isinstance(made, dict):
+            return {k: bool(made.get(k, False)) for k in ("compile", "channels_last")}
+    return {"compile": bool(_applied[1]) if _applied else False,
+            "channels_last": bool(_applied[2]) if _applied else False}
 
 
 def _describe_steps() -> None:

@@ -21,6 +21,7 @@ import torch
 
 from icl_cli.algo.ascent import Synthesis, reference_noise, synthesize, targets_per_class
 from icl_cli.config import ExperimentConfig, SamplerChanges, SamplerConfig
+from icl_cli.finished import prepared
 from icl_cli.steps.common import (
     Runtime,
     StepError,
@@ -62,14 +63,17 @@ class SynthesisResult:
 @dataclass(frozen=True)
 class Sampling:
     """How a round's samples are drawn: the sampler's settings (``config``), whether under
-    bf16 autocast (``amp``: it changes the samples, so a replay draws them the same way)
-    and the samples per batch (``block``; None: the whole round in one batch, as a round
-    of at most ``BLOCK`` samples, and every shard drawn before blocks existed).
+    bf16 autocast (``amp``: it changes the samples, so a replay draws them the same way),
+    the samples per batch (``block``; None: the whole round in one batch, as a round
+    of at most ``BLOCK`` samples, and every shard drawn before blocks existed) and whether
+    the network was compiled or laid out channels_last (``compile``, ``channels_last``:
+    floating-point order only, yet other bits, so kept like ``amp``).
 
     ``record()`` is the plain dict a shard keeps as its ``sampler_config`` (and the step
-    log beside it): the config's fields, then ``"amp": true`` and ``"block"`` where they
-    apply. One read back with ``from_record`` records that very dict again, so a shard
-    recorded before a sampler setting existed keeps its record on replay and join.
+    log beside it): the config's fields, then ``"amp": true``, ``"block"``,
+    ``"compile": true`` and ``"channels_last": true`` where they apply. One read back
+    with ``from_record`` records that very dict again, so a shard recorded before a
+    sampler setting existed keeps its record on replay and join.
 
     Example:
         >>> s = Sampling.of(SamplerConfig(count=30), amp=False, n=300)
@@ -81,22 +85,33 @@ class Sampling:
     amp: bool = False
     block: int | None = None
     recorded: dict | None = field(default=None, compare=False, repr=False)
+    compile: bool = False
+    channels_last: bool = False
 
     @classmethod
-    def of(cls, config: SamplerConfig, amp: bool, n: int = 0) -> Sampling:
+    def of(cls, config: SamplerConfig, amp: bool, n: int = 0, compile: bool = False,
+           channels_last: bool = False) -> Sampling:
         """The settings of a round of ``n`` samples: in blocks when it has more than one."""
-        return cls(config, amp, BLOCK if n > BLOCK else None)
+        return cls(config, amp, BLOCK if n > BLOCK else None, compile=compile,
+                   channels_last=channels_last)
+
+    @classmethod
+    def asked(cls, config: SamplerConfig, runtime: Runtime, n: int = 0) -> Sampling:
+        """``of(config, ...)`` with ``runtime``'s amp, compile and channels_last."""
+        return cls.of(config, runtime.amp, n, runtime.compile, runtime.channels_last)
 
     @classmethod
     def from_record(cls, record: dict) -> Sampling:
         return cls(SamplerConfig.from_dict(record), bool(record.get("amp")),
-                   record.get("block"), dict(record))
+                   record.get("block"), dict(record), bool(record.get("compile")),
+                   bool(record.get("channels_last")))
 
     def record(self) -> dict:
         if self.recorded is not None:
             return dict(self.recorded)
         return {**self.config.to_dict(), **({"amp": True} if self.amp else {}),
-                **({"block": self.block} if self.block else {})}
+                **({"block": self.block} if self.block else {}),
+                **prepared(self.compile, self.channels_last)}
 
     def matches(self, recorded: dict) -> bool:
         """Whether a shard recorded with ``recorded`` settings holds samples for these,
@@ -214,7 +229,7 @@ def plan_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, forc
     sc = changes.apply(cfg.sampler)
     active = store.active_shard(exp.name, t)
     if active is not None and not force:
-        if Sampling(sc, runtime.amp).matches(active.sampler_config) and \
+        if Sampling.asked(sc, runtime).matches(active.sampler_config) and \
                 active.source_checkpoint == source.sha256:
             return active
         raise StepError(f"round {t} of '{exp.name}' already has shard v{active.version} "
@@ -223,7 +238,7 @@ def plan_round(store, exp, cfg: ExperimentConfig, t: int, runtime: Runtime, forc
     version = 1 + max((s.version for s in store.shards(exp.name, t)), default=0)
     n = num_classes() * sc.count
     return Plan(t, version, derive_seed("synthesize", cfg.seed, t, version),
-                Sampling.of(sc, runtime.amp, n), source.sha256, n)
+                Sampling.asked(sc, runtime, n), source.sha256, n)
 
 
 def draw_rows(store, exp, cfg, data, plan: Plan, runtime: Runtime, device,
@@ -233,7 +248,9 @@ def draw_rows(store, exp, cfg, data, plan: Plan, runtime: Runtime, device,
     if source is None or source.sha256 != plan.source:
         raise StepError(f"checkpoint {plan.round - 1} of '{exp.name}' changed meanwhile: "
                         "run the command again")
-    model = new_model(cfg, data).to(device)
+    # compiled or channels_last as the plan says (a replay: as the shard records)
+    model = runtime.prepare(new_model(cfg, data).to(device), plan.sampler.compile,
+                            plan.sampler.channels_last)
     load_weights(model, store, source, device)
     t0 = time.perf_counter()
     size = plan.sampler.block or max(plan.count, 1)

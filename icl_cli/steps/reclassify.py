@@ -169,12 +169,14 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
         shards, inputs = _recorded_inputs(store, exp.name, t, existing, parent)
         tc = TrainConfig.from_dict(inputs["train"]) if "train" in inputs else cfg.train
         amp = bool(inputs.get("amp", False))  # as recorded, not as asked
+        compile_, channels_last = (bool(inputs.get(k, False)) for k in finished.PREPARED)
     else:
         active = t > 0 and cfg.method != "baseline"
         shards = store.active_shards(exp.name, t) if active else []
-        amp = runtime.amp
+        amp, compile_, channels_last = runtime.amp, runtime.compile, runtime.channels_last
         inputs = _inputs_record(parent.sha256 if parent else None, shards,
-                                tc.to_dict() if tc != cfg.train else None, amp)
+                                tc.to_dict() if tc != cfg.train else None, amp, compile_,
+                                channels_last)
     if existing is not None and not force and not replay:
         state = store.load_checkpoint(existing)
         if state.get("inputs") == inputs:  # its hash checked: a rerun may answer at once
@@ -198,7 +200,9 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
     progress = marked(runtime, "reclassify").progress if world.main else Progress()
     with distributed.main_only(store.step, exp.name,
                                "replay-reclassify" if replay else "reclassify", t, step_cfg):
-        model = new_model(cfg, data).to(device)
+        # compiled or channels_last before the optimizer sees its parameters (in place:
+        # the same parameters and state_dict keys, so the weights load as they are)
+        model = runtime.prepare(new_model(cfg, data).to(device), compile_, channels_last)
         lr = round_lr(tc.lr, t, tc.decay_round, tc.decay_factor)
         optimizer = make_optimizer(model, lr, tc.momentum, tc.weight_decay)
         if parent is not None:
@@ -259,7 +263,8 @@ def _train_round(store: Store, exp, t: int, runtime: Runtime, force: bool, repla
         store.record_metrics(exp.name, t, peaks)
         saved = store.checkpoint(exp.name, t)  # what a rerun answers (icl_cli.finished)
         finished.record(store, exp, "reclassify",
-                        finished.reclassify_key(store, exp, t, tc, amp),
+                        finished.reclassify_key(store, exp, t, tc, amp, compile_,
+                                                channels_last),
                         [(saved.path, saved.sha256)], result)
         # MLflow once the result is in the catalog (its import alone costs seconds)
         store.tracker(exp.name, enabled=runtime.mlflow).log_metrics(
