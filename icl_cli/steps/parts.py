@@ -240,7 +240,7 @@ def merge_round(store: Store, exp, cfg: ExperimentConfig, t: int, runtime: Runti
         rows = [s for s in store.steps(exp.name, name=PART_STEP, round=t) if s.state == "ok"
                 and (s.config or {}).get("plan", {}).get("source") == source.sha256]
         if changes != SamplerChanges():
-            asked = Sampling(changes.apply(cfg.sampler), runtime.amp)
+            asked = Sampling.asked(changes.apply(cfg.sampler), runtime)
             rows = [s for s in rows if asked.matches(s.config["plan"]["sampler"])]
         if not rows:
             raise StepError(f"round {t} of '{exp.name}' has no recorded parts to join (for "

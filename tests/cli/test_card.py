@@ -138,7 +138,8 @@ def test_every_icl_init_setting_is_on_the_card():
     options = {p.opts[0] for p in params}
     settings = {init_option(g, f) for g, f in INIT_SETTINGS}
     not_settings = {"--experiment", "--from", "--workspace", "--device", "--threads",
-                    "--amp", "--no-mlflow", "--json", "--config", "--dump-config"}
+                    "--amp", "--compile", "--channels-last", "--no-mlflow", "--json",
+                    "--config", "--dump-config"}
     assert settings <= options
     assert options - not_settings == settings
 
