@@ -32,30 +32,57 @@ class Results:
         self, experiment: str, round: int, split: str, error: float, per_class: list, n: int
     ) -> EvaluationInfo:
         """Record (replacing any earlier one) the error of round ``round`` on ``split``."""
+        return self.record_evaluations(experiment, round, [(split, error, per_class, n)])[0]
+
+    def record_evaluations(
+        self, experiment: str, round: int, splits: list[tuple[str, float, list, int]],
+        metrics: dict[str, float] | None = None,
+    ) -> list[EvaluationInfo]:
+        """Record round ``round``'s evaluation of each split, ``(split, error, per_class,
+        n)``, and its ``metrics``, in one transaction (each replacing any earlier record):
+        a process killed meanwhile leaves all of them or none, never a round evaluated on
+        one split but not the other."""
+        name = self.catalog.experiment(experiment).name
+
+        def record(s: Session) -> list[EvaluationInfo]:
+            exp_id = self.catalog.row(s, name).id
+            out = [self._put_evaluation(s, exp_id, round, *split) for split in splits]
+            self._put_metrics(s, exp_id, round, metrics or {})
+            s.flush()
+            return [self._eval_info(row, name) for row in out]
+
+        return self.catalog.write(record)
+
+    @staticmethod
+    def _put_evaluation(s: Session, exp_id: int, round: int, split: str, error: float,
+                        per_class: list, n: int) -> Evaluation:
         from sqlalchemy import select
 
         from .orm import Evaluation
 
-        name = self.catalog.experiment(experiment).name
+        row = s.scalar(select(Evaluation).filter_by(experiment_id=exp_id, round=round,
+                                                    split=split))
+        if row is None:
+            row = Evaluation(experiment_id=exp_id, round=round, split=split)
+            s.add(row)
+        row.error, row.n, row.created_at = float(error), int(n), utcnow()
+        row.per_class = [float(v) for v in per_class]
+        return row
 
-        def record(s: Session) -> EvaluationInfo:
-            exp_id = self.catalog.row(s, name).id
-            row = s.scalar(
-                select(Evaluation).where(
-                    Evaluation.experiment_id == exp_id,
-                    Evaluation.round == round,
-                    Evaluation.split == split,
-                )
-            )
+    @staticmethod
+    def _put_metrics(s: Session, exp_id: int, round: int, metrics: dict[str, float]) -> None:
+        from sqlalchemy import select
+
+        from .orm import RoundMetric
+
+        for key, value in metrics.items():
+            row = s.scalar(select(RoundMetric).filter_by(experiment_id=exp_id, round=round,
+                                                         name=key))
             if row is None:
-                row = Evaluation(experiment_id=exp_id, round=round, split=split)
+                row = RoundMetric(experiment_id=exp_id, round=round, name=key)
                 s.add(row)
-            row.error, row.n, row.created_at = float(error), int(n), utcnow()
-            row.per_class = [float(v) for v in per_class]
-            s.flush()
-            return self._eval_info(row, name)
-
-        return self.catalog.write(record)
+            v = float(value)
+            row.value, row.created_at = (v if math.isfinite(v) else None), utcnow()
 
     @staticmethod
     def _eval_info(row: Evaluation, exp: str) -> EvaluationInfo:
@@ -115,24 +142,9 @@ class Results:
     def record_metrics(self, experiment: str, round: int, metrics: dict[str, float]) -> None:
         """Record (replacing earlier values of the same names) round ``round``'s metrics;
         a value that is not finite is kept as NULL (JSON null), never as NaN text."""
-        from sqlalchemy import select
-
-        from .orm import RoundMetric
-
         name = self.catalog.experiment(experiment).name
-
-        def record(s: Session) -> None:
-            exp_id = self.catalog.row(s, name).id
-            for key, value in metrics.items():
-                row = s.scalar(select(RoundMetric).filter_by(
-                    experiment_id=exp_id, round=round, name=key))
-                if row is None:
-                    row = RoundMetric(experiment_id=exp_id, round=round, name=key)
-                    s.add(row)
-                v = float(value)
-                row.value, row.created_at = (v if math.isfinite(v) else None), utcnow()
-
-        self.catalog.write(record)
+        self.catalog.write(
+            lambda s: self._put_metrics(s, self.catalog.row(s, name).id, round, metrics))
 
     def metrics(self, experiment: str) -> dict[int, dict[str, float | None]]:
         """{round: {name: value}} of one experiment's recorded round metrics."""

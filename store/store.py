@@ -172,6 +172,7 @@ class Store:
     stale_rounds = _via("files", ArtifactFiles.stale_rounds)
     forget_experiment = _via("files", ArtifactFiles.forget_experiment)
     record_evaluation = _via("results", Results.record_evaluation)
+    record_evaluations = _via("results", Results.record_evaluations)
     evaluations = _via("results", Results.evaluations)
     record_attack = _via("results", Results.record_attack)
     attacks = _via("results", Results.attacks)

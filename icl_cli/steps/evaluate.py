@@ -80,10 +80,9 @@ def evaluate_round(store: Store, name: str, round_: int, runtime: Runtime, bins:
         y = split.labels.to(device)
         rep = error_rate(logits, y, data.num_classes)
         cal = curves[split_name] = calibration(logits, y, bins)
-        store.record_evaluation(exp.name, round_, split_name, rep.error, rep.per_class, rep.n)
         results.append(Evaluation(exp.name, round_, split_name, rep.error, rep.per_class,
                                   rep.n, cal.nll, cal.ece, bins))
-    store.record_metrics(exp.name, round_, calibration_metrics(results))
+    _record(store, exp.name, round_, results)
     made = [(store.checkpoint(exp.name, round_).path, store.checkpoint(exp.name, round_).sha256)]
     if plot:
         from icl_cli.steps.report import plot_reliability
@@ -103,6 +102,14 @@ def calibration_metrics(results: list[Evaluation]) -> dict[str, float]:
             out |= {f"{e.split}_nll": e.nll, f"{e.split}_ece": e.ece,
                     "ece_bins": float(e.ece_bins)}
     return out
+
+
+def _record(store: Store, name: str, round_: int, results: list[Evaluation]) -> None:
+    """A round's evaluations of every split and their calibration, in one transaction:
+    never a round recorded on one split and not the other (``icl run`` would count it as
+    evaluated)."""
+    store.record_evaluations(name, round_, [(e.split, e.error, e.per_class, e.n)
+                                            for e in results], calibration_metrics(results))
 
 
 def _track(store: Store, name: str, round_: int, results: list[Evaluation],
@@ -126,12 +133,10 @@ def copy_parent_evaluations(store: Store, name: str, parent: str, parent_round: 
     cal = store.metrics(parent).get(parent_round, {})
     results = []
     for e in found:
-        store.record_evaluation(name, 0, e.split, e.error, e.per_class, e.n)
         nll, ece = cal.get(f"{e.split}_nll"), cal.get(f"{e.split}_ece")
         bins = None if cal.get("ece_bins") is None else int(cal["ece_bins"])
         results.append(Evaluation(name, 0, e.split, e.error, e.per_class, e.n, nll, ece,
                                   bins if ece is not None else None))
-    if any(e.nll is not None for e in results):
-        store.record_metrics(name, 0, calibration_metrics(results))
+    _record(store, name, 0, results)
     _track(store, name, 0, results, runtime)
     return results

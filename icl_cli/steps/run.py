@@ -140,6 +140,7 @@ def _run_rounds(store: Store, exp, rounds: int, runtime: Runtime, sampler: Sampl
     train.apply(cfg.train)
     sampler.apply(cfg.sampler)
     rows, main = [], distributed.current().main
+    splits = {"test", "val"} if cfg.data.val_size else {"test"}
     for t in range(0, rounds + 1):
         ran, synth = [], None
         if t == 0 and store.checkpoint(exp.name, 0) is None:
@@ -163,7 +164,9 @@ def _run_rounds(store: Store, exp, rounds: int, runtime: Runtime, sampler: Sampl
             watch({"step": "reclassify", "round": t})
             _reclassify(store, exp, t, runtime, train, recover, watch)
             ran.append("reclassify")
-        if t not in errors_by_round(store, exp.name):
+        # Evaluated: on every split the data has (a record an older icl cut short between
+        # its splits, test only, is evaluated again).
+        if not splits <= errors_by_round(store, exp.name).get(t, {}).keys():
             watch({"step": "evaluate", "round": t})
             distributed.from_main(lambda t=t: evaluate_round(store, exp.name, t, runtime),
                                   send=lambda r: None)

@@ -1,12 +1,14 @@
 """Rounds downstream of a replaced shard or checkpoint are stale: `icl status`, `icl verify`
-and `icl run` say so, and `icl run` redoes them; `icl verify --repair` removes only the
-temporaries icl itself made, and says what it removed."""
+and `icl run` say so, and `icl run` redoes them (and evaluates again a round recorded on
+one split only); `icl verify --repair` removes only the temporaries icl itself made, and
+says what it removed."""
 
 from __future__ import annotations
 
 import json
 
 from tests.kit import COMMON, TINY, icl
+from tests.reliability.relkit import execute, rows
 
 
 def _status(ws) -> dict:
@@ -48,6 +50,17 @@ def test_a_retrained_checkpoint_makes_the_next_shard_stale(tmp_path):
     rows = json.loads(icl("run", "-w", ws, "--rounds", "2", *COMMON, "--json").stdout)
     assert rows[2]["ran"] == ["synthesize", "reclassify", "evaluate"]
     assert _status(ws)["icl"]["stale"] == {}
+
+
+def test_a_round_recorded_on_one_split_only_is_evaluated_again(tmp_path):
+    """A round whose record has its test error but not its validation error (an older
+    icl killed between the two writes) is not done: `icl run` evaluates it again."""
+    ws = _ws(tmp_path)
+    val = rows(ws, "SELECT error FROM evaluations WHERE round = 1 AND split = 'val'")
+    execute(ws, "DELETE FROM evaluations WHERE round = 1 AND split = 'val'")
+    ran = json.loads(icl("run", "-w", ws, "--rounds", "2", *COMMON, "--json").stdout)
+    assert [r["ran"] for r in ran] == [[], ["evaluate"], []]
+    assert rows(ws, "SELECT error FROM evaluations WHERE round = 1 AND split = 'val'") == val
 
 
 def test_repair_removes_only_icls_own_temporaries_and_lists_them(tmp_path):

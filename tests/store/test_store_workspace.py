@@ -213,6 +213,23 @@ def test_no_experiment_yet(tmp_path):
         st.experiment()
 
 
+def test_a_rounds_evaluations_are_recorded_all_or_none(store):
+    """Every split of a round and its calibration in one transaction: a write that fails
+    part-way (here on its second split) leaves no split recorded, not the first alone."""
+    with pytest.raises(ValueError):
+        store.record_evaluations("icl", 1, [("test", 0.5, [0.5] * 10, 100),
+                                            ("val", "not a number", [0.5] * 10, 50)],
+                                 {"test_nll": 0.75})
+    assert store.evaluations("icl") == [] and store.metrics("icl") == {}
+    made = store.record_evaluations("icl", 1, [("test", 0.5, [0.5] * 10, 100),
+                                               ("val", 0.25, [0.25] * 10, 50)],
+                                    {"test_nll": 0.75, "val_nll": 0.5})
+    assert [(e.split, e.error, e.n) for e in made] == [("test", 0.5, 100), ("val", 0.25, 50)]
+    assert [(e.split, e.error) for e in store.evaluations("icl")] == [("test", 0.5),
+                                                                       ("val", 0.25)]
+    assert store.metrics("icl") == {1: {"test_nll": 0.75, "val_nll": 0.5}}
+
+
 def test_figure_path(store):
     p = store.figure_path("icl", "round-0003/grid.png")
     assert p == store.root / "experiments/icl/figures/round-0003/grid.png"
