@@ -54,6 +54,17 @@ TERMINATED = "terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted")
 TERMINATED_BY: list[int] = []  # the SIGTERM handler (main) appends the signal
 
 
+def terminated() -> str:
+    """SIGTERM's line. Under torchrun it names the rank and says where a SIGTERM nobody
+    sent by hand may come from: the launcher stops every rank once one of them fails."""
+    rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    if rank is None or size == "1":
+        return TERMINATED
+    return (f"rank {rank} of {size}: terminated (SIGTERM); torchrun also sends it to every "
+            f"rank once one fails (its report names which)"
+            + INTERRUPTED.removeprefix("interrupted"))
+
+
 _json_mode: list[bool] = [False]  # this command was given --json
 _command_line: list[str] = []  # this command's arguments after `icl`, as given
 
@@ -184,7 +195,7 @@ class OneLineErrors(TyperGroup):
         if code == 130 and TERMINATED_BY:
             code = 143
         if code in (130, 143) and code not in _reported:
-            fail(TERMINATED if code == 143 else INTERRUPTED, code)
+            fail(terminated() if code == 143 else INTERRUPTED, code)
         sys.exit(code)
 
 
@@ -226,7 +237,7 @@ def _ranks_agree(args: list[str]) -> None:
             raise _RanksDisagree(str(exc), 3) from None
     except KeyboardInterrupt as exc:
         term = type(exc).__name__ == "Terminated"
-        raise _RanksDisagree(TERMINATED if term else INTERRUPTED, 143 if term else 130
+        raise _RanksDisagree(terminated() if term else INTERRUPTED, 143 if term else 130
                              ) from None
 
 
@@ -246,7 +257,7 @@ def user_errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except Terminated:
-        raise fail(TERMINATED, 143) from None
+        raise fail(terminated(), 143) from None
     except KeyboardInterrupt:
         raise fail(INTERRUPTED, 130) from None
     except Exception as exc:
@@ -554,7 +565,7 @@ def main() -> None:
         _only_the_command(sys.argv[1:])()
     except KeyboardInterrupt as exc:  # while Typer builds the command, before any step
         term = type(exc).__name__ == "Terminated"
-        fail(TERMINATED if term else INTERRUPTED, 143 if term else 130)
+        fail(terminated() if term else INTERRUPTED, 143 if term else 130)
         _leave_ranks(143 if term else 130)
         raise SystemExit(143 if term else 130) from None
     except SystemExit as exc:

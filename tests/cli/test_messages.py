@@ -72,3 +72,18 @@ def test_report_draws_its_plot_of_every_experiment_at_the_workspace_top(ws):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(plot) in out.stderr
     assert not list((ws / "experiments").rglob("report-error-vs-round.png"))
     assert "workspace consistent" in icl("verify", "-w", ws).stdout
+
+
+def test_sigterm_under_torchrun_names_the_rank_and_where_the_signal_came_from(monkeypatch):
+    from icl_cli.cli.main import terminated
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = terminated()
+    assert alone.startswith("terminated (SIGTERM); the step was rolled back")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    ranked = terminated()
+    assert ranked.startswith("rank 1 of 4: terminated (SIGTERM); torchrun also sends it to "
+                             "every rank once one fails")
+    assert ranked.endswith(alone.removeprefix("terminated (SIGTERM)"))

@@ -95,9 +95,14 @@ def test_a_rank_killed_mid_training_fails_the_step_and_records_nothing(synthesiz
                        env={"ICL_TEST_KILL_RANK": "1", "ICL_TEST_KILL_STEP": "3"})
     assert ran.returncode != 0
     errors = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "another rank stopped during the step" in errors[0], \
+    # Rank 0 finds rank 1 gone in its next collective, or torchrun, which saw rank 1 die
+    # first, stops it with SIGTERM: either way one line that says so.
+    assert len(errors) == 1, ran.stderr[-3000:]
+    assert (("another rank stopped during the step" in errors[0]
+             and "nothing was saved" in errors[0])
+            or ("rank 0 of 2: terminated (SIGTERM); torchrun also sends it to every rank "
+                "once one fails" in errors[0] and "nothing half-written was kept" in errors[0])), \
         ran.stderr[-3000:]
-    assert "nothing was saved" in errors[0]
     with Store.open(ws) as st:
         assert st.checkpoint("icl", 1) is None
         assert [s.state for s in st.steps("icl", name="reclassify") if s.round == 1] \
