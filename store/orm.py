@@ -27,6 +27,7 @@ transaction that holds the catalog's write lock.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -291,6 +292,10 @@ def make_engine(url: str) -> Engine:
             _sqlite_setup(engine)
         else:
             engine = create_engine(url, pool_pre_ping=True)
+            # An interrupt that lands while psycopg talks to the server makes it log
+            # "error ignored in rollback ..." as a warning on stderr, beside the one line
+            # the interrupt itself becomes; its errors still reach us as exceptions.
+            logging.getLogger("psycopg").setLevel(logging.ERROR)
     except (ModuleNotFoundError, NoSuchModuleError) as exc:
         driver = getattr(exc, "name", None) or str(exc).split(":")[-1].strip()
         raise StoreError(f"the catalog URL {shown!r} needs the database driver "
