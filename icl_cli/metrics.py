@@ -1,6 +1,10 @@
 """Measures beyond test error: calibration (NLL, ECE) and out-of-distribution detection
-(AUROC, AUPR, FPR at 95 % TPR) from logits. Pure tensor code, no I/O; the metrics
-themselves come from torchmetrics, not written by hand.
+(AUROC, AUPR, FPR at 95 % TPR) from logits. Pure tensor code, no I/O. The detection
+measures come from torchmetrics. The expected calibration error is torchmetrics' own
+formula and binning, computed here from the bins the reliability diagram draws: importing
+torchmetrics costs ~2x ``import torch`` (it imports torchvision, ``torch._dynamo`` and
+scipy), which every ``icl evaluate`` would pay for one sum over 15 bins;
+``tests/test_metrics.py`` checks it against torchmetrics.
 
 Probabilities are softmax(logits) in both modes: in one-vs-all mode the K networks' logits
 are not normalised, and softmax over them is the usual way to read them as one
@@ -37,23 +41,26 @@ def calibration(logits: torch.Tensor, y: torch.Tensor, bins: int = 15) -> Calibr
         >>> calibration(torch.tensor([[2.0, 0.0]]), torch.tensor([0]), bins=10).nll
         0.1269...
     """
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     logits, y = logits.float().cpu(), y.cpu()
-    probs = logits.softmax(1)
-    ece = multiclass_calibration_error(probs, y, num_classes=logits.shape[1], n_bins=bins,
-                                       norm="l1")
-    conf, pred = probs.max(1)
-    # The diagram's bins, as torchmetrics bins them: (i/bins, (i+1)/bins].
-    which = (torch.bucketize(conf, torch.linspace(0, 1, bins + 1)[1:-1], right=False))
-    count = torch.bincount(which, minlength=bins)
-    c_sum = torch.zeros(bins).index_add_(0, which, conf)
-    a_sum = torch.zeros(bins).index_add_(0, which, (pred == y).float())
+    conf, pred = logits.softmax(1).max(1)
+    right = (pred == y).float()
+    # torchmetrics' bins (multiclass_calibration_error, norm "l1"): [i/bins, (i+1)/bins)
+    # for i < bins, and a last one of its own for a confidence of exactly 1.0.
+    which = torch.bucketize(conf, torch.linspace(0, 1, bins + 1), right=True) - 1
+    count = torch.zeros(bins + 1).index_add_(0, which, torch.ones_like(conf))
+    c_sum = torch.zeros(bins + 1).index_add_(0, which, conf)
+    a_sum = torch.zeros(bins + 1).index_add_(0, which, right)
+    den = count.clamp(min=1)
+    ece = ((a_sum / den - c_sum / den).abs() * count / count.sum()).sum()
+    # The diagram draws ``bins`` bins: a confidence of 1.0 joins the last one.
+    count, c_sum, a_sum = (torch.cat([v[:bins - 1], v[bins - 1:].sum(0, keepdim=True)])
+                           for v in (count, c_sum, a_sum))
     den = count.clamp(min=1)
     return Calibration(float(F.cross_entropy(logits, y)), float(ece), bins,
-                       (c_sum / den).tolist(), (a_sum / den).tolist(), count.tolist())
+                       (c_sum / den).tolist(), (a_sum / den).tolist(),
+                       count.long().tolist())
 
 
 SCORES = ("max_softmax", "max_logit", "logsumexp")

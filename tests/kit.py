@@ -115,6 +115,14 @@ def child_env(**extra: str) -> dict[str, str]:
             "PYTHONPATH": path, **extra}
 
 
+def imported_by(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    check = f"{code}\nimport sys\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         env=child_env(), check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
 def icl_process(*args: Any, code: int | None = 0, timeout: float = 300
                 ) -> subprocess.CompletedProcess:
     """``python -m icl_cli ARGS`` in a fresh process (the console entry point, its own

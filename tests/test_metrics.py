@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from icl_cli.metrics import calibration, detection, ood_scores
+from tests.kit import imported_by
 
 
 def test_calibration_by_hand():
@@ -25,6 +26,39 @@ def test_ece_depends_on_the_bins():
     y = torch.tensor([0, 1])
     assert calibration(logits, y, bins=1).ece == pytest.approx(abs(0.75 - 0.5))
     assert calibration(logits, y, bins=10).ece == pytest.approx((0.4 + 0.9) / 2)
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 10, 15])
+def test_ece_is_torchmetrics_own(bins):
+    """The same number as torchmetrics' multiclass_calibration_error (norm "l1"), also
+    where its binning is at an edge: confidences exactly on a bin boundary (0.5, equal
+    logits) and exactly 1.0 (saturated logits, a bin of their own there)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    g = torch.Generator().manual_seed(bins)
+    logits = torch.cat([torch.randn(500, 10, generator=g) * 3,
+                        torch.zeros(20, 10),  # confidence 0.1, a boundary for 10 bins
+                        torch.tensor([[200.0] + [0.0] * 9] * 30),  # confidence 1.0
+                        torch.tensor([[5.0, 5.0] + [-200.0] * 8] * 25)])  # 0.5
+    y = torch.randint(0, 10, (len(logits),), generator=g)
+    cal = calibration(logits, y, bins)
+    ref = multiclass_calibration_error(logits.softmax(1), y, num_classes=10, n_bins=bins,
+                                       norm="l1")
+    assert cal.ece == pytest.approx(float(ref), abs=1e-6)
+    assert sum(cal.count) == len(logits) and len(cal.count) == bins
+    # The diagram's bins hold the same images: their weighted gaps add up to at least
+    # the ECE's (the last bin may pool the confidences of exactly 1.0 with others).
+    gaps = sum(n * abs(a - c) for n, a, c in zip(cal.count, cal.accuracy, cal.confidence,
+                                                  strict=True)) / len(logits)
+    assert gaps <= cal.ece + 1e-6
+
+
+def test_evaluation_imports_no_torchmetrics():
+    """``icl evaluate`` pays for no torchmetrics import (torchvision, torch._dynamo and
+    scipy come with it): calibration runs without it."""
+    code = ("import torch\nfrom icl_cli.metrics import calibration\n"
+            "calibration(torch.randn(8, 3), torch.tensor([0, 1, 2] * 2 + [0, 1]))")
+    assert imported_by(code, ("torchmetrics", "torchvision", "scipy")) == []
 
 
 def test_detection_by_hand():
