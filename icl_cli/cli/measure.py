@@ -74,7 +74,7 @@ def evaluate(
     errors_table(rows, None)
     k = len(rows[0].per_class)
     ui.table("per-class error %", ["split", *map(str, range(k))],
-             [[e.split, *(f"{100 * p:.1f}" for p in e.per_class)] for e in rows])
+             [[e.split, *(f"{100 * p:.1f}" for p in e.per_class)] for e in rows], dense=True)
     ui.table(f"calibration ({bins} bins)", ["split", "NLL", "ECE %"],
              [[e.split, f"{e.nll:.4f}", f"{100 * e.ece:.2f}"] for e in rows])
 

@@ -42,6 +42,18 @@ def test_evaluate_reports_nll_and_ece_everywhere(ws):
     assert "--bins must be >= 1" in bad.stderr
 
 
+def test_the_per_class_table_fits_80_columns(ws):
+    """Ten classes' error % on one line per split, as a terminal of 80 columns shows it."""
+    out = icl("evaluate", "-w", ws, "-e", "base", "--round", "0", "--no-plot", *COMMON,
+              env={"COLUMNS": "80"}).stdout
+    lines = out[out.index("per-class error %"):].splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["split"])
+    assert header.split() == ["split", *map(str, range(10))]
+    for split in ("test", "val"):
+        [row] = [line for line in lines if line.split()[:1] == [split]]
+        assert len(row.split()) == 11 and len(row.rstrip()) <= 80, row
+
+
 def test_pgd_two_way_with_robust_accuracy_recorded(ws):
     common = ["-w", ws, "-e", "icl", "--round", "0", "--against", "base:0", *COMMON]
     fgsm = icl_json("attack", *common, "--eps", "0.3")
