@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -513,6 +514,34 @@ def _terminated(signum, frame) -> None:
     raise Terminated  # unwinds like Ctrl-C: the step is logged interrupted, temps removed
 
 
+def _redeliver_lost_interrupts() -> None:
+    """A Ctrl-C or SIGTERM that lands while Python runs a finalizer (a weakref callback
+    of the garbage collector, e.g. SQLAlchemy's) raises there, and Python drops it with
+    "Exception ignored in ...": the command would run on to the end and exit 0. Such an
+    interrupt is delivered again, to the code that runs next."""
+    import signal
+    import threading
+
+    earlier = sys.unraisablehook
+
+    def again(signum: int) -> None:
+        time.sleep(0.01)  # once this process is back in ordinary code
+        os.kill(os.getpid(), signum)
+
+    def hook(unraisable) -> None:
+        kind = unraisable.exc_type
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            # Sent from another thread: a signal raised from here would run its handler
+            # here, inside the finalizer, and be dropped again.
+            term = kind.__name__ == "Terminated"
+            threading.Thread(target=again, args=(signal.SIGTERM if term else signal.SIGINT,),
+                             daemon=True).start()
+            return
+        earlier(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def command_name(command) -> str:
     """The name a registered command is called by on the command line."""
     return command.name or typer.main.get_command_name(command.callback.__name__)
@@ -561,6 +590,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminated)
+    _redeliver_lost_interrupts()
     try:
         _only_the_command(sys.argv[1:])()
     except KeyboardInterrupt as exc:  # while Typer builds the command, before any step

@@ -87,3 +87,36 @@ def test_sigterm_under_torchrun_names_the_rank_and_where_the_signal_came_from(mo
     assert ranked.startswith("rank 1 of 4: terminated (SIGTERM); torchrun also sends it to "
                              "every rank once one fails")
     assert ranked.endswith(alone.removeprefix("terminated (SIGTERM)"))
+
+
+@pytest.mark.parametrize("raised,caught", [("KeyboardInterrupt", "KeyboardInterrupt"),
+                                           ("Terminated", "Terminated")])
+def test_an_interrupt_that_lands_in_a_finalizer_is_not_lost(raised, caught):
+    """Ctrl-C (or SIGTERM) raised inside a garbage collector's callback is dropped by
+    Python ("Exception ignored in ..."), and the command ran on to exit 0; icl delivers
+    it again to the code that runs next."""
+    import subprocess
+    import sys
+
+    from tests.kit import child_env
+
+    code = f"""
+import signal, time, weakref
+from icl_cli.cli.main import _redeliver_lost_interrupts, _terminated
+from store.errors import Terminated
+signal.signal(signal.SIGTERM, _terminated)
+_redeliver_lost_interrupts()
+class Thing: pass
+def finalizer(ref): raise {raised}()
+thing = Thing(); ref = weakref.ref(thing, finalizer)
+try:
+    del thing  # the callback raises: Python reports it as unraisable
+    for _ in range(200): time.sleep(0.01)
+    print("ran on")
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=child_env(), timeout=120)
+    assert out.stdout.strip() == caught, out
+    assert "Exception ignored" not in out.stderr, out.stderr

@@ -17,6 +17,7 @@ catalog readers here (:func:`rows`, :func:`catalog`, :func:`outcome`...) query t
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import multiprocessing as mp
 import os
@@ -100,6 +101,9 @@ def _child(argv: list[str], out: str, err: str, uid: int | None,
     runs (``Child.started`` waits for them)."""
     if url is not None:
         os.environ["ICL_CATALOG_URL"] = url
+    # A child that hangs is sent SIGUSR1 before the test gives up on it (Child.wait): it
+    # writes every thread's stack to its stderr, so that the failure shows where it hung.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Ctrl-C as in a terminal, even when the test runner itself was started in the
     # background (a shell's `cmd &` starts it with SIGINT ignored, and children inherit it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -271,7 +275,12 @@ class Child:
             code = self._popen.wait(timeout)
         else:
             self._proc.join(timeout)
-            assert self._proc.exitcode is not None, f"icl {self.argv} did not finish"
+            if self._proc.exitcode is None:
+                self.kill(signal.SIGUSR1)
+                time.sleep(2)
+            assert self._proc.exitcode is not None, (
+                f"icl {self.argv} did not finish; its stderr ends: "
+                f"{self.err.read_text()[-6000:] if self.err.exists() else ''}")
             code = self._proc.exitcode
         self.seconds = time.monotonic() - self.t0
         code = 128 - code if code < 0 else code  # -9 (killed by SIGKILL) -> 137

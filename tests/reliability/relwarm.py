@@ -1,14 +1,12 @@
 """Imported once by the reliability tests' fork server: pays torch's lazy imports and
-first-call costs (optimizers, autograd on inputs, h5py, matplotlib, torchvision's image
-grid, MLflow's client) and loads the tiny test data, so that every forked ``icl``
-process starts warm."""
+first-call costs (optimizers, autograd on inputs, h5py, matplotlib, MLflow's client) and
+loads the tiny test data, so that every forked ``icl`` process starts warm."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402, F401
 import torch  # noqa: E402
-import torchvision.utils  # noqa: E402, F401
 
 from icl_cli.config import DataConfig  # noqa: E402
 from icl_cli.steps.common import _load_cached  # noqa: E402

@@ -220,8 +220,8 @@ def test_many_kills_at_random_moments(backend, tmp_path, logs, request):
             elif sent and res.code == 130:
                 interrupts += 1
                 assert "interrupted" in one_line(res)
-            else:
-                assert res.code == 0, res
+            else:  # finished before the signal; an interrupt it dropped would show here
+                assert res.code == 0 and "KeyboardInterrupt" not in res.stderr, res
             report = check_after_crash(ws, logs)
             left["temporary"] += bool(report.get("temporary"))
             left["orphans"] += bool(report.get("orphans"))
