@@ -3,9 +3,12 @@ intervals, a verdict read from the interval, machine facts."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -241,3 +244,23 @@ def proc_status_kib(field_name: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def command_line(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark module's own command line: its docstring as the help, and ``--json``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return p
+
+
+def started(args: argparse.Namespace) -> argparse.Namespace:
+    """Say the load average on stderr as a benchmark starts (its figures depend on it)."""
+    print(f"load average {load_average()}", file=sys.stderr)
+    return args
+
+
+def print_json(results: list[Result] | Result) -> None:
+    """One JSON document: the result, or the list of them."""
+    doc = results.to_dict() if isinstance(results, Result) else [r.to_dict() for r in results]
+    print(json.dumps(doc, indent=2))

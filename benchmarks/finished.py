@@ -16,8 +16,6 @@ on 200 images, about a minute on one core).
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import shutil
 import subprocess
@@ -26,7 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Result, child_env, load_average, median, paired_result
+from benchmarks.common import (
+    Result,
+    child_env,
+    command_line,
+    load_average,
+    median,
+    paired_result,
+    print_json,
+    started,
+)
 from benchmarks.startup import imported
 
 RUNTIME = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
@@ -111,16 +118,13 @@ def run(repeats: int = 7, ws: Path | None = None, steps: tuple[str, ...] | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.finished", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line("python -m benchmarks.finished", __doc__)
     p.add_argument("workspace", nargs="?", type=Path, default=None)
     p.add_argument("--repeats", type=int, default=7, help="pairs per command (default 7)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    a = p.parse_args(argv)
-    print(f"load average {load_average()}", file=sys.stderr)
+    a = started(p.parse_args(argv))
     results = run(a.repeats, a.workspace)
     if a.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print_json(results)
         return
     for r in results:
         d = r.details

@@ -25,8 +25,6 @@ images.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import shutil
@@ -37,7 +35,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import Result, child_env, load_average, median, paired_result
+from benchmarks.common import (
+    Result,
+    child_env,
+    command_line,
+    load_average,
+    median,
+    paired_result,
+    print_json,
+    started,
+)
 
 TARGET = 1.3
 MARK_ENV = "ICL_MARK_WORK_START"  # icl_cli.steps.common.WORK_START_ENV
@@ -218,16 +225,13 @@ def run(pairs: int = 5, smoke: bool = False, steps: tuple[str, ...] = tuple(CALL
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.fixed_cost", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line("python -m benchmarks.fixed_cost", __doc__)
     p.add_argument("--pairs", type=int, default=7, help="pairs per step (default 7)")
     p.add_argument("--smoke", action="store_true", help="the tiny net on 100 images")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    a = p.parse_args(argv)
-    print(f"load average {load_average()}", file=sys.stderr)
+    a = started(p.parse_args(argv))
     results = run(a.pairs, a.smoke)
     if a.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print_json(results)
         return
     for r in (r for r in results if "to_work_seconds" in r.details):
         d = r.details

@@ -33,8 +33,6 @@ cost weighs more than at full size; ``--smoke``: the tiny net, 1 round.
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import shutil
 import sqlite3
@@ -44,7 +42,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Result, child_env, load_average, median, paired_result
+from benchmarks.common import (
+    Result,
+    child_env,
+    command_line,
+    load_average,
+    median,
+    paired_result,
+    print_json,
+    started,
+)
 
 TARGET = 1.15
 RUNTIME = ["--no-mlflow", "--threads", "1", "--device", "cpu"]
@@ -203,18 +210,15 @@ def result(size: str, rounds: int, times: dict[str, list[float]],
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loop", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line("python -m benchmarks.loop", __doc__)
     p.add_argument("--quick", action="store_true", help="the smaller experiment")
     p.add_argument("--smoke", action="store_true", help="the tiny net, 1 round")
     p.add_argument("--pairs", type=int, default=None, help="pairs (default 1 quick, 3 full)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    a = p.parse_args(argv)
+    a = started(p.parse_args(argv))
     size = "smoke" if a.smoke else "quick" if a.quick else "full"
-    print(f"load average {load_average()}", file=sys.stderr)
     (r,) = run(size, a.pairs or (3 if size == "full" else 1))
     if a.json:
-        print(json.dumps(r.to_dict(), indent=2))
+        print_json(r)
         return
     print(f"{r.name}: {r.ratio:.3f}{'' if r.ci is None else f' {list(r.ci)}'} (target "
           f"{r.target}: {r.verdict}); CPU-time ratio {r.details['ratio_cpu_time']:.3f}\n"
