@@ -161,9 +161,6 @@ class ArtifactFiles:
             "source_checkpoint": attrs.get("source_checkpoint"),
             "experiment": name,
         }
-        atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs),
-                     root=self.root)
-
         from sqlalchemy import update
 
         from .orm import Shard
@@ -192,10 +189,13 @@ class ArtifactFiles:
             return self._shard_info(row, name)
 
         try:
+            atomic_write(path, lambda tmp: shard_files.write_file(tmp, data, file_attrs),
+                         root=self.root)
             return self.catalog.write(record)
         except BaseException:
-            # Not recorded: remove the file so nothing unreferenced is left behind.
-            if not self._path_recorded(Shard, path):
+            # Not recorded (also a Ctrl-C between the rename and the row): remove the file
+            # so nothing unreferenced is left behind.
+            if path.is_file() and not self._path_recorded(Shard, path):
                 path.unlink(missing_ok=True)
             raise
 
@@ -467,9 +467,6 @@ class ArtifactFiles:
         if bad:
             raise StoreError(f"checkpoint weights {', '.join(bad[:3])} hold NaN or infinite "
                              f"values (training diverged); round {round} was not saved")
-        atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload), root=self.root)
-        sha = sha256_file(path)
-
         from sqlalchemy import select
 
         from .orm import Checkpoint, Experiment
@@ -505,9 +502,14 @@ class ArtifactFiles:
             return self._ckpt_info(row, name)
 
         try:
+            atomic_write(path, lambda tmp: ckpt_files.write_file(tmp, payload), root=self.root)
+            sha = sha256_file(path)  # before the write lock is taken (``record`` reads it)
             return self.catalog.write(record)
         except BaseException:
-            if existing is None and not self._path_recorded(Checkpoint, path):
+            # Not recorded (also a Ctrl-C between the rename and the row): no file is left
+            # that no row names.
+            if existing is None and path.is_file() \
+                    and not self._path_recorded(Checkpoint, path):
                 path.unlink(missing_ok=True)
             raise
 

@@ -61,6 +61,25 @@ def test_non_finite_weights_are_refused_and_nothing_is_written(store):
     assert not list((store.root / "experiments/icl").rglob("round-0001.pt*"))
 
 
+@pytest.mark.parametrize("moment", ["after the rename", "while hashing"])
+def test_ctrl_c_between_the_rename_and_the_row_leaves_no_file(store, monkeypatch, moment):
+    """A Ctrl-C after the file has its final name but before its row is committed: the
+    file goes too (a lone C_0 file would make the workspace look like a lost catalog)."""
+    from store import artifacts, workspace
+
+    def interrupt(*_args):
+        raise KeyboardInterrupt
+
+    where = ((workspace, "fsync_dir") if moment == "after the rename"
+             else (artifacts, "sha256_file"))
+    monkeypatch.setattr(*where, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_checkpoint("icl", 0, _state())
+    monkeypatch.undo()
+    assert store.checkpoint("icl", 0) is None
+    assert not list((store.root / "experiments/icl").rglob("round-0000.pt*"))
+
+
 def test_malicious_pickle_is_refused_and_never_runs(store, tmp_path):
     marker = tmp_path / "pwned"
     # Recorded through the store itself, so the hash matches and only weights_only stands

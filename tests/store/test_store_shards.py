@@ -57,6 +57,21 @@ def _expect_integrity(store, info):
     return msg
 
 
+def test_ctrl_c_between_the_rename_and_the_row_leaves_no_shard(store, make_arrays, attrs,
+                                                                monkeypatch):
+    from store import workspace
+
+    def interrupt(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workspace, "fsync_dir", interrupt)  # right after the rename
+    with pytest.raises(KeyboardInterrupt):
+        store.write_shard("icl", 1, make_arrays(), attrs)
+    monkeypatch.undo()
+    assert store.shards("icl", 1) == []
+    assert not list((store.root / "experiments/icl").rglob("round-0001.*"))
+
+
 def test_flipped_byte(store, make_arrays, attrs):
     info = store.write_shard("icl", 1, make_arrays(), attrs)
     data = bytearray(info.path.read_bytes())
