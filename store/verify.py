@@ -2,7 +2,8 @@
 
 Checked: every shard and checkpoint row (file exists, sha256 matches), leftover
 temporaries (``<name>.tmp-<pid>-<8 hex>`` in an experiment's shards/, checkpoints/ or
-figures/ folder: exactly what icl writes, from a write that was killed), orphans
+figures/ folder, or in .icl/, .icl/data/, .icl/references/, figures/ or cards/: exactly
+what icl writes, from a write that was killed), orphans
 (shard/checkpoint files no row names) and stale ``running`` steps (process gone).
 ``repair=True`` deletes temporaries whose writer is dead and marks stale steps
 interrupted; it never deletes orphans, anything the catalog references, or any file not
@@ -22,11 +23,13 @@ import shlex
 from pathlib import Path
 
 from .artifacts import ArtifactFiles, checkpoint_fix, shard_fix
+from .datacache import DATA_DIR
 from .errors import IntegrityError
 from .infos import VerifyReport
 from .references import REFERENCES_DIR
 from .shards import PART_FILE
 from .steplog import StepLog
+from .store import CARDS, WORKSPACE_FIGURES
 from .workspace import (
     EXPERIMENTS_DIR,
     ICL_DIR,
@@ -41,14 +44,35 @@ from .workspace import (
 # Exactly what ``workspace.tmp_path_for`` writes: <name>.tmp-<pid>-<8 hex digits>.
 _TMP_NAME = re.compile(rf"^.+{re.escape(TMP_MARK)}(\d+)-[0-9a-f]{{8}}$")
 _TMP_DIRS = ("shards", "checkpoints", "figures")  # where icl writes into experiments/<name>/
+# ... and beside them: the workspace's id (.icl), decoded data, reference nets, the figures
+# of several experiments, the cards.
+_TOP_DIRS = ((ICL_DIR,), (ICL_DIR, DATA_DIR), (ICL_DIR, REFERENCES_DIR),
+             (WORKSPACE_FIGURES,), (CARDS,))
 
 
-def _is_icl_temporary(path: Path, base: Path) -> bool:
+def _is_icl_temporary(path: Path, root: Path) -> bool:
     """A temporary icl itself made: its exact name pattern, in a folder icl writes to.
     Anything else (a user's ``notes.tmp-old``) is never listed or removed."""
-    rel = path.relative_to(base).parts
-    return (path.is_file() and not path.is_symlink() and len(rel) == 3
-            and rel[1] in _TMP_DIRS and _TMP_NAME.match(path.name) is not None)
+    folder = path.relative_to(root).parts[:-1]
+    ours = (folder in _TOP_DIRS or (len(folder) >= 3 and folder[0] == EXPERIMENTS_DIR
+                                    and folder[2] in _TMP_DIRS
+                                    and (len(folder) == 3 or folder[2] == "figures")))
+    return (ours and path.is_file() and not path.is_symlink()
+            and _TMP_NAME.match(path.name) is not None)
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """Every temporary icl made in the workspace (see ``_is_icl_temporary``), none behind
+    a link that leaves it."""
+    found = set()
+    for top in [(EXPERIMENTS_DIR,), *_TOP_DIRS]:
+        folder = root.joinpath(*top)
+        if leaving_link(root, folder) is not None or not folder.is_dir():
+            continue
+        files = folder.rglob(f"*{TMP_MARK}*") if top == (EXPERIMENTS_DIR,) else \
+            folder.glob(f"*{TMP_MARK}*")
+        found |= {p for p in files if _is_icl_temporary(p, root)}
+    return sorted(found)
 
 
 def _writer_alive(tmp: Path) -> bool:
@@ -81,9 +105,7 @@ def verify(files: ArtifactFiles, log: StepLog, repair: bool = False) -> VerifyRe
     base = files.root / EXPERIMENTS_DIR
     inside = leaving_link(files.root, base) is None
     temporary: list[Path] = []
-    for tmp in sorted(base.rglob(f"*{TMP_MARK}*")) if inside and base.is_dir() else []:
-        if not _is_icl_temporary(tmp, base):
-            continue
+    for tmp in _temporaries(files.root):
         if repair and not _writer_alive(tmp):
             tmp.unlink(missing_ok=True)
             repaired.append(f"removed leftover temporary {files.rel(tmp)}")

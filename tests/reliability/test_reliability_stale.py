@@ -66,15 +66,25 @@ def test_a_round_recorded_on_one_split_only_is_evaluated_again(tmp_path):
 def test_repair_removes_only_icls_own_temporaries_and_lists_them(tmp_path):
     ws = _ws(tmp_path)
     shards = ws / "experiments" / "icl" / "shards"
-    ours = shards / "round-0003.v1.h5.tmp-999999999-abcd1234"  # a dead writer's leftover
-    ours.write_bytes(b"half")
+    # A dead writer's leftovers, where icl writes: a shard, the workspace's id, a card.
+    (ws / "cards").mkdir()
+    ours = [shards / "round-0003.v1.h5.tmp-999999999-abcd1234",
+            ws / ".icl" / "workspace-id.new-9-0a1b2c3d.tmp-999999999-abcd1234",
+            ws / "cards" / "icl.md.tmp-999999999-abcd1234"]
+    for p in ours:
+        p.write_bytes(b"half")
     theirs = [shards / "notes.tmp-old", ws / "experiments" / "icl" / "x.h5.tmp-1-abcd1234",
-              shards / "round-0003.v1.h5.tmp-999999999-NOTHEX00"]
+              shards / "round-0003.v1.h5.tmp-999999999-NOTHEX00",
+              ws / "notes.tmp-999999999-abcd1234", ws / ".icl" / "notes.tmp-old"]
     for p in theirs:
         p.write_bytes(b"mine")
+    listed = json.loads(icl("verify", "-w", ws, "--json", code=None).stdout)["temporary"]
+    assert sorted(listed) == sorted(str(p) for p in ours), listed
     out = icl("verify", "-w", ws, "--repair", "--no-mlflow")  # (MLflow: not this test's)
-    assert f"removed leftover temporary {ours.relative_to(ws).as_posix()}" in out.stdout
-    assert not ours.exists() and all(p.read_bytes() == b"mine" for p in theirs)
+    for p in ours:
+        assert f"removed leftover temporary {p.relative_to(ws).as_posix()}" in out.stdout
+        assert not p.exists()
+    assert all(p.read_bytes() == b"mine" for p in theirs)
     assert all(p.name not in out.stdout for p in theirs)
 
 
