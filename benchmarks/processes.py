@@ -1,7 +1,9 @@
-"""Start-up of each step process: what a shell loop of ``icl synthesize --round t`` pays per
-call before any work, measured on a round that is already done (the command opens the
-workspace, imports torch, loads the checkpoint or shard it needs, finds the step recorded
-and exits). ``python -c "import torch"`` is the reference: the part no CLI can avoid.
+"""A whole step command in a fresh process on a round that is already done, beside
+``python -c "import torch"``. ``synthesize``, ``reclassify`` and ``evaluate`` answer such a
+call from the catalog without importing torch (``benchmarks.finished`` measures that path
+with intervals, and ``benchmarks.fixed_cost`` the start-up of a step with work to do);
+``icl run --rounds 1`` on a finished round still opens the workspace, imports torch and
+checks each round before it finds nothing to do.
 
 A tiny workspace (embedded MNIST subset, 100 training images, the ``tiny`` net, one round)
 is made first; each command runs ``repeats`` times in a fresh process, median kept.
