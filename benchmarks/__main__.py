@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true",
                    help="smaller problems, and all but scale unless --only names it (about "
-                   "10 minutes here)")
+                   "16 minutes on 2 idle cores)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny problems (seconds): checks that the benchmarks run, no figures")
     p.add_argument("--gpu-pass", action="store_true",
