@@ -523,6 +523,8 @@ def _redeliver_lost_interrupts() -> None:
     import threading
 
     earlier = sys.unraisablehook
+    if getattr(earlier, "icl_redelivers", False):  # main() ran before in this process
+        return
 
     def again(signum: int) -> None:
         time.sleep(0.01)  # once this process is back in ordinary code
@@ -539,6 +541,7 @@ def _redeliver_lost_interrupts() -> None:
             return
         earlier(unraisable)
 
+    hook.icl_redelivers = True
     sys.unraisablehook = hook
 
 
