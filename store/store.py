@@ -57,10 +57,12 @@ from .results import Results
 from .steplog import StepLog
 from .tracking import NullTracker, Runs, Tracker
 from .workspace import (
+    CARDS,
     CATALOG_FILE,
     EXPERIMENTS_DIR,
     ICL_DIR,
     LOCKS_DIR,
+    WORKSPACE_FIGURES,
     atomic_write,
     check_root,
     contained,
@@ -75,8 +77,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Store", "config_hash"]
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-WORKSPACE_FIGURES = "figures"  # <ws>/figures/: figures of several experiments
-CARDS = "cards"  # <ws>/cards/<experiment>.md|.json: reproducibility cards (icl report --card)
 
 
 @contextmanager

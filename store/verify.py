@@ -29,12 +29,13 @@ from .infos import VerifyReport
 from .references import REFERENCES_DIR
 from .shards import PART_FILE
 from .steplog import StepLog
-from .store import CARDS, WORKSPACE_FIGURES
 from .workspace import (
+    CARDS,
     EXPERIMENTS_DIR,
     ICL_DIR,
     LOCKS_DIR,
     TMP_MARK,
+    WORKSPACE_FIGURES,
     leaving_link,
     outside,
     pid_alive,

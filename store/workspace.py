@@ -29,6 +29,8 @@ ICL_DIR = ".icl"
 CATALOG_FILE = "catalog.db"
 LOCKS_DIR = "locks"
 EXPERIMENTS_DIR = "experiments"
+WORKSPACE_FIGURES = "figures"  # <ws>/figures/: figures of several experiments
+CARDS = "cards"  # <ws>/cards/<experiment>.md|.json: reproducibility cards (icl report --card)
 TMP_MARK = ".tmp-"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
