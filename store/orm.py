@@ -286,6 +286,10 @@ def make_engine(url: str) -> Engine:
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     shown = display_url(url)  # as given, only a password hidden
+    # SQLAlchemy's pool logs a connection it failed to close or reset, traceback and all,
+    # then re-raises an interrupt or drops the connection: on stderr (where nothing
+    # handles logging) that is a second line beside the command's one.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})

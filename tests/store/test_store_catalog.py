@@ -18,6 +18,7 @@ from storekit import schema_differences
 
 from store import AttackInfo, Store, StoreError
 from store.catalog import KNOWN_REVISIONS, SCHEMA_REVISION, SCHEMA_VERSION, schema_revision
+from tests.kit import child_env
 
 V2_DUMP = Path(__file__).parent / "data" / "catalog-v2.sql"
 HEAD = SCHEMA_REVISION  # "0007" today
@@ -248,3 +249,21 @@ def test_two_processes_opening_an_old_catalog_at_once_upgrade_it_once(tmp_path):
         assert (out, err) == (f"2 {'cd' * 32}\n", "")  # and Alembic printed nothing
     assert _rows(_db(ws), "alembic_version", ["version_num"]) == [(HEAD,)]
     assert _rows(_db(ws), "attacks", ["id", "eps"]) == [(1, 0.125), (2, 0.25)]
+
+
+@pytest.mark.parametrize("url,logger,level", [
+    ("sqlite:////tmp/x.db", "sqlalchemy.pool.impl.QueuePool", "error"),
+    ("postgresql+psycopg://icl@localhost/icl", "sqlalchemy.pool.impl.QueuePool", "error"),
+    ("postgresql+psycopg://icl@localhost/icl", "psycopg", "warning")])
+def test_the_drivers_log_lines_stay_off_stderr(url, logger, level):
+    """An interrupt that lands while a connection is closed or rolled back makes SQLAlchemy's
+    pool ("Exception closing connection ..." and a traceback) or psycopg ("error ignored in
+    rollback ...") log it, on stderr where nothing handles logging; the interrupt itself
+    reaches icl and becomes the command's one line, so the catalog's engine keeps these
+    records off stderr. (Nothing connects here: the engine is only made.)"""
+    code = (f"import logging\nfrom store.orm import make_engine\nmake_engine({url!r})\n"
+            f"logging.getLogger({logger!r}).{level}('Exception closing connection ...')\n"
+            "logging.getLogger('elsewhere').error('another library')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=child_env(), check=True)
+    assert out.stderr == "another library\n"

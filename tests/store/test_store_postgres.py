@@ -19,7 +19,6 @@ from storekit import schema_differences
 from store import BusyError, CatalogMissing, Store, StoreError
 from store.catalog import SCHEMA_REVISION, SCHEMA_VERSION
 from store.locking import advisory_key
-from tests.kit import child_env
 
 
 def _state(seed: int) -> dict:
@@ -283,15 +282,3 @@ def test_two_processes_opening_an_old_postgresql_catalog_at_once_upgrade_it_once
     assert after["alembic_version"] == [{"version_num": SCHEMA_REVISION}]
     assert [(r["id"], r["eps"]) for r in after["attacks"]] == [(1, 0.125), (2, 0.25)]
 
-
-def test_psycopgs_warnings_stay_off_stderr_with_a_server_catalog():
-    """An interrupt that lands while psycopg talks to the server makes it log "error
-    ignored in rollback ..." (a warning, on stderr where nothing handles logging): a
-    server catalog keeps that off the command's one line."""
-    code = ("import logging\nfrom store.orm import make_engine\n"
-            "make_engine('postgresql+psycopg://icl@localhost/icl')\n"
-            "logging.getLogger('psycopg').warning('error ignored in rollback of ...')\n"
-            "logging.getLogger('psycopg').error('an error')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=child_env(), check=True)
-    assert out.stderr == "an error\n"
