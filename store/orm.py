@@ -443,8 +443,7 @@ def run_write(engine: Engine, fn: Callable[[Session], T], attempts: int = 8) -> 
     with catalog_errors():
         for attempt in range(attempts):
             try:
-                with write_session(engine) as s:
-                    return fn(s)
+                return _held_write(engine, fn)
             except OperationalError as exc:
                 if not _is_locked(exc) or attempt == attempts - 1:
                     if _is_locked(exc):
@@ -455,6 +454,26 @@ def run_write(engine: Engine, fn: Callable[[Session], T], attempts: int = 8) -> 
                     raise
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+def _held_write(engine: Engine, fn: Callable[[Session], T]) -> T:
+    """One write transaction with Ctrl-C and SIGTERM held until its connection is back in
+    the pool (``store.interrupts``); an interrupt that came meanwhile is raised after it,
+    in place of its result or its error."""
+    from .interrupts import ctrl_c_held, interrupt
+
+    with ctrl_c_held() as pressed:
+        try:
+            with write_session(engine) as s:
+                outcome: tuple[bool, Any] = (True, fn(s))
+        except BaseException as exc:  # (an interrupt held meanwhile goes first)
+            outcome = (False, exc)
+    if pressed:
+        raise interrupt(pressed)
+    done, value = outcome
+    if not done:
+        raise value
+    return value
 
 
 @contextmanager

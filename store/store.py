@@ -27,8 +27,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,36 +73,11 @@ from .workspace import (
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+from .interrupts import ctrl_c_held as _ctrl_c_held
+from .interrupts import interrupt as _interrupt
+
 __all__ = ["Store", "config_hash"]
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-@contextmanager
-def _ctrl_c_held() -> Iterator[list]:
-    """Hold Ctrl-C (SIGINT) and SIGTERM during a short catalog write, so that the write and
-    the code that made it cannot disagree (a step row left ``running`` by an interrupt
-    landing just after the commit). Yields a list of the signals that came meanwhile; the
-    caller then raises ``_interrupt(list)`` at a clean point."""
-    pressed: list = []
-    if threading.current_thread() is not threading.main_thread():
-        yield pressed
-        return
-    held = (signal.SIGINT, signal.SIGTERM)
-    try:
-        old = [signal.signal(sig, lambda signum, _: pressed.append(signum)) for sig in held]
-    except (ValueError, OSError):  # not allowed here (embedded interpreter...)
-        yield pressed
-        return
-    try:
-        yield pressed
-    finally:
-        for sig, handler in zip(held, old, strict=True):
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-
-
-def _interrupt(pressed: list) -> KeyboardInterrupt:
-    """The interrupt to raise for the signals ``_ctrl_c_held`` held."""
-    return Terminated() if signal.SIGTERM in pressed else KeyboardInterrupt()
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -267,3 +267,25 @@ def test_the_drivers_log_lines_stay_off_stderr(url, logger, level):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=child_env(), check=True)
     assert out.stderr == "another library\n"
+
+
+def test_a_ctrl_c_during_a_write_comes_after_it(store):
+    """Ctrl-C pressed while a catalog write runs is held until the transaction is
+    committed and its connection is back in the pool, then raised: the row is there, and
+    the next write (the interrupted step's own row, say) finds no lock left behind."""
+    import signal
+
+    def record(s):
+        row = store.catalog.row(s, "icl")
+        os.kill(os.getpid(), signal.SIGINT)  # lands here, mid-transaction
+        time.sleep(0.05)
+        row.parent_round = 7
+        return "written"
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with pytest.raises(KeyboardInterrupt):
+        store.catalog.write(record)
+    assert store.experiment("icl").parent_round == 7
+    t0 = time.monotonic()
+    store.record_metrics("icl", 1, {"x": 1.0})
+    assert time.monotonic() - t0 < 5 and store.metrics("icl")[1] == {"x": 1.0}
