@@ -321,7 +321,10 @@ def answer(command: str, workspace: Path | None, experiment: str | None,
         return None  # the step says what is wrong with it
     try:
         return _answer(command, workspace, experiment, args)
-    except Exception:
+    except Exception as exc:  # the step runs and reports any real problem in its own line
+        if os.environ.get("ICL_DEBUG"):
+            print(f"debug: no fast answer for {command} ({type(exc).__name__}: {exc}); "
+                  "running the step", file=sys.stderr)
         return None
 
 

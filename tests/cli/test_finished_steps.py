@@ -292,3 +292,20 @@ def test_a_data_folder_added_to_or_touched_sends_evaluate_back_to_its_step(tmp_p
     assert _ask(ws, "evaluate", {**same, "experiment": "d"}) is not None
     _touch(data / "t10k-images-idx3-ubyte.gz")
     assert _ask(ws, "evaluate", {**same, "experiment": "d"}) is None
+
+
+def test_a_fast_answer_that_fails_falls_back_to_the_step_and_says_why_under_debug(
+        monkeypatch, capsys):
+    from icl_cli import finished
+
+    def broken(*_args):
+        raise RuntimeError("catalog surprise")
+
+    monkeypatch.setattr(finished, "_answer", broken)
+    monkeypatch.delenv("ICL_DEBUG", raising=False)
+    assert finished.answer("evaluate", None, None, round=1) is None
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("ICL_DEBUG", "1")
+    assert finished.answer("evaluate", None, None, round=1) is None
+    assert "no fast answer for evaluate (RuntimeError: catalog surprise)" in \
+        capsys.readouterr().err
